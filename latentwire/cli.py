@@ -1,0 +1,165 @@
+"""The `latentwire` command: one subcommand per job, each a thin wrapper over the Python API."""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    help="LatentWire: one compressed latent message that two frozen LLMs both answer from.",
+)
+
+Device = Annotated[str, typer.Option(help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")]
+Dtype = Annotated[str, typer.Option(help="auto (bfloat16 on CUDA, float32 elsewhere), float32, bfloat16, float16")]
+Threads = Annotated[int | None, typer.Option(help="torch threads (default: $LATENTWIRE_THREADS or all cores)")]
+DataDir = Annotated[
+    Path | None,
+    typer.Option(help="HotpotQA JSONL folder (default: $LATENTWIRE_DATA or ../shared/data/hotpotqa)"),
+]
+
+
+class Mode(str, Enum):
+    text = "text"
+    token_budget = "token-budget"
+    latent = "latent"
+
+
+class Context(str, Enum):
+    distractor = "distractor"
+    gold = "gold"
+
+
+class Split(str, Enum):
+    dev = "dev"
+    val = "val"
+    train = "train"
+
+
+def _fail(msg: str) -> None:
+    typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+@app.command()
+def smoke(
+    real: Annotated[bool, typer.Option(help="use the embedded pretrained models")] = False,
+    m: int = 8,
+    d_z: int = 256,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+    threads: Threads = None,
+) -> None:
+    """Random latent -> adapter -> inputs_embeds -> a few tokens, for a Llama and a Qwen2 model."""
+    from .device import set_threads
+    from .smoke import smoke as run
+
+    set_threads(threads)
+    try:
+        run(real=real, m=m, d_z=d_z, device=device, dtype=dtype, echo=typer.echo)
+    except Exception as e:  # noqa: BLE001 - the command's contract is a clear message and a non-zero exit
+        _fail(f"smoke failed: {type(e).__name__}: {e}")
+
+
+@app.command("eval")
+def eval_(
+    mode: Annotated[Mode, typer.Option()] = Mode.text,
+    model: Annotated[
+        list[str],
+        typer.Option(
+            help="llama, qwen, a .gguf file, a folder or a HF id; repeat for several (latent default: the checkpoint's)"
+        ),
+    ] = [],  # noqa: B006 - typer needs a literal default
+    context: Annotated[Context, typer.Option()] = Context.distractor,
+    split: Annotated[Split, typer.Option()] = Split.dev,
+    limit: Annotated[int | None, typer.Option(help="first N questions only")] = None,
+    budget: Annotated[int, typer.Option(help="tokens kept by token-budget (defaults to M)")] = 8,
+    ckpt: Annotated[Path | None, typer.Option(help="checkpoint folder (latent mode)")] = None,
+    batch_size: int | None = None,
+    data_dir: DataDir = None,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+    threads: Threads = None,
+    out: Annotated[Path | None, typer.Option(help="also write JSON here")] = None,
+) -> None:
+    """EM/F1 (95% CI), NLL/token, prompt size and speed for text, token-budget or latent prompts, as JSON."""
+    from .data import DataError, load_split
+    from .device import set_threads
+    from .evaluate import evaluate
+    from .models import ModelNotFound, load_llm
+
+    set_threads(threads)
+    try:
+        examples = load_split(split.value, data_dir, limit)
+        results = []
+        if mode is Mode.latent:
+            from latentwire.trainer.checkpoint import load_checkpoint
+
+            if ckpt is None:
+                _fail("--mode latent needs --ckpt (a folder written by `latentwire train`)")
+            wire = load_checkpoint(ckpt, models=model or None, device=device, dtype=dtype)
+            for name in wire.model_names:
+                results.append(
+                    evaluate(
+                        wire.llms[name],
+                        examples,
+                        "latent",
+                        context=context.value,
+                        split=split.value,
+                        slot_fn=wire.slot_fn(name),
+                        slot_fingerprint=wire.fingerprint,
+                        batch_size=batch_size,
+                    )
+                )
+        else:
+            for spec in model or ["llama", "qwen"]:
+                llm = load_llm(spec, device=device, dtype=dtype)
+                results.append(
+                    evaluate(
+                        llm,
+                        examples,
+                        mode.value,
+                        context=context.value,
+                        split=split.value,
+                        budget=budget,
+                        batch_size=batch_size,
+                    )
+                )
+    except (DataError, ModelNotFound, ValueError) as e:
+        _fail(str(e))
+    text = json.dumps(results if len(results) > 1 else results[0], indent=2)
+    typer.echo(text)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
+
+
+@app.command()
+def demo(limit: int = 3, context: Annotated[Context, typer.Option()] = Context.gold, threads: Threads = None) -> None:
+    """The main job on the embedded default: text and token-budget answers for a few dev questions."""
+    from .data import load_split
+    from .device import set_threads
+    from .evaluate import evaluate
+    from .models import load_llm
+
+    set_threads(threads)
+    examples = load_split("dev", limit=limit)
+    for spec in ("llama", "qwen"):
+        llm = load_llm(spec)
+        for mode in ("text", "token-budget"):
+            res = evaluate(llm, examples, mode, context=context.value, progress=False)
+            typer.echo(
+                f"{spec:6s} {mode:13s} EM {res['em']:.2f} F1 {res['f1']:.2f} "
+                f"NLL/tok {res['nll_per_token']:.2f} prompt {res['prompt_tokens']:.0f} tokens"
+            )
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app(sys.argv[1:])

@@ -1,0 +1,146 @@
+"""HotpotQA data: local JSON Lines (the default) or the hub dataset, splits and context modes.
+
+Splits: `train` = train.jsonl minus a fixed, seeded 200-example validation slice (`val`) used for all tuning
+and periodic evaluation; `dev` (dev.jsonl, 500) is only reported; `train_extra` is an optional supplement.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+SPLITS = ("train", "val", "dev", "train_extra")
+CONTEXTS = ("distractor", "gold")
+VAL_SIZE = 200
+VAL_SEED = 1234
+_FILES = {
+    "train": "train.jsonl",
+    "val": "train.jsonl",
+    "dev": "dev.jsonl",
+    "train_extra": "train_extra.jsonl",
+}
+
+
+class DataError(ValueError):
+    """A missing, empty or malformed data file; the message names the file and line."""
+
+
+@dataclass(frozen=True)
+class Example:
+    id: str
+    question: str
+    answer: str
+    paragraphs: tuple[tuple[str, str], ...]  # (title, text) in the source order
+    gold_titles: frozenset[str]
+
+    def context(self, mode: str = "distractor") -> str:
+        """`distractor`: all paragraphs; `gold`: only the supporting ones, in source order."""
+        if mode not in CONTEXTS:
+            raise ValueError(f"unknown context mode {mode!r}; choose one of {', '.join(CONTEXTS)}")
+        paras = self.paragraphs if mode == "distractor" else [p for p in self.paragraphs if p[0] in self.gold_titles]
+        return "\n".join(f"{title}: {text}" for title, text in paras)
+
+
+def default_data_dir() -> Path:
+    """`$LATENTWIRE_DATA`, else the shared HotpotQA slice next to the checkout."""
+    env = os.environ.get("LATENTWIRE_DATA")
+    if env:
+        return Path(env).expanduser()
+    here = Path(__file__).resolve().parent.parent
+    for cand in (
+        here.parent / "shared" / "data" / "hotpotqa",
+        Path.cwd().parent / "shared" / "data" / "hotpotqa",
+    ):
+        if cand.is_dir():
+            return cand
+    return here.parent / "shared" / "data" / "hotpotqa"
+
+
+def _parse(row: dict, where: str) -> Example:
+    try:
+        ctx = row["context"]
+        paragraphs = []
+        for title, sents in ctx:
+            text = sents if isinstance(sents, str) else "".join(sents)
+            paragraphs.append((str(title), text.strip()))
+        gold = {t for t, _ in row.get("supporting_facts") or []} or set(row.get("supporting_titles") or [])
+        ex = Example(
+            str(row["id"]),
+            str(row["question"]).strip(),
+            str(row["answer"]).strip(),
+            tuple(paragraphs),
+            frozenset(gold),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise DataError(f"{where}: not a HotpotQA record ({type(e).__name__}: {e})") from None
+    if not ex.question or not ex.paragraphs:
+        raise DataError(f"{where}: empty question or context")
+    return ex
+
+
+def read_jsonl(path: Path) -> list[Example]:
+    if not path.is_file():
+        raise DataError(f"{path}: no such data file (set --data-dir or LATENTWIRE_DATA)")
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
+            out.append(_parse(row, f"{path}:{lineno}"))
+    if not out:
+        raise DataError(f"{path}: empty data file")
+    return out
+
+
+def split_train_val(rows: Sequence[Example]) -> tuple[list[Example], list[Example]]:
+    """The fixed, seeded validation slice: shuffle indices once with VAL_SEED, first VAL_SIZE are `val`."""
+    idx = list(range(len(rows)))
+    random.Random(VAL_SEED).shuffle(idx)
+    n_val = min(VAL_SIZE, len(rows) // 5) if len(rows) < 5 * VAL_SIZE else VAL_SIZE
+    val = set(idx[:n_val])
+    return [r for i, r in enumerate(rows) if i not in val], [r for i, r in enumerate(rows) if i in val]
+
+
+def _hub_rows(split: str) -> list[Example]:
+    from datasets import load_dataset
+
+    hf_split = "validation" if split == "dev" else "train"
+    ds = load_dataset("hotpotqa/hotpot_qa", "distractor", split=hf_split)
+    rows = []
+    for i, r in enumerate(ds):
+        ctx = list(zip(r["context"]["title"], r["context"]["sentences"], strict=True))
+        sf = list(zip(r["supporting_facts"]["title"], r["supporting_facts"]["sent_id"], strict=True))
+        rows.append(
+            _parse(
+                {
+                    "id": r["id"],
+                    "question": r["question"],
+                    "answer": r["answer"],
+                    "context": ctx,
+                    "supporting_facts": sf,
+                },
+                f"hotpotqa/hotpot_qa[{hf_split}][{i}]",
+            )
+        )
+    return rows
+
+
+def load_split(
+    split: str, data_dir: str | Path | None = None, limit: int | None = None, source: str = "local"
+) -> list[Example]:
+    """Examples of one split. `source="hub"` reads `hotpotqa/hotpot_qa` (distractor) for users with a network."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    rows = _hub_rows(split) if source == "hub" else read_jsonl(Path(data_dir or default_data_dir()) / _FILES[split])
+    if split in ("train", "val"):
+        train, val = split_train_val(rows)
+        rows = train if split == "train" else val
+    return rows[:limit] if limit else rows

@@ -1,0 +1,171 @@
+"""Frozen-LLM mechanics shared by training and serving: one sequence builder, greedy decoding, answer NLL.
+
+`assemble` is the single place that lays out `prefix | slot | suffix | answer` as `inputs_embeds`; the trainer,
+the receivers and the evaluators all call it, so the sequence a model is trained on is the one it serves.
+Rows are left-padded so every row ends at the same position: generation continues from the last column, and
+answer tokens are right-aligned, so logits are only computed for the last few positions (`logits_to_keep`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .models import LLM
+from .prompts import PromptTemplate, answer_ids, build_template, slot_ids
+
+_TEMPLATES: dict[int, PromptTemplate] = {}
+
+
+def template_of(llm: LLM) -> PromptTemplate:
+    key = id(llm.tokenizer)
+    if key not in _TEMPLATES:
+        _TEMPLATES[key] = build_template(llm.tokenizer)
+    return _TEMPLATES[key]
+
+
+@dataclass
+class Batch:
+    inputs_embeds: torch.Tensor  # (B, T, H)
+    attention_mask: torch.Tensor  # (B, T)
+    position_ids: torch.Tensor  # (B, T)
+    labels: torch.Tensor | None = None  # (B, K): targets of the last K positions, -100 where none
+
+    @property
+    def keep(self) -> int:
+        return 1 if self.labels is None else int(self.labels.shape[1])
+
+
+def assemble(llm: LLM, slots: Sequence[torch.Tensor], answers: Sequence[Sequence[int]] | None = None) -> Batch:
+    """Build `prefix | slot_i | suffix [| answer_i]` for each row; slots are (L_i, H) embeddings."""
+    tpl = template_of(llm)
+    dev = llm.device
+    prefix = llm.embed(torch.tensor(tpl.prefix_ids, device=dev))
+    suffix = llm.embed(torch.tensor(tpl.suffix_ids, device=dev))
+    rows, n_ans = [], []
+    for i, slot in enumerate(slots):
+        parts = [prefix, slot.to(device=dev, dtype=prefix.dtype), suffix]
+        if answers is not None:
+            ans = list(answers[i])
+            n_ans.append(len(ans))
+            if len(ans) > 1:  # the last answer token is only a target, never an input
+                parts.append(llm.embed(torch.tensor(ans[:-1], device=dev)))
+        rows.append(torch.cat(parts, 0))
+    T = max(r.shape[0] for r in rows)
+    B, H = len(rows), rows[0].shape[1]
+    embeds = prefix.new_zeros(B, T, H)
+    mask = torch.zeros(B, T, dtype=torch.long, device=dev)
+    for i, r in enumerate(rows):
+        embeds[i, T - r.shape[0] :] = r
+        mask[i, T - r.shape[0] :] = 1
+    pos = (mask.cumsum(1) - 1).clamp(min=0)
+    labels = None
+    if answers is not None:
+        K = max(n_ans)
+        labels = torch.full((B, K), -100, dtype=torch.long, device=dev)
+        for i, ans in enumerate(answers):
+            labels[i, K - len(ans) :] = torch.tensor(list(ans), device=dev)
+    return Batch(embeds, mask, pos, labels)
+
+
+def answer_logits(llm: LLM, batch: Batch) -> torch.Tensor:
+    """Logits of the last `batch.keep` positions only (B, K, V) in float32."""
+    out = llm.model(
+        inputs_embeds=batch.inputs_embeds,
+        attention_mask=batch.attention_mask,
+        position_ids=batch.position_ids,
+        use_cache=False,
+        logits_to_keep=batch.keep,
+    )
+    return out.logits.float()
+
+
+def token_logprobs(llm: LLM, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-target log-probabilities (B, K) and the mask of real targets."""
+    assert batch.labels is not None
+    logp = answer_logits(llm, batch).log_softmax(-1)
+    valid = batch.labels != -100
+    picked = logp.gather(-1, batch.labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return picked * valid, valid
+
+
+def answer_loss(llm: LLM, batch: Batch, first_weight: float = 1.0) -> torch.Tensor:
+    """Next-token cross-entropy on answer tokens (pad masked), the first answer token weighted up."""
+    lp, valid = token_logprobs(llm, batch)
+    w = valid.float()
+    first = valid & ~F.pad(valid, (1, 0))[:, :-1]  # first real target of each row
+    w = w + (first_weight - 1.0) * first.float()
+    return -(lp * w).sum() / w.sum().clamp(min=1.0)
+
+
+@torch.no_grad()
+def answer_nll(llm: LLM, slots: Sequence[torch.Tensor], answers: Sequence[str]) -> list[float]:
+    """NLL per token of each gold answer (end-of-turn token included) given its prompt."""
+    ids = [answer_ids(llm.tokenizer, a, llm.tokenizer.eos_token_id) for a in answers]
+    lp, valid = token_logprobs(llm, assemble(llm, slots, ids))
+    return (-(lp.sum(1)) / valid.sum(1)).tolist()
+
+
+@dataclass
+class Generation:
+    text: str
+    token_ids: list[int]
+    score: float  # mean log-probability of the generated tokens
+
+
+@torch.no_grad()
+def generate(llm: LLM, slots: Sequence[torch.Tensor], max_new_tokens: int = 16) -> list[Generation]:
+    """Greedy decoding from the assembled prompts; stops at end-of-turn or once a row has a full first line."""
+    batch = assemble(llm, slots)
+    model, tok, stop = llm.model, llm.tokenizer, llm.stop_ids
+    B = len(slots)
+    mask, pos = batch.attention_mask, batch.position_ids[:, -1:]
+    out = model(
+        inputs_embeds=batch.inputs_embeds,
+        attention_mask=mask,
+        position_ids=batch.position_ids,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    gen: list[list[int]] = [[] for _ in range(B)]
+    logps: list[list[float]] = [[] for _ in range(B)]
+    done = [False] * B
+    for _ in range(max_new_tokens):
+        lp = out.logits[:, -1].float().log_softmax(-1)
+        nxt = lp.argmax(-1)
+        for i in range(B):
+            if done[i]:
+                continue
+            t = int(nxt[i])
+            logps[i].append(float(lp[i, t]))
+            if t in stop:
+                done[i] = True
+                continue
+            gen[i].append(t)
+            text = tok.decode(gen[i], skip_special_tokens=True)
+            if "\n" in text.lstrip():  # the post-processor keeps the first line only
+                done[i] = True
+        if all(done):
+            break
+        mask = torch.cat([mask, mask.new_ones(B, 1)], 1)
+        pos = pos + 1
+        out = model(
+            input_ids=nxt.unsqueeze(1),
+            attention_mask=mask,
+            position_ids=pos,
+            cache=out.cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+    return [
+        Generation(tok.decode(g, skip_special_tokens=True), g, sum(lp) / max(len(lp), 1))
+        for g, lp in zip(gen, logps, strict=True)
+    ]
+
+
+def text_slots(llm: LLM, texts: Sequence[str], budget: int | None = None) -> list[torch.Tensor]:
+    """Slot embeddings for the text path (`budget=None`) or the token-budget path (first `budget` tokens)."""
+    return [llm.embed(torch.tensor(slot_ids(llm.tokenizer, t, budget), device=llm.device)) for t in texts]

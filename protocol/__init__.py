@@ -1,0 +1,49 @@
+"""LatentWire wire protocol: the only code that builds or parses frames (see SPEC.md).
+
+Depends on numpy and msgpack only.
+"""
+
+from .base import DEFAULT_LIMITS, PROTOCOL_NAME, PROTOCOL_VERSION, Limits, ProtocolError
+from .frames import FrameSize, decode_frame, encode_frame, frame_size
+from .fuzz import FuzzStats, fuzz, sample_messages
+from .messages import (
+    ErrorReply,
+    Heartbeat,
+    LatentRequest,
+    Message,
+    Reply,
+    TextRequest,
+    check_limits,
+    error_reply,
+    latent_request,
+)
+from .quant import Quant, QuantizedLatent, dequantize, error_bound, quantize
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "PROTOCOL_NAME",
+    "PROTOCOL_VERSION",
+    "ErrorReply",
+    "FrameSize",
+    "FuzzStats",
+    "Heartbeat",
+    "LatentRequest",
+    "Limits",
+    "Message",
+    "ProtocolError",
+    "Quant",
+    "QuantizedLatent",
+    "Reply",
+    "TextRequest",
+    "check_limits",
+    "decode_frame",
+    "dequantize",
+    "encode_frame",
+    "error_bound",
+    "error_reply",
+    "frame_size",
+    "fuzz",
+    "latent_request",
+    "quantize",
+    "sample_messages",
+]

@@ -1,0 +1,78 @@
+import torch
+import torch.nn.functional as F
+
+from latentwire.lm import answer_loss, answer_nll, assemble, generate, template_of, text_slots
+from latentwire.prompts import INSTRUCTION, answer_ids, slot_text
+
+
+def test_template_wraps_slot_in_chat_turn(tiny):
+    tpl = template_of(tiny)
+    tok = tiny.tokenizer
+    slot = slot_text("Who?", "Ctx.")
+    ids = list(tpl.prefix_ids) + tok(slot, add_special_tokens=False)["input_ids"] + list(tpl.suffix_ids)
+    rendered = tok.apply_chat_template(
+        [{"role": "user", "content": f"{slot}\n{INSTRUCTION}"}], tokenize=False, add_generation_prompt=True
+    )
+    assert tok.decode(ids) == rendered
+
+
+def test_latent_and_text_differ_only_in_slot(tiny):
+    text = text_slots(tiny, ["Question: a\nContext: b"])[0]
+    soft = torch.randn(8, tiny.hidden_size)
+    bt, bl = assemble(tiny, [text]), assemble(tiny, [soft])
+    tpl = template_of(tiny)
+    p, s = len(tpl.prefix_ids), len(tpl.suffix_ids)
+    assert torch.equal(bt.inputs_embeds[0, :p], bl.inputs_embeds[0, :p])
+    assert torch.equal(bt.inputs_embeds[0, -s:], bl.inputs_embeds[0, -s:])
+    assert torch.equal(bl.inputs_embeds[0, p : p + 8], soft)
+
+
+def test_token_budget_keeps_first_m_tokens(tiny):
+    text = "Question: what is the budget?\nContext: long " * 5
+    full, cut = text_slots(tiny, [text])[0], text_slots(tiny, [text], budget=8)[0]
+    assert cut.shape[0] == 8 and torch.equal(cut, full[:8])
+
+
+def test_left_padding_and_label_alignment(tiny):
+    """Labels must be the answer tokens at the positions that predict them (no off-by-one)."""
+    eos = tiny.tokenizer.eos_token_id
+    slots = [torch.randn(3, tiny.hidden_size), torch.randn(8, tiny.hidden_size)]
+    answers = [answer_ids(tiny.tokenizer, "Paris", eos), answer_ids(tiny.tokenizer, "no", eos)]
+    b = assemble(tiny, slots, answers)
+    assert b.attention_mask[0].sum() < b.attention_mask[1].sum()
+    assert b.attention_mask[0, 0] == 0 and b.attention_mask[:, -1].all()
+    assert (b.position_ids[1] == torch.arange(b.position_ids.shape[1])).all()
+    # Reference: full logits, standard shift, answers only.
+    with torch.no_grad():
+        logits = tiny.model(
+            inputs_embeds=b.inputs_embeds, attention_mask=b.attention_mask, position_ids=b.position_ids
+        ).logits
+        for i, ans in enumerate(answers):
+            n = len(ans)
+            pred = logits[i, -n:]  # position T-n predicts the first answer token
+            ref = F.cross_entropy(pred, torch.tensor(ans))
+            row = assemble(tiny, [slots[i]], [ans])
+            assert torch.allclose(answer_loss(tiny, row), ref, atol=1e-5)
+            # the inputs after the prompt are the answer tokens shifted by one
+            emb = tiny.embed(torch.tensor(ans[:-1]))
+            assert torch.allclose(b.inputs_embeds[i, -(n - 1) :], emb)
+
+
+def test_first_token_weighting_changes_loss(tiny):
+    eos = tiny.tokenizer.eos_token_id
+    b = assemble(tiny, [torch.randn(4, tiny.hidden_size)], [answer_ids(tiny.tokenizer, "abc", eos)])
+    assert not torch.isclose(answer_loss(tiny, b, 1.0), answer_loss(tiny, b, 5.0))
+
+
+def test_batched_generation_equals_single(tiny):
+    slots = text_slots(tiny, ["Question: short\nContext: x", "Question: a much longer one\nContext: yyy zz"])
+    batched = generate(tiny, slots, max_new_tokens=5)
+    for s, g in zip(slots, batched, strict=True):
+        single = generate(tiny, [s], max_new_tokens=5)[0]
+        assert single.token_ids == g.token_ids
+        assert abs(single.score - g.score) < 1e-4
+
+
+def test_answer_nll_is_positive(tiny):
+    nll = answer_nll(tiny, text_slots(tiny, ["Question: q\nContext: c"]), ["Paris"])
+    assert len(nll) == 1 and nll[0] > 0
