@@ -1,0 +1,196 @@
+"""The five message kinds. Each validates itself on construction, so an existing message is valid.
+
+Limits (string lengths, M, d_z, ...) are a property of the decoder, not of the message, so they are
+checked separately by `check_limits` (encode_frame and decode_frame both call it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+
+from .base import (
+    DEFAULT_LIMITS,
+    INT32_MAX,
+    INT64_MAX,
+    INT64_MIN,
+    Limits,
+    ProtocolError,
+    check_float,
+    check_int,
+    check_str,
+    check_str_bytes,
+)
+from .quant import Quant, QuantizedLatent, quantize
+
+InfoValue = str | int | float
+
+
+def _set(obj: object, name: str, value: object) -> None:
+    object.__setattr__(obj, name, value)  # normalise a field of a frozen dataclass
+
+
+def _check_ids(rid: object, sender: object, *, rid_required: bool = True) -> None:
+    check_str("rid", rid, nonempty=rid_required)
+    check_str("sender", sender, nonempty=True)
+
+
+@dataclass(frozen=True)
+class LatentRequest:
+    """Answer from a latent made by the encoder checkpoint identified by `fingerprint`."""
+
+    rid: str
+    sender: str
+    fingerprint: str
+    latent: QuantizedLatent
+    max_new_tokens: int = 16
+
+    def __post_init__(self) -> None:
+        _check_ids(self.rid, self.sender)
+        check_str("fingerprint", self.fingerprint, nonempty=True)
+        if not isinstance(self.latent, QuantizedLatent):
+            raise ProtocolError(f"latent: expected QuantizedLatent, got {type(self.latent).__name__}")
+        _set(self, "max_new_tokens", check_int("max_new_tokens", self.max_new_tokens, 1, INT32_MAX))
+
+
+@dataclass(frozen=True)
+class TextRequest:
+    """Answer from text (the prompt's "Question: ...\\nContext: ..." slot); `budget` keeps its first N tokens."""
+
+    rid: str
+    sender: str
+    text: str
+    budget: int | None = None
+    max_new_tokens: int = 16
+
+    def __post_init__(self) -> None:
+        _check_ids(self.rid, self.sender)
+        check_str("text", self.text)
+        if self.budget is not None:
+            _set(self, "budget", check_int("budget", self.budget, 1, INT32_MAX))
+        _set(self, "max_new_tokens", check_int("max_new_tokens", self.max_new_tokens, 1, INT32_MAX))
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A receiver's answer; score = mean log-prob of the generated tokens, durations in local seconds."""
+
+    rid: str
+    sender: str
+    model: str
+    answer: str
+    score: float
+    durations: dict[str, float]
+    fingerprint: str = ""
+
+    def __post_init__(self) -> None:
+        _check_ids(self.rid, self.sender)
+        check_str("model", self.model, nonempty=True)
+        check_str("answer", self.answer)
+        check_str("fingerprint", self.fingerprint)
+        _set(self, "score", check_float("score", self.score))
+        if not isinstance(self.durations, dict):
+            raise ProtocolError(f"durations: expected map, got {type(self.durations).__name__}")
+        _set(
+            self,
+            "durations",
+            {
+                check_str("durations key", k): check_float(f"durations[{k!r}]", v, 0.0)
+                for k, v in self.durations.items()
+            },
+        )
+
+
+@dataclass(frozen=True)
+class ErrorReply:
+    """A request failed; `code` is a short machine-readable tag. rid is "" when it could not be read."""
+
+    rid: str
+    sender: str
+    code: str
+    message: str
+
+    def __post_init__(self) -> None:
+        _check_ids(self.rid, self.sender, rid_required=False)
+        check_str("code", self.code, nonempty=True)
+        check_str("message", self.message)
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """Readiness / liveness of a process; `info` carries small scalar facts (model name, device, ...)."""
+
+    rid: str
+    sender: str
+    role: str
+    status: str = "ready"
+    info: dict[str, InfoValue] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check_ids(self.rid, self.sender, rid_required=False)
+        check_str("role", self.role, nonempty=True)
+        check_str("status", self.status, nonempty=True)
+        if not isinstance(self.info, dict):
+            raise ProtocolError(f"info: expected map, got {type(self.info).__name__}")
+        _set(self, "info", {check_str("info key", k): _info_value(k, v) for k, v in self.info.items()})
+
+
+def _info_value(key: str, v: object) -> InfoValue:
+    name = f"info[{key!r}]"
+    if isinstance(v, str):
+        return check_str(name, v)
+    if isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)):
+        return check_int(name, v, INT64_MIN, INT64_MAX)
+    if isinstance(v, (float, np.floating)):
+        return check_float(name, v)
+    raise ProtocolError(f"{name}: expected str, int or float, got {type(v).__name__}")
+
+
+Message = LatentRequest | TextRequest | Reply | ErrorReply | Heartbeat
+
+_TEXT_FIELDS = frozenset({"text", "answer"})  # bounded by max_text_bytes; other strings by max_str
+
+
+def check_limits(msg: Message, limits: Limits = DEFAULT_LIMITS) -> None:
+    """Raise ProtocolError if a valid message exceeds `limits` (frame size is checked by the codec)."""
+    for f in fields(msg):
+        value = getattr(msg, f.name)
+        if isinstance(value, str):
+            check_str_bytes(f.name, value, limits.max_text_bytes if f.name in _TEXT_FIELDS else limits.max_str)
+        elif isinstance(value, dict):
+            if len(value) > limits.max_items:
+                raise ProtocolError(f"{f.name}: {len(value)} entries exceeds the limit {limits.max_items}")
+            for k, v in value.items():
+                check_str_bytes(f"{f.name} key", k, limits.max_str)
+                if isinstance(v, str):
+                    check_str_bytes(f"{f.name}[{k!r}]", v, limits.max_str)
+    if isinstance(msg, (LatentRequest, TextRequest)) and msg.max_new_tokens > limits.max_new_tokens:
+        raise ProtocolError(f"max_new_tokens: {msg.max_new_tokens} exceeds the limit {limits.max_new_tokens}")
+    if isinstance(msg, LatentRequest):
+        m, d = msg.latent.shape
+        if m > limits.max_m or d > limits.max_dz:
+            raise ProtocolError(f"latent.shape: {m}x{d} exceeds the limit {limits.max_m}x{limits.max_dz}")
+
+
+def latent_request(
+    rid: str,
+    sender: str,
+    fingerprint: str,
+    x: np.ndarray,
+    scheme: Quant | str,
+    group_size: int | None = None,
+    max_new_tokens: int = 16,
+) -> LatentRequest:
+    """Quantise `x` and wrap it in a LatentRequest (the sender's one-liner)."""
+    return LatentRequest(rid, sender, fingerprint, quantize(x, scheme, group_size), max_new_tokens)
+
+
+def error_reply(rid: str, sender: str, code: str, message: str, limits: Limits = DEFAULT_LIMITS) -> ErrorReply:
+    """An ErrorReply whose code and message are cut to fit `limits.max_str` (so replying cannot fail)."""
+    return ErrorReply(rid, sender, _clip(code, limits.max_str) or "error", _clip(message, limits.max_str))
+
+
+def _clip(s: str, max_bytes: int) -> str:
+    """Cut `s` to at most max_bytes of UTF-8 on a character boundary (lone surrogates replaced)."""
+    return s.encode("utf-8", "replace")[:max_bytes].decode("utf-8", "ignore")
