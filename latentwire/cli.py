@@ -100,7 +100,7 @@ def eval_(
         examples = load_split(split.value, data_dir, limit)
         results = []
         if mode is Mode.latent:
-            from latentwire.trainer.checkpoint import load_checkpoint
+            from .checkpoint import load_checkpoint
 
             if ckpt is None:
                 _fail("--mode latent needs --ckpt (a folder written by `latentwire train`)")
@@ -159,6 +159,84 @@ def demo(limit: int = 3, context: Annotated[Context, typer.Option()] = Context.g
                 f"{spec:6s} {mode:13s} EM {res['em']:.2f} F1 {res['f1']:.2f} "
                 f"NLL/tok {res['nll_per_token']:.2f} prompt {res['prompt_tokens']:.0f} tokens"
             )
+
+
+@app.command()
+def train(
+    out: Annotated[Path, typer.Option(help="run folder: ckpt/, log.jsonl, state.pt (resumed if present)")] = Path(
+        "runs/default"
+    ),
+    models: Annotated[list[str], typer.Option("--model", help="frozen LLMs (repeat)")] = ["llama", "qwen"],  # noqa: B006
+    backbone: Annotated[str, typer.Option(help="encoder reading backbone: minilm or bytes")] = "minilm",
+    m: Annotated[int, typer.Option("--soft-tokens", "-M", help="soft tokens M")] = 8,
+    d_z: Annotated[int, typer.Option(help="latent width")] = 256,
+    context: Annotated[Context, typer.Option()] = Context.distractor,
+    batch_size: int = 8,
+    lr: float = 5e-4,
+    max_steps: Annotated[int | None, typer.Option(help="stop after N steps")] = None,
+    time_budget: Annotated[float | None, typer.Option(help="stop after N seconds of training")] = 3300.0,
+    first_weight: float = 2.0,
+    diversity_weight: float = 0.0,
+    adapter_depth: int = 2,
+    train_extra: bool = False,
+    eval_every: int = 100,
+    eval_n: int = 100,
+    limit_train: Annotated[int | None, typer.Option(help="first N training questions only")] = None,
+    seed: int = 0,
+    resume: bool = True,
+    dev_eval: Annotated[bool, typer.Option(help="evaluate the final checkpoint on dev (500)")] = True,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+    threads: Threads = None,
+) -> None:
+    """Train encoder + adapters against the frozen LLMs; writes a servable checkpoint to OUT/ckpt."""
+    from .data import load_split
+    from .device import set_threads
+    from .sender.encoder import EncoderConfig
+    from .trainer.config import TrainConfig
+    from .trainer.train import train as run
+
+    set_threads(threads)
+    cfg = TrainConfig(
+        models=models,
+        encoder=EncoderConfig(backbone=backbone, m=m, d_z=d_z),
+        adapter_depth=adapter_depth,
+        context=context.value,
+        train_extra=train_extra,
+        batch_size=batch_size,
+        lr=lr,
+        max_steps=max_steps,
+        time_budget=time_budget,
+        first_weight=first_weight,
+        diversity_weight=diversity_weight,
+        eval_every=eval_every,
+        eval_n=eval_n,
+        seed=seed,
+        device=device,
+        dtype=dtype,
+    )
+    rows = load_split("train", limit=limit_train) + (load_split("train_extra") if train_extra else [])
+    ckpt = run(cfg, out, data=(rows, load_split("val", limit=eval_n)), resume=resume)
+    typer.echo(f"checkpoint: {ckpt}")
+    if dev_eval:
+        eval_(
+            mode=Mode.latent,
+            model=[],
+            context=context,
+            split=Split.dev,
+            limit=None,
+            budget=m,
+            ckpt=ckpt,
+            batch_size=None,
+            data_dir=None,
+            device=device,
+            dtype=dtype,
+            threads=threads,
+            out=out / "dev_eval.json",
+        )
+
+
+# --- processes (sender, receivers, arbiter, client) ---
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -56,6 +57,7 @@ def evaluate(
     max_new_tokens: int = 16,
     use_cache: bool = True,
     progress: bool = True,
+    return_rows: bool = False,
 ) -> dict:
     """EM/F1 (with bootstrap CIs), NLL/token of the gold answer, prompt size and speed, as a JSON-able dict.
 
@@ -79,7 +81,7 @@ def evaluate(
         prompt=PROMPT_VERSION,
         max_new_tokens=max_new_tokens,
     )
-    path = cache_root() / "eval" / f"{key}.jsonl"
+    path = cache_root() / "eval" / f"{key}.jsonl" if use_cache else Path(os.devnull)
     path.parent.mkdir(parents=True, exist_ok=True)
     done = _load_done(path) if use_cache else {}
     todo = [ex for ex in examples if ex.id not in done]
@@ -136,5 +138,6 @@ def evaluate(
         "slot_bytes": float(np.mean([r["slot_bytes"] for r in rows])) if rows else 0.0,
         "seconds_per_question": float(np.mean([r["seconds"] for r in rows])) if rows else 0.0,
         "wall_s": time.perf_counter() - start,
-        "cache": str(path),
+        "cache": str(path) if use_cache else None,
+        **({"rows": rows} if return_rows else {}),
     }

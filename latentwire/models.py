@@ -75,6 +75,9 @@ EMBEDDED: dict[str, EmbeddedModel] = {
 }
 
 
+TINY = ("tiny-llama", "tiny-qwen")
+
+
 class ModelNotFound(RuntimeError):
     """A model spec that cannot be resolved; the message says what to install or fix."""
 
@@ -259,6 +262,12 @@ def freeze(model: PreTrainedModel) -> PreTrainedModel:
 
 def load_llm(spec: str, device: str = "auto", dtype: str = "auto") -> LLM:
     """Load a frozen LLM by spec (see module doc) on the policy's device and dtype."""
+    if spec in TINY:  # tiny random models for tests, `smoke` and `bench --quick`
+        from .tiny import tiny_llm
+
+        llm = tiny_llm(spec.removeprefix("tiny-"))
+        llm.model.to(device=resolve_device(device), dtype=resolve_dtype(dtype, resolve_device(device)))
+        return llm
     resolved = resolve(spec)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)

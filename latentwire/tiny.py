@@ -49,11 +49,12 @@ def byte_tokenizer(family: str) -> PreTrainedTokenizerFast:
     return fast
 
 
-def tiny_llm(family: str, seed: int = 0, hidden: int = 64, layers: int = 2) -> LLM:
+def tiny_llm(family: str, seed: int = 0, hidden: int = 64, layers: int = 2, init_std: float = 0.2) -> LLM:
     """A random `llama` (LlamaForCausalLM) or `qwen` (Qwen2ForCausalLM) with ~100k parameters."""
     tok = byte_tokenizer(family)
     kw = dict(
         vocab_size=len(tok),
+        initializer_range=init_std,
         hidden_size=hidden,
         intermediate_size=2 * hidden,
         num_hidden_layers=layers,
@@ -67,4 +68,4 @@ def tiny_llm(family: str, seed: int = 0, hidden: int = 64, layers: int = 2) -> L
     torch.manual_seed(seed)
     cfg = LlamaConfig(**kw) if family == "llama" else Qwen2Config(**kw)
     model = (LlamaForCausalLM if family == "llama" else Qwen2ForCausalLM)(cfg).float()
-    return from_objects(f"tiny-{family}", model, tok, fingerprint=f"tiny-{family}-{seed}-{hidden}-{layers}")
+    return from_objects(f"tiny-{family}", model, tok, fingerprint=f"tiny-{family}-{seed}-{hidden}-{layers}-{init_std}")

@@ -1,0 +1,56 @@
+"""Score calibration for the arbiter.
+
+Raw mean log-probabilities of two models with different tokenizers are not comparable. Each receiver's raw
+score is mapped to P(answer is right) by Platt scaling fitted on the validation slice, and stored with the
+checkpoint; the arbiter compares calibrated scores.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Calibration:
+    a: float = 1.0
+    b: float = 0.0
+    n: int = 0
+    positives: int = 0
+
+    def __call__(self, score: float) -> float:
+        """P(correct) for a raw score; non-finite scores get 0."""
+        if not math.isfinite(score):
+            return 0.0
+        return 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, self.a * score + self.b))))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def fit_platt(scores: Sequence[float], correct: Sequence[float], ridge: float = 1e-2, iters: int = 50) -> Calibration:
+    """Logistic regression of `correct` (0/1 or F1 in [0,1]) on `scores`, by Newton's method with a small ridge.
+
+    With the standard Platt prior-smoothed targets, so a slice with no (or only) correct answers still gives a
+    finite, monotone map instead of diverging.
+    """
+    x = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(correct, dtype=np.float64)
+    if x.size == 0:
+        return Calibration()
+    pos = float(y.sum())
+    t = (y * (pos + 1) / (pos + 2)) + ((1 - y) / (x.size - pos + 2))  # Platt's smoothed targets
+    X = np.stack([x, np.ones_like(x)], 1)
+    w = np.zeros(2)
+    for _ in range(iters):
+        p = 1 / (1 + np.exp(-np.clip(X @ w, -50, 50)))
+        grad = X.T @ (p - t) + ridge * w
+        H = (X.T * (p * (1 - p))) @ X + ridge * np.eye(2)
+        step = np.linalg.solve(H, grad)
+        w -= step
+        if np.abs(step).max() < 1e-9:
+            break
+    return Calibration(float(w[0]), float(w[1]), int(x.size), int(round(pos)))

@@ -1,0 +1,40 @@
+"""The training recipe's configuration: one dataclass, saved into every checkpoint and run folder."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from latentwire.sender.encoder import EncoderConfig
+
+
+@dataclass
+class TrainConfig:
+    models: list[str] = field(default_factory=lambda: ["llama", "qwen"])
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    adapter_depth: int = 2
+    context: str = "distractor"  # training prompts' context mode
+    train_extra: bool = False  # add train_extra.jsonl to the training rows
+    batch_size: int = 8
+    lr: float = 5e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 20
+    max_steps: int | None = None
+    time_budget: float | None = 3300.0  # seconds of training (the default run fits in about an hour)
+    first_weight: float = 2.0  # weight of the first answer token in the loss
+    diversity_weight: float = 0.0  # penalty on the mean pairwise cosine of latents in a batch
+    max_answer_tokens: int = 16
+    eval_every: int = 100
+    eval_n: int = 100  # fixed validation subset evaluated periodically
+    max_new_tokens: int = 12
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "auto"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        d = dict(d)
+        d["encoder"] = EncoderConfig(**d.get("encoder", {}))
+        return cls(**d)
