@@ -4,11 +4,14 @@ Depends on numpy and msgpack only.
 """
 
 from .base import DEFAULT_LIMITS, PROTOCOL_NAME, PROTOCOL_VERSION, Limits, ProtocolError
-from .frames import FrameSize, decode_frame, encode_frame, frame_size
+from .frames import FrameSize, decode_frame, encode_frame, frame_size, peek_rid
 from .fuzz import FuzzStats, fuzz, sample_messages
 from .messages import (
+    MODES,
+    Ask,
     ErrorReply,
     Heartbeat,
+    JointReply,
     LatentRequest,
     Message,
     Reply,
@@ -21,12 +24,15 @@ from .quant import Quant, QuantizedLatent, dequantize, error_bound, quantize
 
 __all__ = [
     "DEFAULT_LIMITS",
+    "MODES",
     "PROTOCOL_NAME",
     "PROTOCOL_VERSION",
+    "Ask",
     "ErrorReply",
     "FrameSize",
     "FuzzStats",
     "Heartbeat",
+    "JointReply",
     "LatentRequest",
     "Limits",
     "Message",
@@ -44,6 +50,7 @@ __all__ = [
     "frame_size",
     "fuzz",
     "latent_request",
+    "peek_rid",
     "quantize",
     "sample_messages",
 ]

@@ -9,8 +9,10 @@ import msgpack
 
 from .base import DEFAULT_LIMITS, PROTOCOL_NAME, PROTOCOL_VERSION, Limits, ProtocolError
 from .messages import (
+    Ask,
     ErrorReply,
     Heartbeat,
+    JointReply,
     LatentRequest,
     Message,
     Reply,
@@ -27,9 +29,19 @@ _KEYS: dict[type, tuple[str, dict[str, str]]] = {
     Reply: ("rep", {**_COMMON, "o": "model", "a": "answer", "r": "score", "u": "durations", "f": "fingerprint"}),
     ErrorReply: ("err", {**_COMMON, "e": "code", "x": "message"}),
     Heartbeat: ("hb", {**_COMMON, "l": "role", "h": "status", "y": "info"}),
+    Ask: (
+        "ask",
+        {**_COMMON, "x": "question", "c": "context", "m": "mode", "q": "quant", "g": "group_size", "n": "budget"}
+        | {"t": "max_new_tokens"},
+    ),
+    JointReply: (
+        "jrep",
+        {**_COMMON, "a": "answer", "o": "model", "r": "score", "g": "agreement", "z": "degraded", "w": "answers"}
+        | {"c": "scores", "j": "calibrated", "e": "errors", "u": "durations", "b": "nbytes"},
+    ),
 }
 _CLASSES = {kind: (cls, keys) for cls, (kind, keys) in _KEYS.items()}
-MAX_KEYS = 32  # top-level keys, known and unknown (a v1 frame uses at most 13)
+MAX_KEYS = 32  # top-level keys, known and unknown (a v1 frame uses at most 16)
 
 
 def _get(w: dict[str, Any], key: str) -> Any:
@@ -129,6 +141,36 @@ def frame_size(data: bytes | Message) -> FrameSize:
         body, scales = len(msg.latent.body), len(msg.latent.scales)
     elif isinstance(msg, TextRequest):
         body = len(msg.text.encode("utf-8"))
-    elif isinstance(msg, Reply):
+    elif isinstance(msg, (Reply, JointReply)):
         body = len(msg.answer.encode("utf-8"))
+    elif isinstance(msg, Ask):
+        body = len(msg.question.encode("utf-8")) + len(msg.context.encode("utf-8"))
     return FrameSize(total, total - body, body, scales)
+
+
+def peek_rid(data: bytes, limits: Limits = DEFAULT_LIMITS) -> str:
+    """Best-effort request id of a frame that failed to decode ("" if unreadable), so an error reply
+    can still be matched to its request (e.g. a frame of another protocol version)."""
+    try:
+        if memoryview(data).nbytes > limits.max_frame_bytes:
+            return ""
+        wire = msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=False,
+            max_bin_len=limits.max_frame_bytes,
+            max_str_len=max(limits.max_text_bytes, limits.max_str),
+            max_array_len=limits.max_items,
+            max_map_len=max(limits.max_items, MAX_KEYS),
+            max_ext_len=0,
+        )
+    except Exception:  # noqa: BLE001 - any unreadable frame simply has no rid
+        return ""
+    rid = wire.get("i") if isinstance(wire, dict) else None
+    if not isinstance(rid, str) or len(rid.encode("utf-8", "replace")) > limits.max_str:
+        return ""
+    try:
+        rid.encode("utf-8")
+    except UnicodeEncodeError:
+        return ""
+    return rid

@@ -1,4 +1,4 @@
-"""The five message kinds. Each validates itself on construction, so an existing message is valid.
+"""The seven message kinds. Each validates itself on construction, so an existing message is valid.
 
 Limits (string lengths, M, d_z, ...) are a property of the decoder, not of the message, so they are
 checked separately by `check_limits` (encode_frame and decode_frame both call it).
@@ -6,6 +6,7 @@ checked separately by `check_limits` (encode_frame and decode_frame both call it
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 
 import numpy as np
@@ -22,7 +23,7 @@ from .base import (
     check_str,
     check_str_bytes,
 )
-from .quant import Quant, QuantizedLatent, quantize
+from .quant import QMAX, Quant, QuantizedLatent, _scheme, quantize
 
 InfoValue = str | int | float
 
@@ -147,9 +148,98 @@ def _info_value(key: str, v: object) -> InfoValue:
     raise ProtocolError(f"{name}: expected str, int or float, got {type(v).__name__}")
 
 
-Message = LatentRequest | TextRequest | Reply | ErrorReply | Heartbeat
+MODES = ("latent", "text", "token-budget")  # how a client asks: the latent, the full text, the first n tokens
 
-_TEXT_FIELDS = frozenset({"text", "answer"})  # bounded by max_text_bytes; other strings by max_str
+
+@dataclass(frozen=True)
+class Ask:
+    """A client's question to the arbiter: the sender builds the latent (or text) request from it."""
+
+    rid: str
+    sender: str
+    question: str
+    context: str = ""
+    mode: str = "latent"
+    quant: str = "int8"  # quant scheme of the latent (ignored by the text modes)
+    group_size: int | None = None  # int8/int4 columns per scale; must divide d_z (checked by the sender)
+    budget: int | None = None  # token-budget mode: tokens kept; None = M of the checkpoint
+    max_new_tokens: int = 16
+
+    def __post_init__(self) -> None:
+        _check_ids(self.rid, self.sender)
+        check_str("question", self.question, nonempty=True)
+        check_str("context", self.context)
+        check_str("mode", self.mode)
+        if self.mode not in MODES:
+            raise ProtocolError(f"mode: unknown mode {self.mode!r}; expected one of {list(MODES)}")
+        scheme = _scheme(self.quant, "quant")
+        _set(self, "quant", scheme.value)
+        if self.group_size is not None:
+            if scheme not in QMAX:
+                raise ProtocolError(f"group_size: must be None for {scheme.value}")
+            _set(self, "group_size", check_int("group_size", self.group_size, 1, INT32_MAX))
+        if self.budget is not None:
+            _set(self, "budget", check_int("budget", self.budget, 1, INT32_MAX))
+        _set(self, "max_new_tokens", check_int("max_new_tokens", self.max_new_tokens, 1, INT32_MAX))
+
+
+@dataclass(frozen=True)
+class JointReply:
+    """The arbiter's answer to an Ask: the picked answer plus every receiver's answer, timings and bytes.
+
+    Flags are ints (0/1) because the wire has no booleans. `score` and `calibrated` are P(correct) after each
+    model's calibration; `scores` are the raw mean log-probs (not comparable across models).
+    """
+
+    rid: str
+    sender: str
+    answer: str
+    model: str  # the model whose answer was picked
+    score: float
+    agreement: int  # 1 when two or more receivers answered and all normalised answers are equal
+    degraded: int  # 1 when not every expected receiver answered
+    answers: dict[str, str] = field(default_factory=dict)  # model -> answer
+    scores: dict[str, float] = field(default_factory=dict)  # model -> raw score
+    calibrated: dict[str, float] = field(default_factory=dict)  # model -> P(correct)
+    errors: dict[str, str] = field(default_factory=dict)  # model -> "code: message"
+    durations: dict[str, float] = field(default_factory=dict)  # seconds: "e2e", "sender.encode", "llama.generate"...
+    nbytes: dict[str, int] = field(default_factory=dict)  # frame bytes: "request", "fanout", "payload", ...
+
+    def __post_init__(self) -> None:
+        _check_ids(self.rid, self.sender)
+        check_str("answer", self.answer)
+        check_str("model", self.model, nonempty=True)
+        _set(self, "score", check_float("score", self.score, 0.0))
+        if self.score > 1.0:
+            raise ProtocolError(f"score: {self.score!r} is a probability and must be <= 1")
+        _set(self, "agreement", check_int("agreement", self.agreement, 0, 1))
+        _set(self, "degraded", check_int("degraded", self.degraded, 0, 1))
+        _set(self, "answers", _map("answers", self.answers, lambda n, v: check_str(n, v)))
+        _set(self, "scores", _map("scores", self.scores, lambda n, v: check_float(n, v)))
+        _set(self, "calibrated", _map("calibrated", self.calibrated, _probability))
+        _set(self, "errors", _map("errors", self.errors, lambda n, v: check_str(n, v)))
+        _set(self, "durations", _map("durations", self.durations, lambda n, v: check_float(n, v, 0.0)))
+        _set(self, "nbytes", _map("nbytes", self.nbytes, lambda n, v: check_int(n, v, 0, INT64_MAX)))
+
+
+def _probability(name: str, v: object) -> float:
+    p = check_float(name, v, 0.0)
+    if p > 1.0:
+        raise ProtocolError(f"{name}: {p!r} is a probability and must be <= 1")
+    return p
+
+
+def _map(name: str, value: object, check: Callable[[str, object], object]) -> dict:
+    """Validate a str-keyed map field, normalising its values with `check(name[key], value)`."""
+    if not isinstance(value, dict):
+        raise ProtocolError(f"{name}: expected map, got {type(value).__name__}")
+    return {check_str(f"{name} key", k): check(f"{name}[{k!r}]", v) for k, v in value.items()}
+
+
+Message = LatentRequest | TextRequest | Reply | ErrorReply | Heartbeat | Ask | JointReply
+
+# bounded by max_text_bytes (for maps: each value); other strings by max_str
+_TEXT_FIELDS = frozenset({"text", "answer", "question", "context", "answers"})
 
 
 def check_limits(msg: Message, limits: Limits = DEFAULT_LIMITS) -> None:
@@ -164,8 +254,9 @@ def check_limits(msg: Message, limits: Limits = DEFAULT_LIMITS) -> None:
             for k, v in value.items():
                 check_str_bytes(f"{f.name} key", k, limits.max_str)
                 if isinstance(v, str):
-                    check_str_bytes(f"{f.name}[{k!r}]", v, limits.max_str)
-    if isinstance(msg, (LatentRequest, TextRequest)) and msg.max_new_tokens > limits.max_new_tokens:
+                    limit = limits.max_text_bytes if f.name in _TEXT_FIELDS else limits.max_str
+                    check_str_bytes(f"{f.name}[{k!r}]", v, limit)
+    if isinstance(msg, (LatentRequest, TextRequest, Ask)) and msg.max_new_tokens > limits.max_new_tokens:
         raise ProtocolError(f"max_new_tokens: {msg.max_new_tokens} exceeds the limit {limits.max_new_tokens}")
     if isinstance(msg, LatentRequest):
         m, d = msg.latent.shape

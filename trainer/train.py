@@ -11,14 +11,12 @@ import json
 import math
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 from accelerate import Accelerator
-from latentwire.receivers.adapter import Adapter, AdapterConfig
-from latentwire.receivers.calibration import fit_platt
-from latentwire.sender.encoder import LatentEncoder
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -29,6 +27,9 @@ from latentwire.evaluate import evaluate
 from latentwire.lm import answer_loss, assemble
 from latentwire.models import LLM, load_llm
 from latentwire.prompts import answer_ids, example_slot
+from latentwire.receivers.adapter import Adapter, AdapterConfig
+from latentwire.receivers.calibration import fit_platt
+from latentwire.sender.encoder import LatentEncoder
 
 from .config import TrainConfig
 from .features import FeatureCache
@@ -116,6 +117,12 @@ def checkpoint_config(
     }
 
 
+def eval_record(step: int, res: dict, final: bool = False) -> dict:
+    """One line of the JSONL log for a validation evaluation."""
+    per_model = {n: {k: r[k] for k in ("n", "em", "f1", "nll_per_token")} for n, r in res.items()}
+    return {"kind": "eval", "step": step, "split": "val", **({"final": True} if final else {}), **per_model}
+
+
 def train(
     cfg: TrainConfig,
     out: str | Path,
@@ -157,7 +164,12 @@ def train(
         rng.bit_generator.state = rng_state
     order = rng.permutation(len(train_rows)) if rng_state is None else np.asarray(st["order"])
     out.mkdir(parents=True, exist_ok=True)
-    log = open(out / "log.jsonl", "a") if main else None
+
+    def log(record: dict) -> None:
+        if main:
+            with open(out / "log.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
     gb = cfg.batch_size * acc.num_processes
     bar = tqdm(total=cfg.max_steps, initial=step, disable=not (progress and main), desc="train", unit="step")
     t_start, seen, last_eval = time.perf_counter() - elapsed, 0, None
@@ -168,31 +180,29 @@ def train(
         nonlocal last_eval
         model = acc.unwrap_model(wire)
         model.eval()
-        res = {}
-        for name, llm in llms.items():
 
-            @torch.no_grad()
-            def slot_fn(texts, name=name):
-                if cache is not None:
-                    f, m = cache.features(texts)
-                    _, soft = model(feats=f.to(acc.device), mask=m.to(acc.device))
-                else:
-                    _, soft = model(texts=list(texts))
-                return list(soft[name].to(llm.model.dtype))
+        @torch.no_grad()
+        def slot_fn(texts, name: str, dtype: torch.dtype) -> list[torch.Tensor]:
+            if cache is None:
+                return list(model(texts=list(texts))[1][name].to(dtype))
+            f, m = cache.features(texts)
+            return list(model(feats=f.to(acc.device), mask=m.to(acc.device))[1][name].to(dtype))
 
-            r = evaluate(
+        res = {
+            name: evaluate(
                 llm,
                 val_rows,
                 "latent",
                 context=cfg.context,
                 split="val",
-                slot_fn=slot_fn,
                 use_cache=False,
                 progress=False,
-                max_new_tokens=cfg.max_new_tokens,
+                slot_fn=partial(slot_fn, name=name, dtype=llm.model.dtype),
                 return_rows=True,
+                max_new_tokens=cfg.max_new_tokens,
             )
-            res[name] = r
+            for name, llm in llms.items()
+        }
         model.train()
         last_eval = res
         return res
@@ -257,7 +267,7 @@ def train(
         for name, llm in llms.items():
             batch = assemble(llm, list(soft[name]), [prep.answers[name][i] for i in idx])
             lm_loss = answer_loss(llm, batch, cfg.first_weight)
-            per_model[name] = float(lm_loss)
+            per_model[name] = lm_loss.item()
             loss = loss + lm_loss / len(llms)
         div = latent_diversity(z)
         if cfg.diversity_weight:
@@ -274,55 +284,26 @@ def train(
         rate = seen / max(time.perf_counter() - t_start - elapsed, 1e-9)
         bar.update(1)
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", div=f"{float(div):.3f}", ex_s=f"{rate:.2f}")
-        if main:
-            log.write(
-                json.dumps(
-                    {
-                        "kind": "step",
-                        "step": step,
-                        "loss": float(loss),
-                        **{f"loss_{k}": v for k, v in per_model.items()},
-                        "diversity": float(div),
-                        "lr": opt.param_groups[0]["lr"],
-                        "elapsed": round(time.perf_counter() - t_start, 2),
-                    }
-                )
-                + "\n"
-            )
+        log(
+            {
+                "kind": "step",
+                "step": step,
+                "loss": float(loss),
+                **{f"loss_{k}": v for k, v in per_model.items()},
+                "diversity": float(div),
+                "lr": opt.param_groups[0]["lr"],
+                "elapsed": round(time.perf_counter() - t_start, 2),
+            }
+        )
         if cfg.eval_every and step % cfg.eval_every == 0:
             if main:
-                res = run_eval()
-                log.write(
-                    json.dumps(
-                        {
-                            "kind": "eval",
-                            "step": step,
-                            "split": "val",
-                            **{n: {k: r[k] for k in ("n", "em", "f1", "nll_per_token")} for n, r in res.items()},
-                        }
-                    )
-                    + "\n"
-                )
-                log.flush()
+                log(eval_record(step, run_eval()))
                 save(final=False)
             acc.wait_for_everyone()
     bar.close()
     ckpt = out / "ckpt"
     if main:
-        res = run_eval()
-        log.write(
-            json.dumps(
-                {
-                    "kind": "eval",
-                    "step": step,
-                    "split": "val",
-                    "final": True,
-                    **{n: {k: r[k] for k in ("n", "em", "f1", "nll_per_token")} for n, r in res.items()},
-                }
-            )
-            + "\n"
-        )
+        log(eval_record(step, run_eval(), final=True))
         ckpt = save(final=True)
-        log.close()
     acc.wait_for_everyone()
     return ckpt
