@@ -60,7 +60,7 @@ def tiny_llm(family: str, seed: int = 0, hidden: int = 64, layers: int = 2, init
         num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=4096,
+        max_position_embeddings=32768,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
         tie_word_embeddings=True,

@@ -54,3 +54,13 @@ def fit_platt(scores: Sequence[float], correct: Sequence[float], ridge: float = 
         if np.abs(step).max() < 1e-9:
             break
     return Calibration(float(w[0]), float(w[1]), int(x.size), int(round(pos)))
+
+
+def pick(answers: dict[str, tuple[str, float]], calibrations: dict[str, Calibration]) -> str:
+    """The joint answer's receiver: highest calibrated score; ties go to the alphabetically first model name.
+
+    `answers` maps model name -> (answer, raw score). The arbiter and the bench both call this.
+    """
+    if not answers:
+        raise ValueError("no answers to pick from")
+    return min(answers, key=lambda n: (-calibrations.get(n, Calibration())(answers[n][1]), n))

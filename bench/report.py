@@ -1,0 +1,182 @@
+"""Turn `results.json` into `report.md` and PNG plots (people would rather look than read)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+METHODS = ("text", "token-budget", "latent")
+
+
+def _ci(d: dict, key: str = "f1") -> str:
+    ci = d.get(f"{key}_ci")
+    return f"{d[key]:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"{d[key]:.3f}"
+
+
+def quality_table(q: dict) -> list[str]:
+    lines = ["| model | method | EM | F1 (95% CI) | NLL/token | prompt tokens |", "|---|---|---|---|---|---|"]
+    for name, per in q["models"].items():
+        for method in METHODS:
+            r = per[method]
+            lines.append(
+                f"| {name} | {method} | {r['em']:.3f} | {_ci(r)} | {r['nll_per_token']:.2f} | "
+                f"{r['prompt_tokens']:.0f} |"
+            )
+    for method in METHODS:
+        j = q["joint"][method]
+        lines.append(f"| joint pick | {method} | {j['joint']['em']:.3f} | {_ci(j['joint'])} | | |")
+        lines.append(f"| oracle | {method} | {j['oracle']['em']:.3f} | {_ci(j['oracle'])} | | |")
+    return lines
+
+
+def verdict(q: dict) -> list[str]:
+    """Plain words on whether the latent wins, loses or ties, per model (CI-aware)."""
+    out = []
+    for name, per in q["models"].items():
+        lat, tb, txt = per["latent"], per["token-budget"], per["text"]
+        for other, label in ((tb, "token-budget"), (txt, "text")):
+            if lat["f1_ci"][0] > other["f1_ci"][1]:
+                word = "beats"
+            elif lat["f1_ci"][1] < other["f1_ci"][0]:
+                word = "LOSES to"
+            else:
+                word = "is within the CIs of"
+            out.append(f"- {name}: latent F1 {lat['f1']:.3f} {word} {label} F1 {other['f1']:.3f}.")
+    return out
+
+
+def write_report(results: dict, out: Path) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    lines = [
+        f"# LatentWire bench: {results['meta']['checkpoint']}",
+        "",
+        f"Command: `{results['meta']['command']}`  ",
+        f"Date: {results['meta']['date']}  ",
+        f"Host: {results['meta']['host']}  ",
+        f"Checkpoint fingerprint: `{results['meta']['fingerprint'][:16]}`  ",
+        f"Data: {results['meta']['split']} ({results['meta']['n']} questions)",
+        "",
+    ]
+    for ctx, q in results["quality"].items():
+        lines += [f"## Quality: {ctx} context", "", *quality_table(q), "", *verdict(q), ""]
+        agree = q["joint"]["latent"]["agreement"]
+        fa, fd = agree["f1_when_agree"], agree["f1_when_disagree"]
+        lines += [
+            f"Latent answers agree on {agree['rate']:.1%} of questions; joint F1 when they agree "
+            f"{fa if fa is None else f'{fa:.3f}'}, when not {fd if fd is None else f'{fd:.3f}'}.",
+            "",
+        ]
+        lines += ["| model | scheme | F1 | unchanged vs float |", "|---|---|---|---|"]
+        for name, per in q["latent_quant"].items():
+            for scheme, r in per.items():
+                lines.append(f"| {name} | {scheme} | {r['f1']:.3f} | {r['unchanged']:.1%} |")
+        lines.append("")
+    eff = results["efficiency"]
+    lines += [
+        "## Efficiency",
+        "",
+        "| scheme | frame bytes | header | body | UTF-8 prompt bytes / frame bytes |",
+        "|---|---|---|---|---|",
+    ]
+    for scheme, s in eff["frame_bytes"].items():
+        lines.append(
+            f"| {scheme} | {s['total']} | {s['header']} | {s['body']} | {eff['slot_bytes'] / s['total']:.1f}x |"
+        )
+    lines += ["", "| model | prompt tokens (text) | compression (tokens / M) |", "|---|---|---|"]
+    for name, r in eff["token_compression"].items():
+        lines.append(f"| {name} | {r['prompt_tokens']:.0f} | {r['ratio']:.1f}x |")
+    live = results.get("live")
+    if live:
+        lines += [
+            "",
+            "## Live system latency (end to end, seconds)",
+            "",
+            "| path | n | p50 | p95 | bytes/request | degraded |",
+            "|---|---|---|---|---|---|",
+        ]
+        for path, r in live["paths"].items():
+            lines.append(
+                f"| {path} | {r['n']} | {r['p50']:.3f} | {r['p95']:.3f} | {r['bytes']:.0f} | {r['degraded']} |"
+            )
+        if "overhead" in live:
+            o = live["overhead"]
+            lines += [
+                "",
+                f"Messaging overhead (encode + frame + send + receive + decode, models excluded): "
+                f"p50 {o['p50'] * 1e3:.1f} ms, p95 {o['p95'] * 1e3:.1f} ms.",
+            ]
+    tr = results.get("training")
+    if tr:
+        lines += [
+            "",
+            "## Training cost",
+            "",
+            f"{tr.get('steps')} steps, {tr.get('examples')} examples in "
+            f"{tr.get('wall_s')} s ({tr.get('examples_per_s')} examples/s), final latent diversity "
+            f"(mean pairwise cosine) {tr.get('latent_diversity', float('nan')):.3f}.",
+        ]
+    lines += ["", "## Plots", "", "![F1 by method](f1_by_method.png)", "![F1 vs bytes](f1_vs_bytes.png)"]
+    if live:
+        lines.append("![Latency](latency.png)")
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    plot_all(results, out)
+    return out / "report.md"
+
+
+def plot_all(results: dict, out: Path) -> None:
+    ctx = "distractor" if "distractor" in results["quality"] else next(iter(results["quality"]))
+    q = results["quality"][ctx]
+    names = list(q["models"])
+    fig, ax = plt.subplots(figsize=(7, 4))
+    width = 0.8 / (len(names) + 1)
+    xs = range(len(METHODS))
+    for k, name in enumerate([*names, "joint pick"]):
+        vals, errs = [], [[], []]
+        for method in METHODS:
+            r = q["models"][name][method] if name in q["models"] else q["joint"][method]["joint"]
+            vals.append(r["f1"])
+            errs[0].append(r["f1"] - r["f1_ci"][0])
+            errs[1].append(r["f1_ci"][1] - r["f1"])
+        ax.bar([x + k * width for x in xs], vals, width, yerr=errs, capsize=3, label=name)
+    ax.set_xticks([x + width * len(names) / 2 for x in xs], METHODS)
+    ax.set_ylabel("F1 (95% CI)")
+    ax.set_title(f"F1 by method ({ctx} context)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "f1_by_method.png", dpi=120)
+    plt.close(fig)
+
+    eff = results["efficiency"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name in names:
+        pts = sorted((eff["frame_bytes"][s]["total"], r["f1"]) for s, r in q["latent_quant"][name].items())
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=f"{name} latent")
+        ax.axhline(
+            q["models"][name]["text"]["f1"], ls="--", lw=1, color=ax.lines[-1].get_color(), label=f"{name} text prompt"
+        )
+    ax.axvline(eff["slot_bytes"], color="grey", ls=":", label="text prompt bytes (UTF-8)")
+    ax.set_xscale("log")
+    ax.set_xlabel("bytes on the wire per question")
+    ax.set_ylabel("F1")
+    ax.set_title("F1 against bytes on the wire (fp16 / int8 / int4)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "f1_vs_bytes.png", dpi=120)
+    plt.close(fig)
+
+    live = results.get("live")
+    if live:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        paths = list(live["paths"])
+        ax.bar(paths, [live["paths"][p]["p50"] for p in paths], label="p50")
+        ax.scatter(paths, [live["paths"][p]["p95"] for p in paths], color="black", zorder=3, label="p95")
+        ax.set_ylabel("end-to-end latency (s)")
+        ax.set_title("Latency by path (live processes)")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "latency.png", dpi=120)
+        plt.close(fig)

@@ -1,0 +1,63 @@
+"""The bench's offline figures on a tiny checkpoint: every section present, numbers consistent."""
+
+import json
+
+import pytest
+
+from latentwire import checkpoint
+from latentwire.bench.quality import joint, wire_bytes
+from latentwire.bench.run import run_bench
+from latentwire.receivers.calibration import Calibration
+from latentwire.sender.encoder import EncoderConfig
+from latentwire.tiny import tiny_llm
+from latentwire.trainer.config import TrainConfig
+from latentwire.trainer.train import build_wire, checkpoint_config
+
+
+@pytest.fixture(scope="module")
+def tiny_wire(tmp_path_factory):
+    llms = {"tiny-llama": tiny_llm("llama"), "tiny-qwen": tiny_llm("qwen")}
+    cfg = TrainConfig(
+        models=list(llms),
+        encoder=EncoderConfig(backbone="bytes", d_model=32, d_z=16, m=4, max_bytes=512, byte_layers=1, pool_layers=1),
+    )
+    wire = build_wire(cfg, llms)
+    path = tmp_path_factory.mktemp("ck") / "ckpt"
+    checkpoint.save(path, wire.encoder, dict(wire.adapters), checkpoint_config(cfg, wire, llms))
+    return path, checkpoint.load_checkpoint(path, llms=llms)
+
+
+def test_bench_offline_report(tiny_wire, dev3, tmp_path, monkeypatch):
+    monkeypatch.setenv("LATENTWIRE_CACHE", str(tmp_path / "cache"))
+    path, wire = tiny_wire
+    res = run_bench(
+        path, out=tmp_path / "out", wire=wire, examples=dev3, contexts=("gold",), progress=False, command="test"
+    )
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved["meta"]["n"] == 3 and saved["meta"]["fingerprint"] == wire.fingerprint
+    q = res["quality"]["gold"]
+    for name in ("tiny-llama", "tiny-qwen"):
+        assert set(q["models"][name]) == {"text", "token-budget", "latent"}
+        assert set(q["latent_quant"][name]) == {"fp16", "int8", "int4"}
+        assert q["latent_quant"][name]["fp16"]["unchanged"] >= 0.0
+    assert q["joint"]["latent"]["oracle"]["f1"] >= q["joint"]["latent"]["joint"]["f1"]
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "## Quality: gold context" in report and "token-budget" in report
+    assert (tmp_path / "out" / "f1_by_method.png").stat().st_size > 1000
+    assert (tmp_path / "out" / "f1_vs_bytes.png").is_file()
+
+
+def test_joint_pick_oracle_and_agreement():
+    rows = {
+        "a": [{"pred": "Paris", "score": -0.1, "f1": 1.0, "em": 1.0}, {"pred": "x", "score": -3, "f1": 0, "em": 0}],
+        "b": [{"pred": "paris", "score": -2.0, "f1": 1.0, "em": 1.0}, {"pred": "y", "score": -0.1, "f1": 1, "em": 1}],
+    }
+    j = joint(rows, {"a": Calibration(), "b": Calibration()})
+    assert j["joint"]["f1"] == 1.0 and j["oracle"]["f1"] == 1.0
+    assert j["agreement"]["rate"] == 0.5
+
+
+def test_wire_bytes_exact():
+    sizes = wire_bytes(8, 256)
+    assert sizes["fp16"]["body"] == 4096 and sizes["int8"]["body"] == 2048 and sizes["int4"]["body"] == 1024
+    assert all(s["total"] == s["header"] + s["body"] for s in sizes.values())
