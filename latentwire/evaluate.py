@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import Example
-from .lm import answer_nll, generate, template_of, text_slots
+from .lm import generate, template_of, text_slots
 from .metrics import exact_match, f1_score, postprocess, summarize
 from .models import LLM, cache_root
 from .prompts import MODES, PROMPT_VERSION, example_slot
@@ -101,10 +101,9 @@ def evaluate(
             texts = [example_slot(ex, context) for ex in chunk]
             with torch.no_grad():
                 slots = slot_fn(texts)
-                gens = generate(llm, slots, max_new_tokens=max_new_tokens)
-                nlls = answer_nll(llm, slots, [ex.answer for ex in chunk])
+                gens = generate(llm, slots, max_new_tokens=max_new_tokens, answers=[ex.answer for ex in chunk])
             dt = (time.perf_counter() - t0) / len(chunk)
-            for ex, text, slot, g, nll in zip(chunk, texts, slots, gens, nlls, strict=True):
+            for ex, text, slot, g in zip(chunk, texts, slots, gens, strict=True):
                 pred = postprocess(g.text)
                 row = {
                     "id": ex.id,
@@ -112,7 +111,7 @@ def evaluate(
                     "pred": pred,
                     "gold": ex.answer,
                     "score": g.score,
-                    "nll": nll,
+                    "nll": g.nll,
                     "em": exact_match(pred, ex.answer),
                     "f1": f1_score(pred, ex.answer),
                     "prompt_tokens": len(tpl.prefix_ids) + int(slot.shape[0]) + len(tpl.suffix_ids),

@@ -8,6 +8,7 @@ answer tokens are right-aligned, so logits are only computed for the last few po
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -101,24 +102,23 @@ def answer_loss(llm: LLM, batch: Batch, first_weight: float = 1.0) -> torch.Tens
     return -(lp * w).sum() / w.sum().clamp(min=1.0)
 
 
-@torch.no_grad()
-def answer_nll(llm: LLM, slots: Sequence[torch.Tensor], answers: Sequence[str]) -> list[float]:
-    """NLL per token of each gold answer (end-of-turn token included) given its prompt."""
-    ids = [answer_ids(llm.tokenizer, a, llm.tokenizer.eos_token_id) for a in answers]
-    lp, valid = token_logprobs(llm, assemble(llm, slots, ids))
-    return (-(lp.sum(1)) / valid.sum(1)).tolist()
-
-
 @dataclass
 class Generation:
     text: str
     token_ids: list[int]
     score: float  # mean log-probability of the generated tokens
+    nll: float | None = None  # NLL per token of the gold answer given the same prompt, when asked for
 
 
 @torch.no_grad()
-def generate(llm: LLM, slots: Sequence[torch.Tensor], max_new_tokens: int = 16) -> list[Generation]:
-    """Greedy decoding from the assembled prompts; stops at end-of-turn or once a row has a full first line."""
+def generate(
+    llm: LLM, slots: Sequence[torch.Tensor], max_new_tokens: int = 16, answers: Sequence[str] | None = None
+) -> list[Generation]:
+    """Greedy decoding from the assembled prompts; stops at end-of-turn or once a row has a full first line.
+
+    With `answers`, also scores each gold answer (NLL per token, end-of-turn included) from the same prompt
+    forward pass, so evaluation reads each long prompt once.
+    """
     batch = assemble(llm, slots)
     model, tok, stop = llm.model, llm.tokenizer, llm.stop_ids
     B = len(slots)
@@ -130,6 +130,7 @@ def generate(llm: LLM, slots: Sequence[torch.Tensor], max_new_tokens: int = 16) 
         use_cache=True,
         logits_to_keep=1,
     )
+    nlls = _score_answers(llm, out, mask, pos, answers) if answers is not None else [None] * B
     gen: list[list[int]] = [[] for _ in range(B)]
     logps: list[list[float]] = [[] for _ in range(B)]
     done = [False] * B
@@ -161,9 +162,33 @@ def generate(llm: LLM, slots: Sequence[torch.Tensor], max_new_tokens: int = 16) 
             logits_to_keep=1,
         )
     return [
-        Generation(tok.decode(g, skip_special_tokens=True), g, sum(lp) / max(len(lp), 1))
-        for g, lp in zip(gen, logps, strict=True)
+        Generation(tok.decode(g, skip_special_tokens=True), g, sum(lp) / max(len(lp), 1), nll)
+        for g, lp, nll in zip(gen, logps, nlls, strict=True)
     ]
+
+
+def _score_answers(llm: LLM, out, mask: torch.Tensor, pos: torch.Tensor, answers: Sequence[str]) -> list[float]:
+    """NLL/token of each answer continuing the prompt whose forward output (logits + cache) is `out`."""
+    eos = llm.tokenizer.eos_token_id
+    ids = [answer_ids(llm.tokenizer, a, eos) for a in answers]
+    logp = out.logits[:, -1:].float().log_softmax(-1)  # predicts the first answer token
+    L = max(len(a) for a in ids)
+    if L > 1:  # feed answer tokens (right-padded) on a copy of the prompt cache
+        B, dev = len(ids), mask.device
+        inp = torch.full((B, L - 1), eos, dtype=torch.long, device=dev)
+        valid = torch.zeros(B, L - 1, dtype=mask.dtype, device=dev)
+        for i, a in enumerate(ids):
+            inp[i, : len(a) - 1] = torch.tensor(a[:-1], device=dev)
+            valid[i, : len(a) - 1] = 1
+        cont = llm.model(
+            input_ids=inp,
+            attention_mask=torch.cat([mask, valid], 1),
+            position_ids=pos + 1 + torch.arange(L - 1, device=dev),
+            cache=copy.deepcopy(out.cache),
+            use_cache=True,
+        )
+        logp = torch.cat([logp, cont.logits.float().log_softmax(-1)], 1)
+    return [-float(logp[i, torch.arange(len(a)), torch.tensor(a)].mean()) for i, a in enumerate(ids)]
 
 
 def text_slots(llm: LLM, texts: Sequence[str], budget: int | None = None) -> list[torch.Tensor]:

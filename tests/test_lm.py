@@ -1,7 +1,7 @@
 import torch
 import torch.nn.functional as F
 
-from latentwire.lm import answer_loss, answer_nll, assemble, generate, template_of, text_slots
+from latentwire.lm import answer_loss, assemble, generate, template_of, text_slots
 from latentwire.prompts import INSTRUCTION, answer_ids, slot_text
 
 
@@ -73,6 +73,13 @@ def test_batched_generation_equals_single(tiny):
         assert abs(single.score - g.score) < 1e-4
 
 
-def test_answer_nll_is_positive(tiny):
-    nll = answer_nll(tiny, text_slots(tiny, ["Question: q\nContext: c"]), ["Paris"])
-    assert len(nll) == 1 and nll[0] > 0
+def test_answer_nll_from_generation_matches_teacher_forcing(tiny):
+    """NLL scored on the generation's prompt cache equals the plain teacher-forced loss, per row of a batch."""
+    slots = text_slots(tiny, ["Question: q\nContext: c", "Question: a longer one\nContext: more text here"])
+    answers = ["Paris", "no"]
+    gens = generate(tiny, slots, max_new_tokens=3, answers=answers)
+    eos = tiny.tokenizer.eos_token_id
+    for s, a, g in zip(slots, answers, gens, strict=True):
+        ref = answer_loss(tiny, assemble(tiny, [s], [answer_ids(tiny.tokenizer, a, eos)]))
+        assert g.nll is not None and abs(g.nll - float(ref)) < 1e-4
+    assert generate(tiny, slots[:1], max_new_tokens=2)[0].nll is None
