@@ -93,3 +93,33 @@ def run_bench(
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     write_report(results, out)
     return results
+
+
+def quick_checkpoint(path: Path, steps: int = 20) -> Path:
+    """A tiny checkpoint on tiny random models, trained a few steps (for `bench --quick` and CI)."""
+    from latentwire.models import load_llm
+    from latentwire.sender.encoder import EncoderConfig
+    from latentwire.trainer.config import TrainConfig
+    from latentwire.trainer.train import train
+
+    names = ["tiny-llama", "tiny-qwen"]
+    cfg = TrainConfig(
+        models=names,
+        encoder=EncoderConfig(backbone="bytes", d_model=64, d_z=32, m=4, max_bytes=2048, byte_layers=1, pool_layers=1),
+        batch_size=4,
+        lr=3e-3,
+        max_steps=steps,
+        time_budget=None,
+        eval_every=0,
+        eval_n=8,
+        context="gold",
+    )
+    rows = load_split("train", limit=32)
+    return train(
+        cfg,
+        path.parent / "quick-run",
+        llms={n: load_llm(n) for n in names},
+        data=(rows, load_split("val", limit=8)),
+        resume=False,
+        progress=False,
+    )

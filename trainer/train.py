@@ -173,6 +173,7 @@ def train(
     gb = cfg.batch_size * acc.num_processes
     bar = tqdm(total=cfg.max_steps, initial=step, disable=not (progress and main), desc="train", unit="step")
     t_start, seen, last_eval = time.perf_counter() - elapsed, 0, None
+    t_session = time.perf_counter()  # examples/s counts this session only (resume-safe)
     losses: list[float] = []
     div = torch.tensor(0.0)
 
@@ -281,7 +282,7 @@ def train(
         step += 1
         seen += len(idx) * acc.num_processes
         losses.append(float(loss))
-        rate = seen / max(time.perf_counter() - t_start - elapsed, 1e-9)
+        rate = seen / max(time.perf_counter() - t_session, 1e-9)
         bar.update(1)
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", div=f"{float(div):.3f}", ex_s=f"{rate:.2f}")
         log(
@@ -305,5 +306,8 @@ def train(
     if main:
         log(eval_record(step, run_eval(), final=True))
         ckpt = save(final=True)
+        from .plot import plot_training
+
+        plot_training(out / "log.jsonl")
     acc.wait_for_everyone()
     return ckpt
