@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from .models import LLM, load_llm
 
 WEIGHTS, CONFIG = "weights.safetensors", "config.json"
+DEFAULT_CKPT: Path = Path(__file__).resolve().parent.parent / "checkpoints" / "default"
 FORMAT_VERSION = 1
 
 

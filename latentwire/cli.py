@@ -236,7 +236,40 @@ def train(
         )
 
 
+@app.command()
+def bench(
+    ckpt: Annotated[Path | None, typer.Option(help="checkpoint (default: the committed default)")] = None,
+    out: Annotated[Path, typer.Option(help="results.json, report.md and plots go here")] = Path("bench/results"),
+    split: Annotated[Split, typer.Option()] = Split.dev,
+    limit: Annotated[int | None, typer.Option(help="first N questions only")] = None,
+    context: Annotated[list[Context], typer.Option(help="context modes (repeat)")] = [  # noqa: B006
+        Context.distractor,
+        Context.gold,
+    ],
+    live: Annotated[int, typer.Option(help="questions sent through the live processes for latency (0: none)")] = 100,
+    quick: Annotated[bool, typer.Option(help="tiny random models + tiny checkpoint: minutes, for CI")] = False,
+    threads: Threads = None,
+) -> None:
+    """The full figure-of-merit report: quality per model and joint, quantisation, bytes, latency, training cost."""
+    from .bench.run import quick_checkpoint, run_bench
+    from .checkpoint import DEFAULT_CKPT
+    from .device import set_threads
+
+    set_threads(threads)
+    if quick:
+        ckpt = quick_checkpoint(out / "quick-ckpt")
+        limit, live = limit or 6, min(live, 6)
+    ckpt = ckpt or DEFAULT_CKPT
+    contexts = tuple(c.value for c in context)
+    res = run_bench(ckpt, out=out, split=split.value, limit=limit, contexts=contexts, live_n=live)
+    typer.echo(f"wrote {out / 'results.json'} and {out / 'report.md'} ({res['meta']['wall_s']} s)")
+
+
 # --- processes (sender, receivers, arbiter, client) ---
+
+from .proc_cli import register as _register_processes  # noqa: E402 - commands: sender, receiver, arbiter, ask, ...
+
+_register_processes(app, Mode, Context, Split)
 
 
 def main() -> None:  # pragma: no cover - console entry point

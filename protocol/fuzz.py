@@ -48,14 +48,14 @@ def sample_messages() -> list[Message]:
         Reply("r7", "recv-llama", "llama", "Ada Lovelace", -0.25, {"encode": 0.001, "generate": 0.2}, "ckpt-abc"),
         ErrorReply("", "recv-qwen", "bad_frame", "latent frame: missing field 'b'"),
         Heartbeat("", "recv-qwen", "receiver", "ready", {"model": "qwen", "d_model": 896, "load_s": 1.5}),
-        Ask("c1", "client", "Who wrote it?", "Ada Lovelace wrote it.", "latent", "int4", group_size=8, max_new_tokens=8),
+        Ask("c1", "client", "Who wrote it?", "Ada Lovelace wrote it.", "latent", "int4", 8, max_new_tokens=8),
         Ask("c2", "client", "Où?", "à Paris.", "token-budget", budget=8),
         JointReply(
             "c1", "arbiter", "Ada Lovelace", "llama", 0.75, 1, 0,
             {"llama": "Ada Lovelace", "qwen": "ada lovelace"}, {"llama": -0.25, "qwen": -0.5},
             {"llama": 0.75, "qwen": 0.6}, {}, {"e2e": 0.4, "llama.generate": 0.2}, {"request": 1100, "fanout": 2200},
         ),
-        JointReply("c2", "arbiter", "Paris", "qwen", 0.5, 0, 1, {"qwen": "Paris"}, errors={"llama": "timeout: no reply"}),
+        JointReply("c2", "arbiter", "Paris", "qwen", 0.5, 0, 1, {"qwen": "Paris"}, errors={"llama": "timeout: ..."}),
     ]  # fmt: skip
 
 

@@ -57,10 +57,11 @@ def fit_platt(scores: Sequence[float], correct: Sequence[float], ridge: float = 
 
 
 def pick(answers: dict[str, tuple[str, float]], calibrations: dict[str, Calibration]) -> str:
-    """The joint answer's receiver: highest calibrated score; ties go to the alphabetically first model name.
+    """The joint answer's model: non-empty answers first, then highest calibrated score, then model name.
 
     `answers` maps model name -> (answer, raw score). The arbiter and the bench both call this.
     """
     if not answers:
         raise ValueError("no answers to pick from")
-    return min(answers, key=lambda n: (-calibrations.get(n, Calibration())(answers[n][1]), n))
+    cal = {n: calibrations.get(n, Calibration())(answers[n][1]) for n in answers}
+    return min(answers, key=lambda n: (not answers[n][0].strip(), -cal[n], n))

@@ -15,8 +15,10 @@ from hypothesis.extra import numpy as hnp
 
 from latentwire.protocol import (
     DEFAULT_LIMITS,
+    Ask,
     ErrorReply,
     Heartbeat,
+    JointReply,
     LatentRequest,
     Limits,
     ProtocolError,
@@ -31,6 +33,7 @@ from latentwire.protocol import (
     error_reply,
     frame_size,
     latent_request,
+    peek_rid,
     quantize,
     sample_messages,
 )
@@ -348,3 +351,98 @@ def test_error_messages_name_the_kind() -> None:
     with pytest.raises(ProtocolError) as info:
         decode_frame(_frame(_golden_reply(), o=3))
     assert re.fullmatch(r"rep frame: model: expected str, got int", str(info.value))
+
+
+# ---- client-facing kinds: ask (client -> arbiter -> sender) and jrep (arbiter -> client) ----
+
+GOLDEN_ASK = (
+    "8ca170aa6c6174656e7477697265a17601a16ba361736ba169a67269642d3031a173a6636c69656e74a178a457686f3fa163ad41646120"
+    "77726f74652069742ea16da66c6174656e74a171a4696e7434a16704a16ec0a17408"
+)
+
+
+def _golden_ask() -> Ask:
+    return Ask("rid-01", "client", "Who?", "Ada wrote it.", "latent", "int4", 4, None, 8)
+
+
+def _joint(**kw: Any) -> JointReply:
+    args = dict(
+        rid="rid-01", sender="arbiter", answer="Ada", model="llama", score=0.5, agreement=1, degraded=0,
+        answers={"llama": "Ada", "qwen": "ada"}, scores={"llama": -0.5, "qwen": -1.0},
+        calibrated={"llama": 0.5, "qwen": 0.25}, errors={}, durations={"e2e": 0.25}, nbytes={"request": 90},
+    )  # fmt: skip
+    return JointReply(**{**args, **kw})
+
+
+def test_golden_ask_bytes() -> None:
+    assert encode_frame(_golden_ask()).hex() == GOLDEN_ASK
+    assert decode_frame(bytes.fromhex(GOLDEN_ASK)) == _golden_ask()
+
+
+_maps = st.dictionaries(_name, _finite, max_size=4)
+
+
+@SETTINGS
+@given(
+    msg=st.one_of(
+        st.builds(
+            Ask, _name, _name, _name, _text, st.sampled_from(["latent", "text", "token-budget"]),
+            st.sampled_from(["fp32", "fp16"]), st.none(), st.none() | st.integers(1, 512), st.integers(1, 4096),
+        ),
+        st.builds(
+            Ask, _name, _name, _name, _text, st.just("latent"), st.sampled_from(["int8", "int4"]),
+            st.none() | st.integers(1, 256),
+        ),
+        st.builds(
+            JointReply, _name, _name, _text, _name, st.floats(0, 1), st.integers(0, 1), st.integers(0, 1),
+            st.dictionaries(_name, _text, max_size=4), _maps,
+            st.dictionaries(_name, st.floats(0, 1), max_size=4), st.dictionaries(_name, _text, max_size=4),
+            st.dictionaries(_name, _pos, max_size=4), st.dictionaries(_name, st.integers(0, 2**63 - 1), max_size=4),
+        ),
+    )
+)  # fmt: skip
+def test_client_kinds_round_trip(msg: Any) -> None:
+    data = encode_frame(msg)
+    assert decode_frame(data) == msg
+    assert frame_size(data).total == len(data)
+
+
+def test_client_kinds_sizes_and_rid_peek() -> None:
+    ask, joint = _golden_ask(), _joint()
+    assert frame_size(ask).body == len("Who?") + len("Ada wrote it.")
+    assert frame_size(joint).body == len("Ada")
+    assert peek_rid(encode_frame(joint)) == "rid-01"
+    assert peek_rid(_frame(v=2)) == "rid-01"  # refused by decode_frame, rid still readable for the error reply
+    for junk in (b"", b"\xc1", msgpack.packb([1]), msgpack.packb({"i": 5}), b"\x91" * 5000, _frame(i="x" * 2000)):
+        assert peek_rid(junk) == ""
+
+
+CLIENT_REJECTIONS = {
+    "unknown mode": (_frame(_golden_ask(), m="video"), r"ask frame: mode: unknown mode 'video'"),
+    "empty question": (_frame(_golden_ask(), x=""), r"ask frame: question: must not be empty"),
+    "group for fp16": (_frame(_golden_ask(), q="fp16"), r"ask frame: group_size: must be None for fp16"),
+    "unknown quant": (_frame(_golden_ask(), q="int3"), r"ask frame: quant: unknown quant scheme 'int3'"),
+    "zero budget": (_frame(_golden_ask(), n=0), r"ask frame: budget: 0 is outside"),
+    "degraded 2": (_frame(_joint(), z=2), r"jrep frame: degraded: 2 is outside 0..1"),
+    "agreement bool": (_frame(_joint(), g=True), r"jrep frame: agreement: expected int, got bool"),
+    "probability > 1": (_frame(_joint(), j={"llama": 1.5}), r"calibrated\['llama'\]: 1.5 is a probability"),
+    "score > 1": (_frame(_joint(), r=2.0), r"jrep frame: score: 2.0 is a probability"),
+    "negative bytes": (_frame(_joint(), b={"request": -1}), r"nbytes\['request'\]: -1 is outside"),
+    "answers as list": (_frame(_joint(), w=["Ada"]), r"answers: expected map, got list"),
+    "empty model": (_frame(_joint(), o=""), r"jrep frame: model: must not be empty"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(CLIENT_REJECTIONS))
+def test_client_kind_rejections(case: str) -> None:
+    _rejects(*CLIENT_REJECTIONS[case])
+
+
+def test_client_kinds_respect_text_limits() -> None:
+    long = "a" * 2000  # over max_str, under max_text_bytes: allowed in question, context and answers
+    assert decode_frame(encode_frame(Ask("r", "c", long, long))).question == long
+    assert decode_frame(encode_frame(_joint(answers={"llama": long}))).answers["llama"] == long
+    with pytest.raises(ProtocolError, match=r"errors\['llama'\]: 2000 UTF-8 bytes exceeds the limit 1024"):
+        encode_frame(_joint(errors={"llama": long}))
+    with pytest.raises(ProtocolError, match="max_new_tokens: 5000 exceeds the limit 4096"):
+        encode_frame(Ask("r", "c", "q", max_new_tokens=5000))

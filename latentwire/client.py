@@ -1,0 +1,228 @@
+"""Python client of a running LatentWire system (what `latentwire ask` and `ask-batch` use).
+
+One DEALER socket to the arbiter's frontend. `ask` sends one question and waits; `ask_many` keeps at most
+`window` questions in flight (backpressure: the system never holds more than the caller allows) and yields
+answers as they complete. Every question yields exactly one `Answer`: the joint reply, the arbiter's error,
+or a client-side timeout if the arbiter itself went silent. No torch here: importing this is fast.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from latentwire import net
+from latentwire.protocol import Ask, ErrorReply, Heartbeat, JointReply, ProtocolError, decode_frame, encode_frame
+
+GRACE_S = 5.0  # the client waits this much longer than the arbiter's own timeout before giving up
+
+
+@dataclass
+class Answer:
+    """One question's outcome as the client saw it."""
+
+    tag: Any  # the caller's key for the question (an example id, an index)
+    ask: Ask
+    reply: JointReply | None = None
+    error: ErrorReply | None = None
+    latency_s: float = 0.0  # client-measured end-to-end
+    bytes_in: int = 0  # size of the answer frame
+
+    @property
+    def ok(self) -> bool:
+        return self.reply is not None
+
+    @property
+    def answer(self) -> str:
+        return self.reply.answer if self.reply else ""
+
+    @property
+    def degraded(self) -> bool:
+        return self.reply is None or bool(self.reply.degraded)
+
+    def to_row(self) -> dict[str, Any]:
+        """A flat JSON-able record (ask-batch writes one per line)."""
+        r = self.reply
+        row: dict[str, Any] = {
+            "id": self.tag,
+            "mode": self.ask.mode,
+            "quant": self.ask.quant if self.ask.mode == "latent" else None,
+            "ok": self.ok,
+            "answer": self.answer,
+            "model": r.model if r else None,
+            "score": r.score if r else None,
+            "agreement": bool(r.agreement) if r else False,
+            "degraded": self.degraded,
+            "error": f"{self.error.code}: {self.error.message}" if self.error else None,
+            "receivers": {
+                m: {
+                    "answer": r.answers.get(m),
+                    "score": r.scores.get(m),
+                    "calibrated": r.calibrated.get(m),
+                    "error": r.errors.get(m),
+                    "durations": {k.split(".", 1)[1]: v for k, v in r.durations.items() if k.startswith(m + ".")},
+                }
+                for m in sorted(set(r.answers) | set(r.errors))
+            }
+            if r
+            else {},
+            "durations": {k: v for k, v in r.durations.items() if k == "e2e" or k.startswith("sender.")} if r else {},
+            "bytes": {**(r.nbytes if r else {}), "answer": self.bytes_in},
+            "e2e_s": self.latency_s,
+        }
+        return row
+
+
+@dataclass
+class _Flight:
+    tag: Any
+    ask: Ask
+    sent: float
+    deadline: float
+
+
+@dataclass
+class Client:
+    """A connection to the arbiter; use as a context manager or call `close()`."""
+
+    address: str | None = None  # default: $LATENTWIRE_ARBITER, else loopback
+    curve_dir: str | None = None  # default: $LATENTWIRE_CURVE (unset = no encryption)
+    timeout: float | None = None  # per question; default: the arbiter's timeout + GRACE_S
+    _ctx: zmq.Context = field(init=False, repr=False)
+    _sock: zmq.Socket = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.address = net.address("arbiter", self.address)
+        self.id = net.process_id("client")
+        self._ctx = zmq.Context()
+        self._sock = net.make_socket(self._ctx, zmq.DEALER)
+        self._curve = net.Curve.from_env("client", self.curve_dir)
+        if self._curve:
+            self._curve.client(self._sock, "arbiter")
+        self._sock.connect(self.address)
+        self._seq = itertools.count(1)
+        self._prefix = uuid.uuid4().hex[:8]
+        self._inbox: dict[str, tuple[Any, int]] = {}
+        self._arbiter_timeout: float | None = None
+
+    # ---- plumbing ----
+
+    def _rid(self) -> str:
+        return f"{self._prefix}-{next(self._seq)}"
+
+    def _pump(self, timeout_s: float) -> None:
+        """Receive whatever arrives within `timeout_s` into the inbox (by rid)."""
+        if not self._sock.poll(max(0, int(timeout_s * 1000))):
+            return
+        while True:
+            try:
+                data = self._sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                msg = decode_frame(data)
+            except ProtocolError:
+                continue  # not from a LatentWire arbiter; nothing to match it to
+            self._inbox[msg.rid] = (msg, len(data))
+
+    def status(self, timeout: float = 1.0) -> Heartbeat | None:
+        """The arbiter's status heartbeat (ready/waiting, live receivers, counters), None if it is silent."""
+        rid = self._rid()
+        self._sock.send(encode_frame(Heartbeat(rid, self.id, "client", "ping")))
+        end = time.monotonic() + timeout
+        while time.monotonic() < end and rid not in self._inbox:
+            self._pump(end - time.monotonic())
+        msg = self._inbox.pop(rid, (None, 0))[0]
+        if isinstance(msg, Heartbeat):
+            self._arbiter_timeout = float(msg.info.get("timeout", 0)) or None
+            return msg
+        return None
+
+    def wait_ready(
+        self, timeout: float = 180.0, receivers: int = 1, on_wait: Callable[[Heartbeat | None], None] | None = None
+    ) -> Heartbeat:
+        """Block until the arbiter reports a sender and at least `receivers` receivers ready (models load slowly)."""
+        end = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < end:
+            last = self.status(timeout=min(1.0, max(0.05, end - time.monotonic())))
+            if last and last.status == "ready" and int(last.info.get("n_receivers", 0)) >= receivers:
+                return last
+            if on_wait:
+                on_wait(last)
+            time.sleep(0.25)
+        state = f"last status: {last.status} {dict(last.info)}" if last else "the arbiter does not answer"
+        raise TimeoutError(f"LatentWire at {self.address} not ready after {timeout:.0f} s ({state})")
+
+    def _deadline(self, now: float) -> float:
+        if self.timeout is not None:
+            return now + self.timeout
+        if self._arbiter_timeout is None:
+            self.status(timeout=2.0)
+        return now + (self._arbiter_timeout or 60.0) + GRACE_S
+
+    # ---- asking ----
+
+    def _ask(self, question: str, context: str, options: dict[str, Any]) -> Ask:
+        return Ask(self._rid(), self.id, question, context, **options)
+
+    def ask(self, question: str, context: str = "", **options: Any) -> Answer:
+        """Ask one question; options: mode, quant, group_size, budget, max_new_tokens (see protocol.Ask)."""
+        return next(self.ask_many([(None, question, context)], window=1, **options))
+
+    def ask_many(self, items: Iterable[tuple[Any, str, str]], window: int = 4, **options: Any) -> Iterator[Answer]:
+        """Ask (tag, question, context) items with at most `window` in flight; yields in completion order."""
+        todo = iter(items)
+        flights: dict[str, _Flight] = {}
+        exhausted = False
+        while True:
+            while not exhausted and len(flights) < max(1, window):
+                item = next(todo, None)
+                if item is None:
+                    exhausted = True
+                    break
+                tag, question, context = item
+                ask = self._ask(question, context, options)
+                now = time.monotonic()
+                self._sock.send(encode_frame(ask))
+                flights[ask.rid] = _Flight(tag, ask, now, self._deadline(now))
+            if not flights:
+                return
+            self._pump(min(0.5, max(0.0, min(f.deadline for f in flights.values()) - time.monotonic())))
+            now = time.monotonic()
+            for rid in [r for r in flights if r in self._inbox]:
+                f = flights.pop(rid)
+                msg, size = self._inbox.pop(rid)
+                ans = Answer(f.tag, f.ask, latency_s=now - f.sent, bytes_in=size)
+                if isinstance(msg, JointReply):
+                    ans.reply = msg
+                elif isinstance(msg, ErrorReply):
+                    ans.error = msg
+                else:
+                    ans.error = ErrorReply(rid, self.id, "bad_answer", f"unexpected {type(msg).__name__}")
+                yield ans
+            for rid in [r for r in self._inbox if r not in flights]:
+                del self._inbox[rid]  # answers to questions already given up on
+            for rid in [r for r, f in flights.items() if now >= f.deadline]:
+                f = flights.pop(rid)
+                why = f"no answer from {self.address} in {now - f.sent:.0f} s"
+                err = ErrorReply(rid, self.id, "client_timeout", why)
+                yield Answer(f.tag, f.ask, error=err, latency_s=now - f.sent)
+
+    def close(self) -> None:
+        self._sock.close(0)
+        if self._curve:
+            self._curve.stop()
+        self._ctx.term()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

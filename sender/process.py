@@ -1,0 +1,175 @@
+"""The sender process: Ask in (from the arbiter), one latent or text frame out to every receiver.
+
+It connects a DEALER to the arbiter's backend (so several senders can share the load) and one PUSH per
+receiver address (fan-out; each receiver binds, and with CURVE accepts only known senders). PUSH sockets use
+ZMQ_IMMEDIATE, so a receiver that is down is skipped at once instead of queuing stale work for it. After the
+fan-out it reports to the arbiter what it sent (a `sent` heartbeat carrying the frame's bytes and timings),
+or an ErrorReply when the request cannot be built.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import zmq
+
+from latentwire import net
+from latentwire.protocol import (
+    Ask,
+    ErrorReply,
+    Heartbeat,
+    Message,
+    ProtocolError,
+    TextRequest,
+    decode_frame,
+    encode_frame,
+    error_reply,
+    frame_size,
+    latent_request,
+    peek_rid,
+)
+
+log = logging.getLogger("latentwire.sender")
+
+
+@dataclass
+class Sender:
+    """Builds the request frame for an Ask: encoder + quantiser for latents, the slot text otherwise."""
+
+    encoder: object  # LatentEncoder: list of slot texts -> (B, M, d_z)
+    fingerprint: str
+    m: int
+    pid: str
+
+    def build(self, ask: Ask) -> tuple[bytes, dict[str, float]]:
+        """(frame, durations); raises ProtocolError when the request cannot be expressed (e.g. fp16 overflow)."""
+        import torch
+
+        from latentwire.prompts import slot_text
+
+        t0 = time.perf_counter()
+        slot = slot_text(ask.question, ask.context)
+        durations: dict[str, float] = {}
+        msg: Message
+        if ask.mode == "latent":
+            with torch.no_grad():
+                z = self.encoder([slot])[0].float().cpu().numpy()
+            t1 = time.perf_counter()
+            durations["encode_s"] = t1 - t0
+            msg = latent_request(
+                ask.rid, self.pid, self.fingerprint, z, ask.quant, ask.group_size, max_new_tokens=ask.max_new_tokens
+            )
+        else:
+            t1 = t0
+            budget = (ask.budget or self.m) if ask.mode == "token-budget" else None
+            msg = TextRequest(ask.rid, self.pid, slot, budget, ask.max_new_tokens)
+        frame = encode_frame(msg)
+        durations["frame_s"] = time.perf_counter() - t1
+        return frame, durations
+
+
+def report(rid: str, pid: str, frame: bytes, reached: int, total: int, durations: dict[str, float]) -> Heartbeat:
+    """The `sent` report: exact bytes of the frame as sent (per receiver) and how many receivers got it."""
+    size = frame_size(frame)
+    info: dict[str, str | int | float] = {
+        "request": size.total,
+        "header": size.header,
+        "payload": size.body,
+        "scales": size.scales,
+        "fanout": size.total * reached,
+        "reached": reached,
+        "receivers": total,
+        **durations,
+    }
+    return Heartbeat(rid, pid, "sender", "sent", info)
+
+
+def serve(
+    ckpt: str | Path,
+    *,
+    backend: str | None = None,
+    receivers: str | None = None,
+    curve_dir: str | None = None,
+    device: str = "cpu",
+    stop: net.StopFlag | None = None,
+) -> None:
+    """Run a sender until SIGINT/SIGTERM (the request being encoded is finished and reported first)."""
+    from latentwire import checkpoint
+
+    backend, targets = net.address("backend", backend), net.address_list("receivers", receivers)
+    pid = net.process_id("sender")
+    curve = net.Curve.from_env("sender", curve_dir)
+    t0 = time.perf_counter()
+    cfg = checkpoint.read_config(ckpt)
+    sender = Sender(checkpoint.load_encoder(ckpt, device), checkpoint.fingerprint(ckpt), int(cfg["encoder"]["m"]), pid)
+    load_s = time.perf_counter() - t0
+    stop = stop if stop is not None else net.StopFlag()  # a signal while loading just ends the process
+
+    ctx = zmq.Context()
+    dealer = net.make_socket(ctx, zmq.DEALER, identity=pid)
+    if curve:
+        curve.client(dealer, "arbiter")
+    dealer.connect(backend)
+    pushes = []
+    for addr in targets:
+        s = net.make_socket(ctx, zmq.PUSH)
+        s.immediate = True  # only queue to a receiver that is connected now
+        s.reconnect_ivl_max = 500  # a restarted receiver is back within half a second
+        if curve:
+            curve.client(s, "receiver")
+        s.connect(addr)
+        pushes.append(s)
+    info: dict[str, str | int | float] = {
+        "fingerprint": sender.fingerprint,
+        "m": sender.m,
+        "d_z": int(cfg["encoder"]["d_z"]),
+        "receivers": len(pushes),
+        "load_s": round(load_s, 3),
+    }
+    dealer.send(encode_frame(Heartbeat("", pid, "sender", "ready", info)))
+    log.info("sender ready (%d receivers, load %.1f s)", len(pushes), load_s)
+    last_beat = time.monotonic()
+    try:
+        while not stop:
+            if dealer.poll(200):
+                dealer.send(encode_frame(_handle(sender, dealer.recv(), pushes)))
+            if time.monotonic() - last_beat >= net.HEARTBEAT_S:
+                last_beat = time.monotonic()
+                with contextlib.suppress(zmq.Again):  # no arbiter yet: it hears the next one
+                    dealer.send(encode_frame(Heartbeat("", pid, "sender", "alive", info)), zmq.NOBLOCK)
+    finally:
+        with contextlib.suppress(zmq.ZMQError):
+            dealer.send(encode_frame(Heartbeat("", pid, "sender", "stopping", info)), zmq.NOBLOCK)
+        for s in [dealer, *pushes]:
+            s.close()
+        if curve:
+            curve.stop()
+        ctx.term()
+        log.info("sender stopped")
+
+
+def _handle(sender: Sender, data: bytes, pushes: list[zmq.Socket]) -> Heartbeat | ErrorReply:
+    """One Ask from the arbiter -> fan-out -> the report (never raises)."""
+    try:
+        ask = decode_frame(data)
+        if not isinstance(ask, Ask):
+            why = f"a sender takes ask frames, not {type(ask).__name__}"
+            return error_reply(ask.rid, sender.pid, "unexpected_kind", why)
+        frame, durations = sender.build(ask)
+    except ProtocolError as e:
+        return error_reply(peek_rid(data), sender.pid, "bad_request", str(e))
+    except Exception as e:  # noqa: BLE001 - a failed encode answers this request only
+        log.exception("encode failed")
+        return error_reply(peek_rid(data), sender.pid, "internal", f"{type(e).__name__}: {e}")
+    reached = 0
+    for s in pushes:
+        try:
+            s.send(frame, zmq.NOBLOCK)
+            reached += 1
+        except zmq.Again:
+            pass  # not connected (down or restarting) or its queue is full: the arbiter's join handles it
+    return report(ask.rid, sender.pid, frame, reached, len(pushes), durations)
