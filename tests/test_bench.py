@@ -61,3 +61,20 @@ def test_wire_bytes_exact():
     sizes = wire_bytes(8, 256)
     assert sizes["fp16"]["body"] == 4096 and sizes["int8"]["body"] == 2048 and sizes["int4"]["body"] == 1024
     assert all(s["total"] == s["header"] + s["body"] for s in sizes.values())
+
+
+def test_bench_quick_cli_end_to_end(tmp_path, monkeypatch):
+    """`latentwire bench --quick`: tiny checkpoint, offline figures and the live processes, one report."""
+    from typer.testing import CliRunner
+
+    from latentwire.cli import app
+
+    monkeypatch.setenv("LATENTWIRE_CACHE", str(tmp_path / "cache"))
+    res = CliRunner().invoke(app, ["bench", "--quick", "--out", str(tmp_path), "--context", "gold", "--limit", "3"])
+    assert res.exit_code == 0, res.output
+    results = json.loads((tmp_path / "results.json").read_text())
+    live = results["live"]["paths"]
+    assert set(live) == {"latent:fp16", "latent:int8", "latent:int4", "text"}
+    assert all(p["ok"] == p["n"] == 3 for p in live.values())
+    assert live["latent:int4"]["bytes"] < live["latent:int8"]["bytes"] < live["latent:fp16"]["bytes"]
+    assert (tmp_path / "latency.png").is_file() and "## Live system latency" in (tmp_path / "report.md").read_text()
