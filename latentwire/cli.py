@@ -142,23 +142,35 @@ def eval_(
 
 
 @app.command()
-def demo(limit: int = 3, context: Annotated[Context, typer.Option()] = Context.gold, threads: Threads = None) -> None:
-    """The main job on the embedded default: text and token-budget answers for a few dev questions."""
+def demo(
+    limit: Annotated[int, typer.Option(help="dev questions to ask")] = 3,
+    context: Annotated[Context, typer.Option()] = Context.distractor,
+    quant: Annotated[str, typer.Option(help="fp32, fp16, int8 or int4 on the wire")] = "int8",
+    ckpt: Annotated[Path | None, typer.Option(help="checkpoint (default: the committed default)")] = None,
+) -> None:
+    """The main job on the embedded default: start sender, Llama and Qwen receivers and the arbiter with the
+    default checkpoint, and answer a few dev questions end to end through them."""
+    from .checkpoint import DEFAULT_CKPT
     from .data import load_split
-    from .device import set_threads
-    from .evaluate import evaluate
-    from .models import load_llm
+    from .metrics import f1_score
+    from .up import LocalSystem
 
-    set_threads(threads)
+    ckpt = ckpt or DEFAULT_CKPT
+    if not (ckpt / "config.json").is_file():
+        _fail(f"no checkpoint at {ckpt}: train one with `latentwire train` or pass --ckpt")
     examples = load_split("dev", limit=limit)
-    for spec in ("llama", "qwen"):
-        llm = load_llm(spec)
-        for mode in ("text", "token-budget"):
-            res = evaluate(llm, examples, mode, context=context.value, progress=False)
+    typer.echo(f"starting sender, llama, qwen and arbiter with {ckpt} (first start converts the models: ~1 min)")
+    with LocalSystem(ckpt) as system, system.client() as client:
+        items = [(ex.id, ex.question, ex.context(context.value)) for ex in examples]
+        for ex, ans in zip(examples, client.ask_many(items, window=1, mode="latent", quant=quant), strict=True):
+            row = ans.to_row()
+            typer.echo(f"\nQ: {ex.question}\n   gold: {ex.answer}")
             typer.echo(
-                f"{spec:6s} {mode:13s} EM {res['em']:.2f} F1 {res['f1']:.2f} "
-                f"NLL/tok {res['nll_per_token']:.2f} prompt {res['prompt_tokens']:.0f} tokens"
+                f"   joint: {row['answer']!r} (from {row['model']}, F1 {f1_score(row['answer'], ex.answer):.2f}, "
+                f"{row['e2e_s']:.2f} s end to end, {row['bytes'].get('fanout', 0)} bytes on the wire)"
             )
+            for name, r in row["receivers"].items():
+                typer.echo(f"   {name:6s} {r['answer']!r} score {r['score']:.2f} calibrated {r['calibrated']:.2f}")
 
 
 @app.command()
