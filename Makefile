@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 UNAME := $(shell uname -s)
 STAMP := $(VENV)/.setup-done
 
-.PHONY: setup demo test test-fast lint bench smoke train clean-cache
+.PHONY: setup demo test test-fast lint smoke
 
 setup: $(STAMP)
 

@@ -29,23 +29,10 @@ def overhead_s(row: dict) -> float:
     return max(0.0, row["e2e_s"] - encode - model)
 
 
-def _stats(rows: list[dict]) -> dict:
-    lat = np.array([r["e2e_s"] for r in rows]) if rows else np.zeros(1)
-    ok = [r for r in rows if r["ok"]]
-    return {
-        "n": len(rows),
-        "ok": len(ok),
-        "degraded": sum(r["degraded"] for r in rows),
-        "p50": float(np.percentile(lat, 50)),
-        "p95": float(np.percentile(lat, 95)),
-        "bytes": float(np.mean([r["bytes"].get("fanout", r["bytes"].get("request", 0)) for r in ok])) if ok else 0,
-        "frame_bytes": float(np.mean([r["bytes"].get("request", 0) for r in ok])) if ok else 0,
-    }
-
-
 def live_latency(
     ckpt: Path, examples: Sequence[Example], context: str = "distractor", progress: bool = True, timeout: float = 120.0
 ) -> dict:
+    from latentwire.client import summarize
     from latentwire.up import LocalSystem
 
     names = list(read_config(ckpt)["models"])
@@ -68,7 +55,7 @@ def live_latency(
                     unit="q",
                 )
             ]
-            out["paths"][label] = _stats(rows)
+            out["paths"][label] = summarize(rows)
             if mode == "latent":
                 overheads += [overhead_s(r) for r in rows if r["ok"]]
     if overheads:

@@ -16,10 +16,10 @@ from tqdm.auto import tqdm
 from latentwire.checkpoint import Wire
 from latentwire.data import Example
 from latentwire.evaluate import evaluate
-from latentwire.metrics import bootstrap_ci, normalize_answer
+from latentwire.metrics import summarize
 from latentwire.prompts import example_slot
 from latentwire.protocol import Quant, dequantize, quantize
-from latentwire.receivers.calibration import Calibration, pick
+from latentwire.receivers.calibration import Calibration, agreement, pick
 
 SUMMARY_KEYS = (
     "n",
@@ -59,34 +59,20 @@ def latent_slot_fn(wire: Wire, name: str, latents: dict[str, np.ndarray], scheme
 
 
 def joint(rows: dict[str, list[dict]], calibrations: dict[str, Calibration]) -> dict:
-    """Joint pick, oracle bound and agreement over per-model rows of the same questions."""
+    """Joint pick (the arbiter's rule), oracle bound and agreement over per-model rows of the same questions."""
     names = sorted(rows)
-    n = len(rows[names[0]])
-    joint_f1, joint_em, oracle_f1, oracle_em, agree = [], [], [], [], []
-    for i in range(n):
+    picked, oracle_f1, oracle_em, agree = [], [], [], []
+    for i in range(len(rows[names[0]])):
         per = {m: rows[m][i] for m in names}
-        chosen = pick({m: (r["pred"], r["score"]) for m, r in per.items()}, calibrations)
-        joint_f1.append(per[chosen]["f1"])
-        joint_em.append(per[chosen]["em"])
+        picked.append(per[pick({m: (r["pred"], r["score"]) for m, r in per.items()}, calibrations)])
         oracle_f1.append(max(r["f1"] for r in per.values()))
         oracle_em.append(max(r["em"] for r in per.values()))
-        agree.append(len({normalize_answer(r["pred"]) for r in per.values()}) == 1)
+        agree.append(agreement([r["pred"] for r in per.values()]))
     a = np.array(agree, dtype=bool)
-    jf = np.array(joint_f1)
+    jf = np.array([r["f1"] for r in picked])
     return {
-        "joint": {
-            "n": n,
-            "em": float(np.mean(joint_em)),
-            "em_ci": list(bootstrap_ci(joint_em)),
-            "f1": float(jf.mean()),
-            "f1_ci": list(bootstrap_ci(joint_f1)),
-        },
-        "oracle": {
-            "n": n,
-            "em": float(np.mean(oracle_em)),
-            "f1": float(np.mean(oracle_f1)),
-            "f1_ci": list(bootstrap_ci(oracle_f1)),
-        },
+        "joint": summarize([r["em"] for r in picked], jf.tolist()),
+        "oracle": summarize(oracle_em, oracle_f1),
         "agreement": {
             "rate": float(a.mean()),
             "f1_when_agree": float(jf[a].mean()) if a.any() else None,
@@ -133,38 +119,30 @@ def quality(
                 )
                 method_rows[mode][name] = r.pop("rows")
                 per[mode] = {k: r[k] for k in SUMMARY_KEYS if k in r}
-            r = evaluate(
-                llm,
-                examples,
-                "latent",
-                context=ctx,
-                split=split,
-                slot_fn=latent_slot_fn(wire, name, latents, None),
-                slot_fingerprint=wire.fingerprint,
-                return_rows=True,
-                progress=progress,
-            )
-            method_rows["latent"][name] = r.pop("rows")
-            per["latent"] = {k: r[k] for k in SUMMARY_KEYS if k in r}
-            res["models"][name] = per
             quant = {}
-            for scheme in schemes:
-                q = evaluate(
+            for scheme in (None, *schemes):  # the float latent first: each scheme is compared with it
+                r = evaluate(
                     llm,
                     examples,
                     "latent",
                     context=ctx,
                     split=split,
                     slot_fn=latent_slot_fn(wire, name, latents, scheme),
-                    slot_fingerprint=f"{wire.fingerprint}:{scheme}",
+                    slot_fingerprint=wire.fingerprint if scheme is None else f"{wire.fingerprint}:{scheme}",
                     return_rows=True,
                     progress=progress,
                 )
-                rows = q.pop("rows")
+                rows = r.pop("rows")
+                if scheme is None:
+                    method_rows["latent"][name] = rows
+                    per["latent"] = {k: r[k] for k in SUMMARY_KEYS if k in r}
+                    continue
                 same = [a["pred"] == b["pred"] for a, b in zip(rows, method_rows["latent"][name], strict=True)]
-                quant[scheme] = {"f1": q["f1"], "em": q["em"], "unchanged": float(np.mean(same))}
+                quant[scheme] = {"f1": r["f1"], "em": r["em"], "unchanged": float(np.mean(same))}
+            res["models"][name] = per
             res["latent_quant"][name] = quant
-        res["joint"] = {mode: joint(rows, cals) for mode, rows in method_rows.items()}
+        # the checkpoint's calibration is fitted on latent answers; text paths compare raw scores (as the arbiter does)
+        res["joint"] = {mode: joint(rows, cals if mode == "latent" else {}) for mode, rows in method_rows.items()}
         out[ctx] = res
     return out
 

@@ -100,7 +100,8 @@ def write_report(results: dict, out: Path) -> Path:
         ]
         for path, r in live["paths"].items():
             lines.append(
-                f"| {path} | {r['n']} | {r['p50']:.3f} | {r['p95']:.3f} | {r['bytes']:.0f} | {r['degraded']} |"
+                f"| {path} | {r['n']} | {r['latency_p50_s']:.3f} | {r['latency_p95_s']:.3f} | "
+                f"{r['fanout_bytes_per_request']:.0f} | {r['degraded']} |"
             )
         if "overhead" in live:
             o = live["overhead"]
@@ -172,8 +173,8 @@ def plot_all(results: dict, out: Path) -> None:
     if live:
         fig, ax = plt.subplots(figsize=(7, 4))
         paths = list(live["paths"])
-        ax.bar(paths, [live["paths"][p]["p50"] for p in paths], label="p50")
-        ax.scatter(paths, [live["paths"][p]["p95"] for p in paths], color="black", zorder=3, label="p95")
+        ax.bar(paths, [live["paths"][p]["latency_p50_s"] for p in paths], label="p50")
+        ax.scatter(paths, [live["paths"][p]["latency_p95_s"] for p in paths], color="black", zorder=3, label="p95")
         ax.set_ylabel("end-to-end latency (s)")
         ax.set_title("Latency by path (live processes)")
         ax.legend()

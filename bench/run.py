@@ -96,7 +96,7 @@ def run_bench(
 
 
 def quick_checkpoint(path: Path, steps: int = 20) -> Path:
-    """A tiny checkpoint on tiny random models, trained a few steps (for `bench --quick` and CI)."""
+    """A tiny run on tiny random models, a few steps (`bench --quick`, CI); returns its checkpoint `path/ckpt`."""
     from latentwire.models import load_llm
     from latentwire.sender.encoder import EncoderConfig
     from latentwire.trainer.config import TrainConfig
@@ -117,7 +117,7 @@ def quick_checkpoint(path: Path, steps: int = 20) -> Path:
     rows = load_split("train", limit=32)
     return train(
         cfg,
-        path.parent / "quick-run",
+        path,
         llms={n: load_llm(n) for n in names},
         data=(rows, load_split("val", limit=8)),
         resume=False,

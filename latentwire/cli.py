@@ -80,7 +80,7 @@ def eval_(
     context: Annotated[Context, typer.Option()] = Context.distractor,
     split: Annotated[Split, typer.Option()] = Split.dev,
     limit: Annotated[int | None, typer.Option(help="first N questions only")] = None,
-    budget: Annotated[int, typer.Option(help="tokens kept by token-budget (defaults to M)")] = 8,
+    budget: Annotated[int, typer.Option(help="tokens kept by token-budget (M of the default checkpoint)")] = 8,
     ckpt: Annotated[Path | None, typer.Option(help="checkpoint folder (latent mode)")] = None,
     batch_size: int | None = None,
     data_dir: DataDir = None,
@@ -186,7 +186,7 @@ def train(
     batch_size: int = 8,
     lr: float = 5e-4,
     max_steps: Annotated[int | None, typer.Option(help="stop after N steps")] = None,
-    time_budget: Annotated[float | None, typer.Option(help="stop after N seconds of training")] = 3300.0,
+    time_budget: Annotated[float | None, typer.Option(help="stop after N seconds of training (0: no limit)")] = 3300.0,
     first_weight: float = 2.0,
     diversity_weight: float = 0.0,
     adapter_depth: int = 2,
@@ -230,7 +230,9 @@ def train(
     rows = load_split("train", limit=limit_train) + (load_split("train_extra") if train_extra else [])
     ckpt = run(cfg, out, data=(rows, load_split("val", limit=eval_n)), resume=resume)
     typer.echo(f"checkpoint: {ckpt}")
-    if dev_eval:
+    from accelerate import PartialState
+
+    if dev_eval and PartialState().is_main_process:  # one rank evaluates; the others are done
         eval_(
             mode=Mode.latent,
             model=[],
@@ -269,7 +271,7 @@ def bench(
 
     set_threads(threads)
     if quick:
-        ckpt = quick_checkpoint(out / "quick-ckpt")
+        ckpt = quick_checkpoint(out / "quick-run")
         limit, live = limit or 6, min(live, 6)
     ckpt = ckpt or DEFAULT_CKPT
     contexts = tuple(c.value for c in context)

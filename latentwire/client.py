@@ -226,3 +226,24 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def summarize(rows: list[dict]) -> dict:
+    """What a batch of `Answer.to_row()` rows adds up to: EM/F1 of the joint answer, p50/p95 end-to-end latency,
+    bytes per request (one frame, and all frames fanned out to the receivers), degraded and failed counts."""
+    import numpy as np
+
+    lat = np.array([r["e2e_s"] for r in rows]) if rows else np.zeros(1)
+    ok = [r for r in rows if r["ok"]]
+    return {
+        "n": len(rows),
+        "ok": len(ok),
+        "degraded": sum(r["degraded"] for r in rows),
+        "agreement": sum(r["agreement"] for r in rows),
+        "em": float(np.mean([r.get("em", 0.0) for r in rows])) if rows else 0.0,
+        "f1": float(np.mean([r.get("f1", 0.0) for r in rows])) if rows else 0.0,
+        "latency_p50_s": float(np.percentile(lat, 50)),
+        "latency_p95_s": float(np.percentile(lat, 95)),
+        "bytes_per_request": float(np.mean([r["bytes"].get("request", 0) for r in ok])) if ok else 0.0,
+        "fanout_bytes_per_request": float(np.mean([r["bytes"].get("fanout", 0) for r in ok])) if ok else 0.0,
+    }

@@ -31,6 +31,11 @@ def cache_key(**parts: object) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
 
+def _check(ex: Example, context: str) -> str:
+    """A row is reused only for the same question, context and gold answer (ids alone can collide across data)."""
+    return hashlib.sha256(f"{example_slot(ex, context)}\x00{ex.answer}".encode()).hexdigest()[:16]
+
+
 def _load_done(path: Path) -> dict[str, dict]:
     done: dict[str, dict] = {}
     if path.is_file():
@@ -80,10 +85,15 @@ def evaluate(
         budget=budget if mode == "token-budget" else None,
         prompt=PROMPT_VERSION,
         max_new_tokens=max_new_tokens,
+        # float32 is the reference; other dtypes (bf16 on CUDA) answer differently, so they key apart
+        **({"dtype": str(llm.model.dtype)} if llm.model.dtype != torch.float32 else {}),
     )
     path = cache_root() / "eval" / f"{key}.jsonl" if use_cache else Path(os.devnull)
     path.parent.mkdir(parents=True, exist_ok=True)
     done = _load_done(path) if use_cache else {}
+    for ex in examples:  # rows written for another question under the same id are redone
+        if ex.id in done and done[ex.id].get("check", _check(ex, context)) != _check(ex, context):
+            del done[ex.id]
     todo = [ex for ex in examples if ex.id not in done]
     tpl = template_of(llm)
     start = time.perf_counter()
@@ -107,6 +117,7 @@ def evaluate(
                 pred = postprocess(g.text)
                 row = {
                     "id": ex.id,
+                    "check": _check(ex, context),
                     "raw": g.text,
                     "pred": pred,
                     "gold": ex.answer,

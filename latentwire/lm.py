@@ -16,16 +16,11 @@ import torch
 import torch.nn.functional as F
 
 from .models import LLM
-from .prompts import PromptTemplate, answer_ids, build_template, slot_ids
-
-_TEMPLATES: dict[int, PromptTemplate] = {}
+from .prompts import PromptTemplate, answer_ids, slot_ids
 
 
 def template_of(llm: LLM) -> PromptTemplate:
-    key = id(llm.tokenizer)
-    if key not in _TEMPLATES:
-        _TEMPLATES[key] = build_template(llm.tokenizer)
-    return _TEMPLATES[key]
+    return llm.template
 
 
 @dataclass

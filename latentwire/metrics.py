@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-_ANSWER_PREFIX = re.compile(r"^\s*(?:the\s+)?(?:final\s+)?answer\s*(?:is)?\s*[:\-]?\s*", re.IGNORECASE)
+_ANSWER_PREFIX = re.compile(r"^\s*(?:the\s+)?(?:final\s+)?answer\b\s*(?:is\b)?\s*[:\-]?\s*", re.IGNORECASE)
 
 
 def postprocess(text: str) -> str:

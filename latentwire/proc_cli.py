@@ -6,6 +6,7 @@ Heavy imports (torch, transformers) happen inside the commands that need them: `
 
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -190,6 +191,8 @@ def register(app: typer.Typer, Mode: type, Context: type, Split: type) -> None: 
                 row["em"], row["f1"] = exact_match(row["answer"], row["gold"]), f1_score(row["answer"], row["gold"])
                 f.write(json.dumps(row) + "\n")
                 rows.append(row)
+        from latentwire.client import summarize
+
         typer.echo(json.dumps(summarize(rows), indent=2))
 
     @app.command()
@@ -249,8 +252,14 @@ def _wait(client, wait: float) -> None:
             typer.secho(f"waiting for the system at {client.address} ...", err=True, fg="yellow")
             shown.append(1)
 
+    from latentwire import net
+    from latentwire.up import count_receivers
+
+    # wait for every receiver the Procfile runs (or $LATENTWIRE_N_RECEIVERS across hosts): an answer from a
+    # half-started system would silently be a single model's
+    n = int(os.environ.get("LATENTWIRE_N_RECEIVERS") or count_receivers(net.procfile()) or 1)
     try:
-        client.wait_ready(wait, on_wait=note)
+        client.wait_ready(wait, receivers=n, on_wait=note)
     except TimeoutError as e:
         typer.secho(f"error: {e}", err=True, fg="red")
         raise typer.Exit(2) from None
@@ -274,22 +283,3 @@ def _print_answer(ans) -> None:
         f"bytes: {b.get('request', 0)} per receiver ({b.get('payload', 0)} payload), {b.get('fanout', 0)} fanned out; "
         f"end-to-end {ans.latency_s * 1000:.0f} ms"
     )
-
-
-def summarize(rows: list[dict]) -> dict:
-    """EM/F1 of the joint answer, p50/p95 latency, bytes per request, degraded and failed counts."""
-    import numpy as np
-
-    lat = np.array([r["e2e_s"] for r in rows]) if rows else np.zeros(1)
-    req = [r["bytes"].get("request", 0) for r in rows if r["ok"]]
-    return {
-        "n": len(rows),
-        "ok": sum(r["ok"] for r in rows),
-        "degraded": sum(r["degraded"] for r in rows),
-        "agreement": sum(r["agreement"] for r in rows),
-        "em": float(np.mean([r.get("em", 0.0) for r in rows])) if rows else 0.0,
-        "f1": float(np.mean([r.get("f1", 0.0) for r in rows])) if rows else 0.0,
-        "latency_p50_s": float(np.percentile(lat, 50)),
-        "latency_p95_s": float(np.percentile(lat, 95)),
-        "bytes_per_request": float(np.mean(req)) if req else 0.0,
-    }

@@ -14,7 +14,6 @@ import torch
 from .device import resolve_device, resolve_dtype
 from .lm import assemble, generate, template_of
 from .models import LLM, load_llm
-from .tiny import tiny_llm
 
 Echo = Callable[[str], None]
 
@@ -39,11 +38,8 @@ def smoke(
     out = {}
     for family in ("llama", "qwen"):
         t0 = time.perf_counter()
-        llm: LLM = (
-            load_llm(family, device=str(dev), dtype=str(dt).removeprefix("torch."))
-            if real
-            else _tiny_on(family, dev, dt)
-        )
+        spec = family if real else f"tiny-{family}"
+        llm: LLM = load_llm(spec, device=str(dev), dtype=str(dt).removeprefix("torch."))
         echo(
             f"[{family}] {type(llm.model).__name__} hidden={llm.hidden_size} embed_rms={llm.embed_rms:.4f} "
             f"({time.perf_counter() - t0:.1f}s)"
@@ -69,9 +65,3 @@ def smoke(
         out[family] = gen.text
     echo("smoke OK")
     return out
-
-
-def _tiny_on(family: str, dev: torch.device, dt: torch.dtype) -> LLM:
-    llm = tiny_llm(family)
-    llm.model.to(device=dev, dtype=dt)
-    return llm

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field, fields, replace
 import zmq
 
 from latentwire import net
-from latentwire.metrics import normalize_answer
 from latentwire.protocol import (
     Ask,
     ErrorReply,
@@ -35,7 +34,7 @@ from latentwire.protocol import (
     error_reply,
     frame_size,
 )
-from latentwire.receivers.calibration import Calibration
+from latentwire.receivers.calibration import Calibration, agreement
 from latentwire.receivers.calibration import pick as pick_answer
 
 log = logging.getLogger("latentwire.arbiter")
@@ -104,8 +103,7 @@ def pick(replies: dict[str, Reply], calibration: Callable[[str], Calibration]) -
 
 def agree(replies: dict[str, Reply]) -> int:
     """1 when at least two receivers answered and their normalised answers are all equal."""
-    norms = {normalize_answer(r.answer) for r in replies.values()}
-    return int(len(replies) >= 2 and len(norms) == 1)
+    return int(agreement([r.answer for r in replies.values()]))
 
 
 class Board:
@@ -262,7 +260,9 @@ class Board:
             detail = "; ".join(f"{m}: {e}" for m, e in sorted(errors.items())) or "no receiver answered"
             code = "all_failed" if p.errors else "shutting_down" if why == "shutting_down" else "no_answer"
             return error_reply(p.ask.rid, self.pid, code, detail)
-        model, prob = pick(p.replies, self.calibration)
+        # calibration was fitted on latent answers; text paths compare raw scores (identity calibration)
+        calibration = self.calibration if p.ask.mode == "latent" else (lambda m: Calibration())
+        model, prob = pick(p.replies, calibration)
         degraded = int(not p.expected <= set(p.replies))  # an expected model gave no answer
         self.stats["served"] += 1
         self.stats["degraded"] += degraded
@@ -283,7 +283,7 @@ class Board:
             degraded,
             answers={m: r.answer for m, r in p.replies.items()},
             scores={m: r.score for m, r in p.replies.items()},
-            calibrated={m: self.calibration(m)(r.score) for m, r in p.replies.items()},
+            calibrated={m: calibration(m)(r.score) for m, r in p.replies.items()},
             errors=errors,
             durations=dict(list(durations.items())[:64]),
             nbytes=dict(p.nbytes),

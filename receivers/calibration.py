@@ -1,4 +1,4 @@
-"""Score calibration for the arbiter.
+"""Score calibration and the joint pick, shared by the arbiter and the bench.
 
 Raw mean log-probabilities of two models with different tokenizers are not comparable. Each receiver's raw
 score is mapped to P(answer is right) by Platt scaling fitted on the validation slice, and stored with the
@@ -65,3 +65,10 @@ def pick(answers: dict[str, tuple[str, float]], calibrations: dict[str, Calibrat
         raise ValueError("no answers to pick from")
     cal = {n: calibrations.get(n, Calibration())(answers[n][1]) for n in answers}
     return min(answers, key=lambda n: (not answers[n][0].strip(), -cal[n], n))
+
+
+def agreement(answers: list[str]) -> bool:
+    """At least two answers, all equal after the official normalisation."""
+    from latentwire.metrics import normalize_answer
+
+    return len(answers) >= 2 and len({normalize_answer(a) for a in answers}) == 1

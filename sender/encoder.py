@@ -102,6 +102,12 @@ class MiniLMBackbone(nn.Module):
         self.bert = AutoModel.from_pretrained(str(folder), dtype=torch.float32).eval().requires_grad_(False)
         self.out_dim = int(self.bert.config.hidden_size)
 
+    def train(self, mode: bool = True) -> MiniLMBackbone:
+        """Stay in eval mode: the frozen reader's features must not depend on dropout (they are cached)."""
+        super().train(mode)
+        self.bert.eval()
+        return self
+
     @torch.no_grad()
     def forward(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.cfg

@@ -76,5 +76,6 @@ def test_bench_quick_cli_end_to_end(tmp_path, monkeypatch):
     live = results["live"]["paths"]
     assert set(live) == {"latent:fp16", "latent:int8", "latent:int4", "text"}
     assert all(p["ok"] == p["n"] == 3 for p in live.values())
-    assert live["latent:int4"]["bytes"] < live["latent:int8"]["bytes"] < live["latent:fp16"]["bytes"]
+    fan = {k: v["fanout_bytes_per_request"] for k, v in live.items()}
+    assert fan["latent:int4"] < fan["latent:int8"] < fan["latent:fp16"] < fan["text"]
     assert (tmp_path / "latency.png").is_file() and "## Live system latency" in (tmp_path / "report.md").read_text()

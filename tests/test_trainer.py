@@ -178,6 +178,12 @@ def test_resume_continues_from_state(llms, rows, tmp_path):
     cfg.max_steps = 4
     ckpt = train(cfg, tmp_path, llms=llms, data=(rows, rows[:2]), progress=False)
     assert checkpoint.read_config(ckpt)["summary"]["steps"] == 4
+    fp = checkpoint.fingerprint(ckpt)
+    train(cfg, tmp_path, llms=llms, data=(rows, rows[:2]), progress=False)  # finished: left untouched
+    assert checkpoint.fingerprint(ckpt) == fp
+    cfg.lr = 0.5
+    with pytest.raises(ValueError, match="another config \\(lr differ"):
+        train(cfg, tmp_path, llms=llms, data=(rows, rows[:2]), progress=False)
 
 
 def test_two_process_gloo_training(tmp_path):

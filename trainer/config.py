@@ -32,9 +32,3 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        d = dict(d)
-        d["encoder"] = EncoderConfig(**d.get("encoder", {}))
-        return cls(**d)

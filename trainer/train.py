@@ -117,6 +117,20 @@ def checkpoint_config(
     }
 
 
+RESUMABLE = ("max_steps", "time_budget", "eval_every", "device", "dtype")  # may change between resumed sessions
+
+
+def _check_resumable(saved: dict, cfg: TrainConfig, out: Path) -> None:
+    """Refuse to continue a run folder with another recipe: its checkpoint would claim a config it never had."""
+    now = cfg.to_dict()
+    diffs = sorted(k for k in set(saved) | set(now) if k not in RESUMABLE and saved.get(k) != now.get(k))
+    if diffs:
+        raise ValueError(
+            f"{out} holds a run trained with another config ({', '.join(diffs)} differ); "
+            "use another --out, or --no-resume to start over there"
+        )
+
+
 def eval_record(step: int, res: dict, final: bool = False) -> dict:
     """One line of the JSONL log for a validation evaluation."""
     per_model = {n: {k: r[k] for k in ("n", "em", "f1", "nll_per_token")} for n, r in res.items()}
@@ -155,7 +169,8 @@ def train(
     state_path = out / "state.pt"
     if resume and state_path.is_file():
         st = torch.load(state_path, map_location="cpu", weights_only=False)
-        wire.load_state_dict(st["wire"], strict=False)
+        _check_resumable(st.get("config", {}), cfg, out)
+        wire.load_state_dict(st["wire"])
         opt.load_state_dict(st["opt"])
         step, elapsed, epoch_pos, rng_state = st["step"], st["elapsed"], st["epoch_pos"], st["rng"]
     wire, opt = acc.prepare(wire, opt)
@@ -239,11 +254,17 @@ def train(
                 "epoch_pos": epoch_pos,
                 "rng": rng.bit_generator.state,
                 "order": order.tolist(),
+                "config": cfg.to_dict(),
             },
             state_path,
         )
         return out / "ckpt"
 
+    already_done = step > 0 and (
+        (cfg.max_steps and step >= cfg.max_steps) or (cfg.time_budget and elapsed >= cfg.time_budget)
+    )
+    if already_done and (out / "ckpt" / checkpoint.CONFIG).is_file():
+        return out / "ckpt"  # a finished run: rewriting it would change the fingerprint receivers serve
     wire.train()
     while True:
         elapsed = time.perf_counter() - t_start
