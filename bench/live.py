@@ -30,8 +30,14 @@ def overhead_s(row: dict) -> float:
 
 
 def live_latency(
-    ckpt: Path, examples: Sequence[Example], context: str = "distractor", progress: bool = True, timeout: float = 120.0
+    ckpt: Path,
+    examples: Sequence[Example],
+    context: str = "distractor",
+    progress: bool = True,
+    timeout: float = 120.0,
+    text_n: int = 20,
 ) -> dict:
+    """Each path over the same questions; the text path (a ~1,500-token prompt per receiver) on the first `text_n`."""
     from latentwire.client import summarize
     from latentwire.up import LocalSystem
 
@@ -43,7 +49,8 @@ def live_latency(
     with LocalSystem(ckpt, llama=llama, qwen=qwen, timeout=timeout) as system, system.client() as client:
         for mode, quant in PATHS:
             label = f"{mode}:{quant}" if quant else mode
-            items = [(ex.id, ex.question, ex.context(context)) for ex in examples]
+            subset = examples if mode == "latent" else examples[:text_n]
+            items = [(ex.id, ex.question, ex.context(context)) for ex in subset]
             opts = {"mode": mode, **({"quant": quant} if quant else {})}
             rows = [
                 a.to_row()

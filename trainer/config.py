@@ -22,6 +22,9 @@ class TrainConfig:
     time_budget: float | None = 3300.0  # seconds of training (the default run fits in about an hour)
     first_weight: float = 2.0  # weight of the first answer token in the loss
     diversity_weight: float = 0.0  # penalty on the mean pairwise cosine of latents in a batch
+    distill_weight: float = 0.0  # weight of distillation from the same model reading the text prompt
+    distill_context: str = "gold"  # the teacher's context mode (gold prompts are ~5x cheaper to read)
+    distill_topk: int = 16
     max_answer_tokens: int = 16
     eval_every: int = 100
     eval_n: int = 100  # fixed validation subset evaluated periodically

@@ -33,6 +33,7 @@ from latentwire.sender.encoder import LatentEncoder
 
 from .config import TrainConfig
 from .features import FeatureCache
+from .teacher import TeacherCache
 
 
 class TrainableWire(nn.Module):
@@ -162,6 +163,13 @@ def train(
     cache = FeatureCache(wire.encoder) if wire.encoder.frozen_backbone else None
     if cache is not None and main:
         cache.warm(prep.texts + [example_slot(ex, cfg.context) for ex in val_rows], progress=progress)
+    teachers: dict[str, TeacherCache] = {}
+    if cfg.distill_weight:
+        teacher_texts = [example_slot(ex, cfg.distill_context) for ex in train_rows]
+        teachers = {name: TeacherCache(llm, cfg.distill_topk) for name, llm in llms.items()}
+        if main:
+            for name, tc in teachers.items():
+                tc.warm(teacher_texts, prep.answers[name], progress=progress)
     acc.wait_for_everyone()
     params = [p for p in wire.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -287,8 +295,10 @@ def train(
         loss = torch.zeros((), device=acc.device)
         per_model = {}
         for name, llm in llms.items():
-            batch = assemble(llm, list(soft[name]), [prep.answers[name][i] for i in idx])
-            lm_loss = answer_loss(llm, batch, cfg.first_weight)
+            answers = [prep.answers[name][i] for i in idx]
+            batch = assemble(llm, list(soft[name]), answers)
+            teacher = teachers[name].batch([teacher_texts[i] for i in idx], answers, batch.keep) if teachers else None
+            lm_loss = answer_loss(llm, batch, cfg.first_weight, teacher, cfg.distill_weight)
             per_model[name] = lm_loss.item()
             loss = loss + lm_loss / len(llms)
         div = latent_diversity(z)
