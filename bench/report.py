@@ -181,3 +181,35 @@ def plot_all(results: dict, out: Path) -> None:
         fig.tight_layout()
         fig.savefig(out / "latency.png", dpi=120)
         plt.close(fig)
+
+
+def readme_table(results: dict) -> str:
+    """The README's compact results table (distractor headline, gold beside it), from one bench run."""
+    meta = results["meta"]
+    ctxs = [c for c in ("distractor", "gold") if c in results["quality"]]
+    head = "| model | method | " + " | ".join(f"F1 {c} (95% CI)" for c in ctxs) + " | NLL/token (distractor) |"
+    lines = [head, "|---|---|" + "---|" * len(ctxs) + "---|"]
+    q0 = results["quality"][ctxs[0]]
+    for name in q0["models"]:
+        for method in METHODS:
+            cells = [_ci(results["quality"][c]["models"][name][method]) for c in ctxs]
+            nll = q0["models"][name][method]["nll_per_token"]
+            lines.append(f"| {name} | {method} | " + " | ".join(cells) + f" | {nll:.2f} |")
+    for label, key in (("joint pick", "joint"), ("oracle", "oracle")):
+        cells = [_ci(results["quality"][c]["joint"]["latent"][key]) for c in ctxs]
+        lines.append(f"| {label} | latent | " + " | ".join(cells) + " | |")
+    lines += ["", *verdict(q0)]
+    live = results.get("live")
+    if live:
+        lines += ["", "| path (live, distractor) | p50 s | p95 s | bytes on the wire / request |", "|---|---|---|---|"]
+        for path, r in live["paths"].items():
+            lines.append(
+                f"| {path} (n={r['n']}) | {r['latency_p50_s']:.2f} | {r['latency_p95_s']:.2f} | "
+                f"{r['fanout_bytes_per_request']:.0f} |"
+            )
+    lines += [
+        "",
+        f"`{meta['command']}` on {meta['host']}, {meta['date']}, {meta['split']} ({meta['n']} questions), "
+        f"checkpoint `{meta['fingerprint'][:12]}`; full report: [bench/results/report.md](bench/results/report.md).",
+    ]
+    return "\n".join(lines)
