@@ -188,7 +188,7 @@ def train(
     max_steps: Annotated[int | None, typer.Option(help="stop after N steps")] = None,
     time_budget: Annotated[float | None, typer.Option(help="stop after N seconds of training (0: no limit)")] = 3300.0,
     first_weight: float = 2.0,
-    diversity_weight: float = 0.0,
+    diversity_weight: Annotated[float, typer.Option(help="anti-collapse penalty (0: latents collapse)")] = 1.0,
     distill_weight: Annotated[float, typer.Option(help="distillation from each model reading the text prompt")] = 0.0,
     distill_context: Annotated[Context, typer.Option(help="the teacher's context mode")] = Context.gold,
     adapter_depth: int = 2,

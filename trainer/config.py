@@ -21,7 +21,7 @@ class TrainConfig:
     max_steps: int | None = None
     time_budget: float | None = 3300.0  # seconds of training (the default run fits in about an hour)
     first_weight: float = 2.0  # weight of the first answer token in the loss
-    diversity_weight: float = 0.0  # penalty on the mean pairwise cosine of latents in a batch
+    diversity_weight: float = 1.0  # penalty on the mean pairwise cosine of latents (0 collapses: EXPERIMENTS E1)
     distill_weight: float = 0.0  # weight of distillation from the same model reading the text prompt
     distill_context: str = "gold"  # the teacher's context mode (gold prompts are ~5x cheaper to read)
     distill_topk: int = 16
