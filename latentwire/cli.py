@@ -204,11 +204,11 @@ def train(
     threads: Threads = None,
 ) -> None:
     """Train encoder + adapters against the frozen LLMs; writes a servable checkpoint to OUT/ckpt."""
-    from .data import load_split
     from .device import set_threads
     from .sender.encoder import EncoderConfig
     from .trainer.config import TrainConfig
     from .trainer.train import train as run
+    from .trainer.train import training_data
 
     set_threads(threads)
     cfg = TrainConfig(
@@ -231,8 +231,7 @@ def train(
         device=device,
         dtype=dtype,
     )
-    rows = load_split("train", limit=limit_train) + (load_split("train_extra") if train_extra else [])
-    ckpt = run(cfg, out, data=(rows, load_split("val", limit=eval_n)), resume=resume)
+    ckpt = run(cfg, out, data=training_data(cfg, limit_train), resume=resume)
     typer.echo(f"checkpoint: {ckpt}")
     from accelerate import PartialState
 

@@ -32,7 +32,7 @@ def plot_training(log: str | Path, out: str | Path | None = None) -> Path:
     axes[0].set(title="answer loss (smoothed)", xlabel="step")
     axes[0].legend()
     axes[1].plot([r["step"] for r in steps], [r["diversity"] for r in steps], lw=0.8)
-    axes[1].set(title="latent pairwise cosine (1 = collapse)", xlabel="step", ylim=(-0.1, 1.05))
+    axes[1].set(title="latent pairwise cosine (1 = collapse)", xlabel="step", ylim=(-1.05, 1.05))
     for name in models:
         axes[2].plot([r["step"] for r in evals], [r[name]["f1"] for r in evals], "o-", label=name)
     axes[2].set(title="validation F1 (latent)", xlabel="step")

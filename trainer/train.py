@@ -132,6 +132,12 @@ def _check_resumable(saved: dict, cfg: TrainConfig, out: Path) -> None:
         )
 
 
+def training_data(cfg: TrainConfig, limit: int | None = None) -> tuple[list[Example], list[Example]]:
+    """The recipe's rows: `train` (first `limit`), plus `train_extra` if asked; the fixed validation subset."""
+    rows = load_split("train", limit=limit) + (load_split("train_extra") if cfg.train_extra else [])
+    return rows, load_split("val", limit=cfg.eval_n)
+
+
 def eval_record(step: int, res: dict, final: bool = False) -> dict:
     """One line of the JSONL log for a validation evaluation."""
     per_model = {n: {k: r[k] for k in ("n", "em", "f1", "nll_per_token")} for n, r in res.items()}
@@ -154,10 +160,7 @@ def train(
     torch.manual_seed(cfg.seed)
     if llms is None:
         llms = {name: load_llm(name, device=str(acc.device), dtype=cfg.dtype) for name in cfg.models}
-    if data is None:
-        rows = load_split("train") + (load_split("train_extra") if cfg.train_extra else [])
-        data = (rows, load_split("val", limit=cfg.eval_n))
-    train_rows, val_rows = data
+    train_rows, val_rows = data if data is not None else training_data(cfg)
     prep = prepare(train_rows, llms, cfg)
     wire = build_wire(cfg, llms).to(acc.device)
     cache = FeatureCache(wire.encoder) if wire.encoder.frozen_backbone else None
