@@ -190,6 +190,12 @@ def train(
     first_weight: float = 2.0,
     diversity_weight: Annotated[float, typer.Option(help="anti-collapse penalty (0: latents collapse)")] = 1.0,
     distill_weight: Annotated[float, typer.Option(help="distillation from each model reading the text prompt")] = 0.0,
+    align_steps: Annotated[int, typer.Option(help="LLM-free token-alignment steps first (trainer/align.py)")] = 0,
+    align_weight: Annotated[float, typer.Option(help="token alignment beside the answer loss afterwards")] = 0.0,
+    align_target: Annotated[str, typer.Option(help="what the soft tokens align to: answer or question")] = "answer",
+    window_embedding: Annotated[bool, typer.Option(help="tell the pooler which reader window a feature is from")] = (
+        False
+    ),
     distill_context: Annotated[Context, typer.Option(help="the teacher's context mode")] = Context.gold,
     adapter_depth: int = 2,
     train_extra: bool = False,
@@ -213,7 +219,7 @@ def train(
     set_threads(threads)
     cfg = TrainConfig(
         models=models,
-        encoder=EncoderConfig(backbone=backbone, m=m, d_z=d_z),
+        encoder=EncoderConfig(backbone=backbone, m=m, d_z=d_z, window_embedding=window_embedding),
         adapter_depth=adapter_depth,
         context=context.value,
         train_extra=train_extra,
@@ -224,6 +230,9 @@ def train(
         first_weight=first_weight,
         diversity_weight=diversity_weight,
         distill_weight=distill_weight,
+        align_steps=align_steps,
+        align_weight=align_weight,
+        align_target=align_target,
         distill_context=distill_context.value,
         eval_every=eval_every,
         eval_n=eval_n,

@@ -37,6 +37,7 @@ class EncoderConfig:
     window: int = 256
     stride: int = 64  # tokens shared by consecutive windows
     max_windows: int = 12
+    window_embedding: bool = False  # tell the pooler which window a feature came from (EXPERIMENTS E3b: no gain)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -144,6 +145,12 @@ class Resampler(nn.Module):
         super().__init__()
         self.proj_in = nn.Linear(in_dim, cfg.d_model) if in_dim != cfg.d_model else nn.Identity()
         self.queries = nn.Parameter(torch.randn(cfg.m, cfg.d_model) * 0.02)
+        # minilm features are windows laid end to end, each at positions 0..window-1 of its own: without this
+        # the pooler cannot tell the question (start of window 0) from the start of any other window
+        self.window = cfg.window if cfg.backbone == "minilm" and cfg.window_embedding else 0
+        if self.window:
+            self.window_embed = nn.Embedding(cfg.max_windows, cfg.d_model)
+            nn.init.normal_(self.window_embed.weight, std=0.02)
         self.blocks = nn.ModuleList()
         for _ in range(cfg.pool_layers):
             self.blocks.append(
@@ -166,6 +173,9 @@ class Resampler(nn.Module):
 
     def forward(self, feats: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         kv = self.proj_in(feats)
+        if self.window:
+            idx = torch.arange(feats.shape[1], device=feats.device) // self.window
+            kv = kv + self.window_embed(idx.clamp(max=self.window_embed.num_embeddings - 1))
         q = self.queries.unsqueeze(0).expand(feats.shape[0], -1, -1)
         for blk in self.blocks:
             k = blk["norm_kv"](kv)

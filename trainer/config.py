@@ -22,6 +22,9 @@ class TrainConfig:
     time_budget: float | None = 3300.0  # seconds of training (the default run fits in about an hour)
     first_weight: float = 2.0  # weight of the first answer token in the loss
     diversity_weight: float = 1.0  # penalty on the mean pairwise cosine of latents (0 collapses: EXPERIMENTS E1)
+    align_steps: int = 0  # LLM-free steps pulling soft tokens toward the answer's token embeddings (align.py)
+    align_weight: float = 0.0  # the same alignment term, kept beside the answer loss afterwards
+    align_target: str = "answer"  # "answer" | "question" (its first M tokens: reconstruction)
     distill_weight: float = 0.0  # weight of distillation from the same model reading the text prompt
     distill_context: str = "gold"  # the teacher's context mode (gold prompts are ~5x cheaper to read)
     distill_topk: int = 16

@@ -31,6 +31,7 @@ from latentwire.receivers.adapter import Adapter, AdapterConfig
 from latentwire.receivers.calibration import fit_platt
 from latentwire.sender.encoder import LatentEncoder
 
+from .align import align_loss, slot_accuracy, slot_targets
 from .config import TrainConfig
 from .features import FeatureCache
 from .teacher import TeacherCache
@@ -63,6 +64,7 @@ def latent_diversity(z: torch.Tensor) -> torch.Tensor:
 class Prepared:
     texts: list[str]
     answers: dict[str, list[list[int]]]
+    align: dict[str, torch.Tensor]  # (N, M) alignment targets per model (align.py)
 
 
 def prepare(rows: list[Example], llms: dict[str, LLM], cfg: TrainConfig) -> Prepared:
@@ -72,7 +74,16 @@ def prepare(rows: list[Example], llms: dict[str, LLM], cfg: TrainConfig) -> Prep
         eos = llm.tokenizer.eos_token_id
         # long answers are cut, but always end with the end-of-turn token
         answers[name] = [answer_ids(llm.tokenizer, ex.answer, eos)[:-1][: cfg.max_answer_tokens] + [eos] for ex in rows]
-    return Prepared(texts, answers)
+    align = {}
+    for name, llm in llms.items():
+        if cfg.align_target == "answer":
+            seqs = answers[name]
+        elif cfg.align_target == "question":
+            seqs = [llm.tokenizer(ex.question, add_special_tokens=False)["input_ids"] for ex in rows]
+        else:
+            raise ValueError(f"align_target must be answer or question, not {cfg.align_target!r}")
+        align[name] = slot_targets(seqs, cfg.encoder.m, skip=llm.tokenizer.eos_token_id)
+    return Prepared(texts, answers, align)
 
 
 def build_wire(cfg: TrainConfig, llms: dict[str, LLM]) -> TrainableWire:
@@ -140,7 +151,8 @@ def training_data(cfg: TrainConfig, limit: int | None = None) -> tuple[list[Exam
 
 def eval_record(step: int, res: dict, final: bool = False) -> dict:
     """One line of the JSONL log for a validation evaluation."""
-    per_model = {n: {k: r[k] for k in ("n", "em", "f1", "nll_per_token")} for n, r in res.items()}
+    keys = ("n", "em", "f1", "nll_per_token", "align_acc")
+    per_model = {n: {k: r[k] for k in keys if k in r} for n, r in res.items()}
     return {"kind": "eval", "step": step, "split": "val", **({"final": True} if final else {}), **per_model}
 
 
@@ -203,6 +215,12 @@ def train(
     losses: list[float] = []
     div = torch.tensor(0.0)
 
+    def slot_batch(model: nn.Module, texts: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if cache is None:
+            return model(texts=texts)
+        f, m = cache.features(texts)
+        return model(feats=f.to(acc.device), mask=m.to(acc.device))
+
     def run_eval() -> dict:
         nonlocal last_eval
         model = acc.unwrap_model(wire)
@@ -210,10 +228,7 @@ def train(
 
         @torch.no_grad()
         def slot_fn(texts, name: str, dtype: torch.dtype) -> list[torch.Tensor]:
-            if cache is None:
-                return list(model(texts=list(texts))[1][name].to(dtype))
-            f, m = cache.features(texts)
-            return list(model(feats=f.to(acc.device), mask=m.to(acc.device))[1][name].to(dtype))
+            return list(slot_batch(model, list(texts))[1][name].to(dtype))
 
         res = {
             name: evaluate(
@@ -230,6 +245,12 @@ def train(
             )
             for name, llm in llms.items()
         }
+        val_prep = prepare(val_rows, llms, cfg)
+        with torch.no_grad():
+            chunks = [slot_batch(model, val_prep.texts[i : i + 16])[1] for i in range(0, len(val_prep.texts), 16)]
+        for name, llm in llms.items():  # is the alignment target readable in the latent? (align.py)
+            soft = torch.cat([c[name] for c in chunks])
+            res[name]["align_acc"] = slot_accuracy(llm, soft, val_prep.align[name])
         model.train()
         last_eval = res
         return res
@@ -289,16 +310,18 @@ def train(
             order, epoch_pos = rng.permutation(len(train_rows)), 0
         idx = order[epoch_pos : epoch_pos + gb][acc.process_index :: acc.num_processes]
         epoch_pos += gb
-        texts = [prep.texts[i] for i in idx]
-        if cache is not None:
-            f, m = cache.features(texts)
-            z, soft = wire(feats=f.to(acc.device), mask=m.to(acc.device))
-        else:
-            z, soft = wire(texts=texts)
+        z, soft = slot_batch(wire, [prep.texts[i] for i in idx])
         loss = torch.zeros((), device=acc.device)
         per_model = {}
+        aligning = step < cfg.align_steps  # warm-up phase: no LLM forward at all
         for name, llm in llms.items():
             answers = [prep.answers[name][i] for i in idx]
+            if aligning or cfg.align_weight:
+                a_loss = align_loss(llm, soft[name], prep.align[name][torch.as_tensor(idx)])
+                per_model[f"align_{name}"] = a_loss.item()
+                loss = loss + (1.0 if aligning else cfg.align_weight) * a_loss / len(llms)
+            if aligning:
+                continue
             batch = assemble(llm, list(soft[name]), answers)
             teacher = teachers[name].batch([teacher_texts[i] for i in idx], answers, batch.keep) if teachers else None
             lm_loss = answer_loss(llm, batch, cfg.first_weight, teacher, cfg.distill_weight)
@@ -315,7 +338,7 @@ def train(
         opt.zero_grad(set_to_none=True)
         step += 1
         seen += len(idx) * acc.num_processes
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         rate = seen / max(time.perf_counter() - t_session, 1e-9)
         bar.update(1)
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", div=f"{float(div):.3f}", ex_s=f"{rate:.2f}")
@@ -330,7 +353,7 @@ def train(
                 "elapsed": round(time.perf_counter() - t_start, 2),
             }
         )
-        if cfg.eval_every and step % cfg.eval_every == 0:
+        if cfg.eval_every and step > cfg.align_steps and (step - cfg.align_steps) % cfg.eval_every == 0:
             if main:
                 log(eval_record(step, run_eval()))
                 save(final=False)
