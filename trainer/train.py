@@ -262,7 +262,7 @@ def train(
             "wall_s": round(time.perf_counter() - t_start, 1),
             "examples": step * gb,
             "examples_per_s": round(step * gb / max(time.perf_counter() - t_start, 1e-9), 3),
-            "latent_diversity": float(div),
+            "latent_diversity": div.item(),
             "world_size": acc.num_processes,
         }
         calib = None
@@ -341,14 +341,14 @@ def train(
         losses.append(float(loss.detach()))
         rate = seen / max(time.perf_counter() - t_session, 1e-9)
         bar.update(1)
-        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", div=f"{float(div):.3f}", ex_s=f"{rate:.2f}")
+        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", div=f"{div.item():.3f}", ex_s=f"{rate:.2f}")
         log(
             {
                 "kind": "step",
                 "step": step,
-                "loss": float(loss),
+                "loss": loss.item(),
                 **{f"loss_{k}": v for k, v in per_model.items()},
-                "diversity": float(div),
+                "diversity": div.item(),
                 "lr": opt.param_groups[0]["lr"],
                 "elapsed": round(time.perf_counter() - t_start, 2),
             }
