@@ -18,6 +18,7 @@ from typing import Annotated
 import typer
 
 from latentwire.data import Example, load_split
+from latentwire.device import set_threads
 from latentwire.evaluate import evaluate
 from latentwire.lm import text_slots
 from latentwire.models import LLM, load_llm
@@ -54,7 +55,9 @@ def main(
     limit: int | None = 100,
     context: str = "distractor",
     m: int = 8,
+    threads: Annotated[int | None, typer.Option(help="torch threads (default: $LATENTWIRE_THREADS or all)")] = None,
 ) -> None:
+    set_threads(threads)
     rows = load_split(split, limit=limit)
     for name in models:
         llm = load_llm(name)

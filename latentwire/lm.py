@@ -4,6 +4,10 @@
 the receivers and the evaluators all call it, so the sequence a model is trained on is the one it serves.
 Rows are left-padded so every row ends at the same position: generation continues from the last column, and
 answer tokens are right-aligned, so logits are only computed for the last few positions (`logits_to_keep`).
+
+Training can skip the constant chat prefix (`cached_prefix=True`): its keys and values are computed once per
+model and every row's padding goes between prefix and slot instead, so the prefix keeps positions 0..P-1 and
+the result is the same sequence; it saves the ~half of each short training row that is the system turn.
 """
 
 from __future__ import annotations
@@ -29,21 +33,33 @@ class Batch:
     attention_mask: torch.Tensor  # (B, T)
     position_ids: torch.Tensor  # (B, T)
     labels: torch.Tensor | None = None  # (B, K): targets of the last K positions, -100 where none
+    prefix_len: int = 0  # > 0: the rows start after the chat prefix, read from `prefix_cache` (mask covers it)
 
     @property
     def keep(self) -> int:
         return 1 if self.labels is None else int(self.labels.shape[1])
 
 
-def assemble(llm: LLM, slots: Sequence[torch.Tensor], answers: Sequence[Sequence[int]] | None = None) -> Batch:
-    """Build `prefix | slot_i | suffix [| answer_i]` for each row; slots are (L_i, H) embeddings."""
+def assemble(
+    llm: LLM,
+    slots: Sequence[torch.Tensor],
+    answers: Sequence[Sequence[int]] | None = None,
+    cached_prefix: bool = False,
+) -> Batch:
+    """Build `prefix | slot_i | suffix [| answer_i]` for each row; slots are (L_i, H) embeddings.
+
+    With `cached_prefix`, rows hold `slot_i | suffix [| answer_i]` only and the prefix comes from
+    `prefix_cache` (see the module docstring); `answer_logits` handles both layouts.
+    """
     tpl = template_of(llm)
     dev = llm.device
     prefix = llm.embed(torch.tensor(tpl.prefix_ids, device=dev))
     suffix = llm.embed(torch.tensor(tpl.suffix_ids, device=dev))
     rows, n_ans = [], []
     for i, slot in enumerate(slots):
-        parts = [prefix, slot.to(device=dev, dtype=prefix.dtype), suffix]
+        parts = [slot.to(device=dev, dtype=prefix.dtype), suffix]
+        if not cached_prefix:
+            parts.insert(0, prefix)
         if answers is not None:
             ans = list(answers[i])
             n_ans.append(len(ans))
@@ -57,24 +73,44 @@ def assemble(llm: LLM, slots: Sequence[torch.Tensor], answers: Sequence[Sequence
     for i, r in enumerate(rows):
         embeds[i, T - r.shape[0] :] = r
         mask[i, T - r.shape[0] :] = 1
-    pos = (mask.cumsum(1) - 1).clamp(min=0)
+    P = len(tpl.prefix_ids) if cached_prefix else 0
+    pos = P + (mask.cumsum(1) - 1).clamp(min=0)
+    if cached_prefix:
+        mask = torch.cat([mask.new_ones(B, P), mask], 1)
     labels = None
     if answers is not None:
         K = max(n_ans)
         labels = torch.full((B, K), -100, dtype=torch.long, device=dev)
         for i, ans in enumerate(answers):
             labels[i, K - len(ans) :] = torch.tensor(list(ans), device=dev)
-    return Batch(embeds, mask, pos, labels)
+    return Batch(embeds, mask, pos, labels, P)
+
+
+_PREFIX: dict[tuple, object] = {}
+
+
+@torch.no_grad()
+def prefix_cache(llm: LLM, batch_size: int):
+    """A fresh KV cache of the chat prefix for `batch_size` rows (the prefix is run once per model)."""
+    key = (id(llm.model), llm.model.dtype, str(llm.device))
+    if key not in _PREFIX:
+        ids = torch.tensor([template_of(llm).prefix_ids], device=llm.device)
+        _PREFIX[key] = llm.model(input_ids=ids, use_cache=True, logits_to_keep=1).cache
+    cache = copy.deepcopy(_PREFIX[key])  # the forward pass appends to it
+    cache.batch_repeat_interleave(batch_size)
+    return cache
 
 
 def answer_logits(llm: LLM, batch: Batch) -> torch.Tensor:
     """Logits of the last `batch.keep` positions only (B, K, V) in float32."""
+    cached = {"cache": prefix_cache(llm, batch.inputs_embeds.shape[0])} if batch.prefix_len else {}
     out = llm.model(
         inputs_embeds=batch.inputs_embeds,
         attention_mask=batch.attention_mask,
         position_ids=batch.position_ids,
-        use_cache=False,
+        use_cache=bool(cached),
         logits_to_keep=batch.keep,
+        **cached,
     )
     return out.logits.float()
 

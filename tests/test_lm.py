@@ -83,3 +83,23 @@ def test_answer_nll_from_generation_matches_teacher_forcing(tiny):
         ref = answer_loss(tiny, assemble(tiny, [s], [answer_ids(tiny.tokenizer, a, eos)]))
         assert g.nll is not None and abs(g.nll - float(ref)) < 1e-4
     assert generate(tiny, slots[:1], max_new_tokens=2)[0].nll is None
+
+
+def test_cached_prefix_gives_the_same_loss_and_gradients(tiny):
+    """Training reads the chat prefix from a KV cache: same sequence, same loss, same gradient to the slots."""
+    eos = tiny.tokenizer.eos_token_id
+    answers = [answer_ids(tiny.tokenizer, "Paris", eos), answer_ids(tiny.tokenizer, "no", eos)]
+    torch.manual_seed(0)
+    base = [torch.randn(3, tiny.hidden_size), torch.randn(8, tiny.hidden_size)]
+    losses, grads = [], []
+    for cached in (False, True):
+        slots = [s.clone().requires_grad_() for s in base]
+        b = assemble(tiny, slots, answers, cached_prefix=cached)
+        assert b.prefix_len == (len(template_of(tiny).prefix_ids) if cached else 0)
+        loss = answer_loss(tiny, b, first_weight=2.0)
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append([s.grad for s in slots])
+    assert torch.allclose(losses[0], losses[1], atol=1e-5)
+    for g0, g1 in zip(*grads, strict=True):
+        assert torch.allclose(g0, g1, atol=1e-5)

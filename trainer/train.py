@@ -322,7 +322,7 @@ def train(
                 loss = loss + (1.0 if aligning else cfg.align_weight) * a_loss / len(llms)
             if aligning:
                 continue
-            batch = assemble(llm, list(soft[name]), answers)
+            batch = assemble(llm, list(soft[name]), answers, cached_prefix=True)  # prefix KV computed once
             teacher = teachers[name].batch([teacher_texts[i] for i in idx], answers, batch.keep) if teachers else None
             lm_loss = answer_loss(llm, batch, cfg.first_weight, teacher, cfg.distill_weight)
             per_model[name] = lm_loss.item()
