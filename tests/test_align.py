@@ -1,18 +1,10 @@
-"""Answer alignment (trainer/align.py): targets, loss, and an LLM-free warm-up that makes the answer readable."""
-
-import json
+"""Token alignment (trainer/align.py) and the pooler's window embedding; the warm-up itself: test_trainer.py."""
 
 import torch
 
-from latentwire.data import Example
 from latentwire.sender.encoder import EncoderConfig
 from latentwire.tiny import tiny_llm
 from latentwire.trainer.align import align_loss, slot_accuracy, slot_targets
-from latentwire.trainer.config import TrainConfig
-from latentwire.trainer.train import train
-
-SMALL = dict(backbone="bytes", d_model=64, d_z=32, m=4, max_bytes=256, byte_layers=1, pool_layers=1)
-QA = [("Colour of the sky?", "blue"), ("What says meow?", "cat"), ("Is fire hot?", "yes"), ("Which number?", "42")]
 
 
 def test_targets_loss_and_accuracy():
@@ -27,46 +19,6 @@ def test_targets_loss_and_accuracy():
     assert align_loss(llm, noise, torch.full((3, 4), -100)) == 0.0  # no answer tokens: no signal, no NaN
     assert slot_accuracy(llm, exact, tgt) == 1.0
     assert slot_accuracy(llm, -exact, tgt) == 0.0
-
-
-def test_align_warmup_runs_no_llm_and_makes_the_answer_readable(tmp_path, monkeypatch):
-    llms = {"tiny-llama": tiny_llm("llama"), "tiny-qwen": tiny_llm("qwen")}
-    rows = [Example(str(i), q, a, (("T", q),), frozenset({"T"})) for i, (q, a) in enumerate(QA)]
-    calls = {"n": 0}
-    for llm in llms.values():
-        fwd = llm.model.forward
-
-        def counted(*a, _fwd=fwd, **k):
-            calls["n"] += 1
-            return _fwd(*a, **k)
-
-        monkeypatch.setattr(llm.model, "forward", counted)
-    cfg = TrainConfig(
-        models=list(llms),
-        encoder=EncoderConfig(**SMALL),
-        batch_size=4,
-        lr=1e-2,
-        warmup_steps=5,
-        align_steps=120,
-        max_steps=120,
-        time_budget=None,
-        eval_every=0,
-        eval_n=4,
-        context="gold",
-        diversity_weight=0.0,  # measure the alignment term alone
-    )
-    train(cfg, tmp_path, llms=llms, data=(rows, rows), resume=False, progress=False)
-    log = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
-    steps = [r for r in log if r["kind"] == "step"]
-    assert "loss_tiny-llama" not in steps[0] and "loss_align_tiny-llama" in steps[0]
-    assert calls["n"] > 0  # the final validation decodes...
-    final = log[-1]
-    assert final["kind"] == "eval" and final["final"]
-    # ...but the 120 training steps themselves never ran the LLMs: far fewer calls than steps x models
-    assert calls["n"] < 120
-    assert steps[-1]["loss"] < 0.2 * steps[0]["loss"]
-    for name in llms:  # every soft token now decodes (nearest embedding) to its answer token
-        assert final[name]["align_acc"] == 1.0, (final, steps[-1])
 
 
 def test_window_embedding_lets_the_pooler_tell_windows_apart():

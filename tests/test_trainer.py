@@ -39,10 +39,9 @@ def rows():
     return [Example(str(i), q, a, (("T", c),), frozenset({"T"})) for i, (q, a, c) in enumerate(FOUR)]
 
 
-@pytest.fixture(scope="module")
-def trained(llms, rows, tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    cfg = TrainConfig(
+def overfit_config(llms, **overrides) -> TrainConfig:
+    """The tiny recipe that overfits FOUR: bytes encoder, gold context, no evaluation during training."""
+    base = dict(
         models=list(llms),
         encoder=EncoderConfig(**SMALL),
         batch_size=4,
@@ -54,9 +53,15 @@ def trained(llms, rows, tmp_path_factory):
         eval_n=4,
         context="gold",
         first_weight=1.0,
-        diversity_weight=0.0,  # the overfit check measures the answer loss alone
+        diversity_weight=0.0,  # the overfit checks measure one loss at a time
     )
-    return out, train(cfg, out, llms=llms, data=(rows, rows), resume=False, progress=False)
+    return TrainConfig(**{**base, **overrides})
+
+
+@pytest.fixture(scope="module")
+def trained(llms, rows, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    return out, train(overfit_config(llms), out, llms=llms, data=(rows, rows), resume=False, progress=False)
 
 
 def test_overfits_four_examples(trained, llms, rows):
@@ -145,10 +150,15 @@ def test_training_and_serving_sequences_identical(llms, rows):
         _, soft = wire(texts=texts)
         ans = [[5, 6, llm.tokenizer.eos_token_id]] * len(rows)
         tr = assemble(llm, list(soft["tiny-llama"]), ans)
+        cached = assemble(llm, list(soft["tiny-llama"]), ans, cached_prefix=True)  # what the trainer runs
         srv = assemble(llm, list(soft["tiny-llama"]))
     n = srv.inputs_embeds.shape[1]
     assert torch.equal(tr.inputs_embeds[:, :n], srv.inputs_embeds)
     assert torch.equal(tr.attention_mask[:, :n], srv.attention_mask)
+    p = len(llm.template.prefix_ids)  # latents are all M long: no row is padded, only the prefix is left out
+    assert cached.prefix_len == p
+    assert torch.equal(cached.inputs_embeds[:, : n - p], srv.inputs_embeds[:, p:])
+    assert torch.equal(cached.position_ids[:, : n - p], srv.position_ids[:, p:])
 
 
 def test_latent_diversity():
@@ -280,3 +290,27 @@ def test_training_with_distillation_runs(llms, rows, tmp_path, monkeypatch):
     ckpt = train(cfg, tmp_path / "run", llms=llms, data=(rows, rows[:2]), progress=False)
     assert checkpoint.read_config(ckpt)["train"]["distill_weight"] == 1.0
     assert len(list((tmp_path / "cache" / "teacher").rglob("*.safetensors"))) == 2 * len(rows)
+
+
+def test_align_warmup_runs_no_llm_and_makes_the_answer_readable(llms, rows, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    for llm in llms.values():
+        fwd = llm.model.forward
+
+        def counted(*a, _fwd=fwd, **k):
+            calls["n"] += 1
+            return _fwd(*a, **k)
+
+        monkeypatch.setattr(llm.model, "forward", counted)
+    cfg = overfit_config(llms, align_steps=120, max_steps=120)
+    train(cfg, tmp_path, llms=llms, data=(rows, rows), resume=False, progress=False)
+    log = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    steps = [r for r in log if r["kind"] == "step"]
+    assert "loss_tiny-llama" not in steps[0] and "loss_align_tiny-llama" in steps[0]
+    final = log[-1]
+    assert final["kind"] == "eval" and final["final"]
+    # the final validation decodes with the LLMs, but the 120 training steps never ran them
+    assert 0 < calls["n"] < 120
+    assert steps[-1]["loss"] < 0.2 * steps[0]["loss"]
+    for name in llms:  # every soft token now decodes (nearest embedding) to its answer token
+        assert final[name]["align_acc"] == 1.0, (final, steps[-1])
