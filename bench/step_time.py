@@ -19,7 +19,8 @@ from latentwire.data import load_split
 from latentwire.device import set_threads
 from latentwire.lm import answer_loss, assemble
 from latentwire.models import LLM, load_llm
-from latentwire.prompts import answer_ids
+from latentwire.trainer.config import TrainConfig
+from latentwire.trainer.train import prepare
 
 
 def step_seconds(llm: LLM, answers: list[list[int]], m: int, cached_prefix: bool, steps: int) -> float:
@@ -45,8 +46,7 @@ def main(
     rows = load_split("train", limit=batch_size)
     for name in models:
         llm = load_llm(name)
-        eos = llm.tokenizer.eos_token_id
-        answers = [answer_ids(llm.tokenizer, ex.answer, eos)[:-1][:16] + [eos] for ex in rows]
+        answers = prepare(rows, {name: llm}, TrainConfig()).answers[name]  # as the trainer cuts them
         full = step_seconds(llm, answers, m, False, steps)
         cached = step_seconds(llm, answers, m, True, steps)
         out = {"model": name, "batch": batch_size, "threads": torch.get_num_threads(), "full_s": round(full, 3)}

@@ -91,8 +91,9 @@ def evaluate(
     path = cache_root() / "eval" / f"{key}.jsonl" if use_cache else Path(os.devnull)
     path.parent.mkdir(parents=True, exist_ok=True)
     done = _load_done(path) if use_cache else {}
+    checks = {ex.id: _check(ex, context) for ex in examples}
     for ex in examples:  # rows written for another question under the same id are redone
-        if ex.id in done and done[ex.id].get("check", _check(ex, context)) != _check(ex, context):
+        if ex.id in done and done[ex.id].get("check", checks[ex.id]) != checks[ex.id]:
             del done[ex.id]
     todo = [ex for ex in examples if ex.id not in done]
     tpl = template_of(llm)
@@ -117,7 +118,7 @@ def evaluate(
                 pred = postprocess(g.text)
                 row = {
                     "id": ex.id,
-                    "check": _check(ex, context),
+                    "check": checks[ex.id],
                     "raw": g.text,
                     "pred": pred,
                     "gold": ex.answer,

@@ -39,23 +39,25 @@ def rows():
     return [Example(str(i), q, a, (("T", c),), frozenset({"T"})) for i, (q, a, c) in enumerate(FOUR)]
 
 
+def tiny_config(llms, **kw) -> TrainConfig:
+    """A recipe on the tiny models: bytes encoder, gold context, step-limited, no evaluation during training."""
+    return TrainConfig(
+        models=list(llms), encoder=EncoderConfig(**SMALL), time_budget=None, eval_every=0, context="gold", **kw
+    )
+
+
 def overfit_config(llms, **overrides) -> TrainConfig:
-    """The tiny recipe that overfits FOUR: bytes encoder, gold context, no evaluation during training."""
+    """The tiny recipe that overfits FOUR."""
     base = dict(
-        models=list(llms),
-        encoder=EncoderConfig(**SMALL),
         batch_size=4,
         lr=1e-2,
         warmup_steps=5,
         max_steps=150,
-        time_budget=None,
-        eval_every=0,
         eval_n=4,
-        context="gold",
         first_weight=1.0,
         diversity_weight=0.0,  # the overfit checks measure one loss at a time
     )
-    return TrainConfig(**{**base, **overrides})
+    return tiny_config(llms, **{**base, **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -175,16 +177,7 @@ def test_platt_calibration_is_monotone_and_finite():
 
 
 def test_resume_continues_from_state(llms, rows, tmp_path):
-    cfg = TrainConfig(
-        models=list(llms),
-        encoder=EncoderConfig(**SMALL),
-        batch_size=2,
-        max_steps=2,
-        time_budget=None,
-        eval_every=0,
-        eval_n=2,
-        context="gold",
-    )
+    cfg = tiny_config(llms, batch_size=2, max_steps=2, eval_n=2)
     train(cfg, tmp_path, llms=llms, data=(rows, rows[:2]), progress=False)
     cfg.max_steps = 4
     ckpt = train(cfg, tmp_path, llms=llms, data=(rows, rows[:2]), progress=False)
@@ -275,18 +268,7 @@ def test_distillation_targets_cached_and_aligned(llms, rows, tmp_path):
 
 def test_training_with_distillation_runs(llms, rows, tmp_path, monkeypatch):
     monkeypatch.setenv("LATENTWIRE_CACHE", str(tmp_path / "cache"))
-    cfg = TrainConfig(
-        models=list(llms),
-        encoder=EncoderConfig(**SMALL),
-        batch_size=2,
-        max_steps=3,
-        time_budget=None,
-        eval_every=0,
-        eval_n=2,
-        context="gold",
-        distill_weight=1.0,
-        distill_topk=4,
-    )
+    cfg = tiny_config(llms, batch_size=2, max_steps=3, eval_n=2, distill_weight=1.0, distill_topk=4)
     ckpt = train(cfg, tmp_path / "run", llms=llms, data=(rows, rows[:2]), progress=False)
     assert checkpoint.read_config(ckpt)["train"]["distill_weight"] == 1.0
     assert len(list((tmp_path / "cache" / "teacher").rglob("*.safetensors"))) == 2 * len(rows)

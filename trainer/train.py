@@ -68,21 +68,20 @@ class Prepared:
 
 
 def prepare(rows: list[Example], llms: dict[str, LLM], cfg: TrainConfig) -> Prepared:
+    if cfg.align_target not in ("answer", "question"):
+        raise ValueError(f"align_target must be answer or question, not {cfg.align_target!r}")
     texts = [example_slot(ex, cfg.context) for ex in rows]
-    answers = {}
+    answers, align = {}, {}
     for name, llm in llms.items():
-        eos = llm.tokenizer.eos_token_id
+        tok, eos = llm.tokenizer, llm.tokenizer.eos_token_id
         # long answers are cut, but always end with the end-of-turn token
-        answers[name] = [answer_ids(llm.tokenizer, ex.answer, eos)[:-1][: cfg.max_answer_tokens] + [eos] for ex in rows]
-    align = {}
-    for name, llm in llms.items():
-        if cfg.align_target == "answer":
-            seqs = answers[name]
-        elif cfg.align_target == "question":
-            seqs = [llm.tokenizer(ex.question, add_special_tokens=False)["input_ids"] for ex in rows]
-        else:
-            raise ValueError(f"align_target must be answer or question, not {cfg.align_target!r}")
-        align[name] = slot_targets(seqs, cfg.encoder.m, skip=llm.tokenizer.eos_token_id)
+        answers[name] = [answer_ids(tok, ex.answer, eos)[:-1][: cfg.max_answer_tokens] + [eos] for ex in rows]
+        seqs = (
+            answers[name]
+            if cfg.align_target == "answer"
+            else [tok(ex.question, add_special_tokens=False)["input_ids"] for ex in rows]
+        )
+        align[name] = slot_targets(seqs, cfg.encoder.m, skip=eos)
     return Prepared(texts, answers, align)
 
 
@@ -215,6 +214,8 @@ def train(
     losses: list[float] = []
     div = torch.tensor(0.0)
 
+    val_prep = prepare(val_rows, llms, cfg)  # validation texts and alignment targets, tokenised once
+
     def slot_batch(model: nn.Module, texts: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if cache is None:
             return model(texts=texts)
@@ -245,7 +246,6 @@ def train(
             )
             for name, llm in llms.items()
         }
-        val_prep = prepare(val_rows, llms, cfg)
         with torch.no_grad():
             chunks = [slot_batch(model, val_prep.texts[i : i + 16])[1] for i in range(0, len(val_prep.texts), 16)]
         for name, llm in llms.items():  # is the alignment target readable in the latent? (align.py)
@@ -315,13 +315,13 @@ def train(
         per_model = {}
         aligning = step < cfg.align_steps  # warm-up phase: no LLM forward at all
         for name, llm in llms.items():
-            answers = [prep.answers[name][i] for i in idx]
             if aligning or cfg.align_weight:
                 a_loss = align_loss(llm, soft[name], prep.align[name][torch.as_tensor(idx)])
                 per_model[f"align_{name}"] = a_loss.item()
                 loss = loss + (1.0 if aligning else cfg.align_weight) * a_loss / len(llms)
             if aligning:
                 continue
+            answers = [prep.answers[name][i] for i in idx]
             batch = assemble(llm, list(soft[name]), answers, cached_prefix=True)  # prefix KV computed once
             teacher = teachers[name].batch([teacher_texts[i] for i in idx], answers, batch.keep) if teachers else None
             lm_loss = answer_loss(llm, batch, cfg.first_weight, teacher, cfg.distill_weight)
