@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from latentwire.checkpoint import Wire, load_checkpoint
 from latentwire.data import load_split
 from latentwire.prompts import example_slot
+from latentwire.trainer.pipeline import Wire, load_checkpoint
 
 from .quality import quality, wire_bytes
 from .report import write_report

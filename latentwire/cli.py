@@ -29,6 +29,8 @@ DataDir = Annotated[
 class Mode(str, Enum):
     text = "text"
     token_budget = "token-budget"
+    evidence = "evidence"
+    relay = "relay"
     latent = "latent"
 
 
@@ -81,7 +83,7 @@ def eval_(
     split: Annotated[Split, typer.Option()] = Split.dev,
     limit: Annotated[int | None, typer.Option(help="first N questions only")] = None,
     budget: Annotated[int, typer.Option(help="tokens kept by token-budget (M of the default checkpoint)")] = 8,
-    ckpt: Annotated[Path | None, typer.Option(help="checkpoint folder (latent mode)")] = None,
+    ckpt: Annotated[Path | None, typer.Option(help="checkpoint folder (evidence, relay and latent modes)")] = None,
     batch_size: int | None = None,
     data_dir: DataDir = None,
     device: Device = "auto",
@@ -89,31 +91,33 @@ def eval_(
     threads: Threads = None,
     out: Annotated[Path | None, typer.Option(help="also write JSON here")] = None,
 ) -> None:
-    """EM/F1 (95% CI), NLL/token, prompt size and speed for text, token-budget or latent prompts, as JSON."""
+    """EM/F1 (95% CI), NLL/token, prompt size and speed of one path (text, token-budget, evidence, relay, latent)."""
+    from .checkpoint import CheckpointError
     from .data import DataError, load_split
     from .device import set_threads
     from .evaluate import evaluate
     from .models import ModelNotFound, load_llm
+    from .prompts import SENDER_MODES
 
     set_threads(threads)
     try:
         examples = load_split(split.value, data_dir, limit)
         results = []
-        if mode is Mode.latent:
-            from .checkpoint import load_checkpoint
+        if mode.value in SENDER_MODES:
+            from .trainer.pipeline import load_checkpoint
 
             if ckpt is None:
-                _fail("--mode latent needs --ckpt (a folder written by `latentwire train`)")
+                _fail(f"--mode {mode.value} needs --ckpt (a folder written by `latentwire train`)")
             wire = load_checkpoint(ckpt, models=model or None, device=device, dtype=dtype)
             for name in wire.model_names:
                 results.append(
                     evaluate(
                         wire.llms[name],
                         examples,
-                        "latent",
+                        mode.value,
                         context=context.value,
                         split=split.value,
-                        slot_fn=wire.slot_fn(name),
+                        slot_fn=wire.slot_fn(name, mode.value, context.value),
                         slot_fingerprint=wire.fingerprint,
                         batch_size=batch_size,
                     )
@@ -132,7 +136,7 @@ def eval_(
                         batch_size=batch_size,
                     )
                 )
-    except (DataError, ModelNotFound, ValueError) as e:
+    except (DataError, ModelNotFound, CheckpointError, ValueError) as e:
         _fail(str(e))
     text = json.dumps(results if len(results) > 1 else results[0], indent=2)
     typer.echo(text)

@@ -11,6 +11,7 @@ from latentwire.receivers.calibration import Calibration
 from latentwire.sender.encoder import EncoderConfig
 from latentwire.tiny import tiny_llm
 from latentwire.trainer.config import TrainConfig
+from latentwire.trainer.pipeline import load_checkpoint
 from latentwire.trainer.train import build_wire, checkpoint_config
 
 
@@ -24,7 +25,7 @@ def tiny_wire(tmp_path_factory):
     wire = build_wire(cfg, llms)
     path = tmp_path_factory.mktemp("ck") / "ckpt"
     checkpoint.save(path, wire.encoder, dict(wire.adapters), checkpoint_config(cfg, wire, llms))
-    return path, checkpoint.load_checkpoint(path, llms=llms)
+    return path, load_checkpoint(path, llms=llms)
 
 
 def test_bench_offline_report(tiny_wire, dev3, tmp_path, monkeypatch):
