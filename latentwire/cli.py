@@ -183,7 +183,15 @@ def train(
         "runs/default"
     ),
     models: Annotated[list[str], typer.Option("--model", help="frozen LLMs (repeat)")] = ["llama", "qwen"],  # noqa: B006
-    backbone: Annotated[str, typer.Option(help="encoder reading backbone: minilm or bytes")] = "minilm",
+    backbone: Annotated[
+        str, typer.Option(help="sender backbone: llm (a frozen sharer LLM reads selected evidence), minilm or bytes")
+    ] = "llm",
+    sharer: Annotated[str, typer.Option(help="llm backbone: the frozen LLM that reads in the sender")] = "qwen",
+    topk: Annotated[int, typer.Option(help="llm backbone: sharer tokens mixed per latent row")] = 4,
+    temperature: Annotated[float, typer.Option(help="llm backbone: < 1 sharpens the sharer's distribution")] = 1.0,
+    tau: Annotated[float, typer.Option(help="llm backbone: receivers' snapping temperature")] = 20.0,
+    nearest: Annotated[int, typer.Option(help="llm backbone: receiver tokens mixed per row")] = 4,
+    evidence_paragraphs: Annotated[int, typer.Option(help="llm backbone: paragraphs the selector keeps")] = 4,
     m: Annotated[int, typer.Option("--soft-tokens", "-M", help="soft tokens M")] = 8,
     d_z: Annotated[int, typer.Option(help="latent width")] = 256,
     context: Annotated[Context, typer.Option()] = Context.distractor,
@@ -213,7 +221,11 @@ def train(
     dtype: Dtype = "auto",
     threads: Threads = None,
 ) -> None:
-    """Train encoder + adapters against the frozen LLMs; writes a servable checkpoint to OUT/ckpt."""
+    """Fit the sender and the adapters against the frozen LLMs; writes a servable checkpoint to OUT/ckpt.
+
+    The default (`--backbone llm`) is the sharer recipe: no gradient steps, minutes (trainer/sharer_recipe.py);
+    `minilm` and `bytes` train a pooled encoder and MLP adapters for `--time-budget` seconds (trainer/train.py).
+    """
     from .device import set_threads
     from .sender.encoder import EncoderConfig
     from .trainer.config import TrainConfig
@@ -221,6 +233,45 @@ def train(
     from .trainer.train import training_data
 
     set_threads(threads)
+    if backbone == "llm":
+        from .trainer.sharer_recipe import SharerRecipe, build
+
+        recipe = SharerRecipe(
+            models=models,
+            sharer=sharer,
+            m=m,
+            d_z=d_z,
+            topk=topk,
+            temperature=temperature,
+            evidence_paragraphs=evidence_paragraphs,
+            tau=tau,
+            nearest=nearest,
+            context=context.value,
+            eval_n=eval_n,
+            train_limit=limit_train,
+            device=device,
+            dtype=dtype,
+        )
+        ckpt = build(recipe, out)
+        typer.echo(f"checkpoint: {ckpt}")
+        if dev_eval:
+            for mode in (Mode.relay, Mode.latent):
+                eval_(
+                    mode=mode,
+                    model=[],
+                    context=context,
+                    split=Split.dev,
+                    limit=None,
+                    budget=m,
+                    ckpt=ckpt,
+                    batch_size=None,
+                    data_dir=None,
+                    device=device,
+                    dtype=dtype,
+                    threads=threads,
+                    out=out / f"dev_{mode.value}.json",
+                )
+        return
     cfg = TrainConfig(
         models=models,
         encoder=EncoderConfig(backbone=backbone, m=m, d_z=d_z, window_embedding=window_embedding),
@@ -277,6 +328,9 @@ def bench(
         Context.gold,
     ],
     live: Annotated[int, typer.Option(help="questions sent through the live processes for latency (0: none)")] = 100,
+    path: Annotated[
+        list[Mode], typer.Option(help="paths measured (repeat; default: every path the checkpoint has)")
+    ] = [],  # noqa: B006 - typer needs a literal default
     quick: Annotated[bool, typer.Option(help="tiny random models + tiny checkpoint: minutes, for CI")] = False,
     threads: Threads = None,
 ) -> None:
@@ -291,7 +345,8 @@ def bench(
         limit, live = limit or 6, min(live, 6)
     ckpt = ckpt or DEFAULT_CKPT
     contexts = tuple(c.value for c in context)
-    res = run_bench(ckpt, out=out, split=split.value, limit=limit, contexts=contexts, live_n=live)
+    paths = tuple(p.value for p in path) or None
+    res = run_bench(ckpt, out=out, split=split.value, limit=limit, contexts=contexts, live_n=live, paths=paths)
     typer.echo(f"wrote {out / 'results.json'} and {out / 'report.md'} ({res['meta']['wall_s']} s)")
 
 

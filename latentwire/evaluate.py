@@ -2,7 +2,9 @@
 
 Per-question results are appended to `$LATENTWIRE_CACHE/eval/<key>.jsonl` as they are produced, keyed by
 (model fingerprint, checkpoint fingerprint, split, context mode, prompt mode, budget, prompt version), so an
-interrupted 30-80 minute text-path run resumes where it stopped and a rerun costs nothing.
+interrupted 30-80 minute text-path run resumes where it stopped and a rerun costs nothing. The repository
+commits the rows of its published runs under `bench/rows/<key>.jsonl` (`ROWS_DIR`): a fresh clone starts from
+them and recomputes only what changed (another model, checkpoint or prompt has another key).
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ from .models import LLM, cache_root
 from .prompts import MODES, PROMPT_VERSION, SENDER_MODES, example_slot
 
 SlotFn = Callable[[Sequence[Example]], list[torch.Tensor]]  # examples -> this model's slot embeddings
+
+
+ROWS_DIR = Path(__file__).resolve().parent.parent / "bench" / "rows"
 
 
 def cache_key(**parts: object) -> str:
@@ -92,7 +97,7 @@ def evaluate(
     )
     path = cache_root() / "eval" / f"{key}.jsonl" if use_cache else Path(os.devnull)
     path.parent.mkdir(parents=True, exist_ok=True)
-    done = _load_done(path) if use_cache else {}
+    done = {**_load_done(ROWS_DIR / path.name), **_load_done(path)} if use_cache else {}
     checks = {ex.id: _check(ex, context) for ex in examples}
     for ex in examples:  # rows written for another question under the same id are redone
         if ex.id in done and done[ex.id].get("check", checks[ex.id]) != checks[ex.id]:

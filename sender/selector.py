@@ -222,13 +222,18 @@ def _fit_logistic(x: np.ndarray, y: np.ndarray, l2: float) -> tuple[list[float],
     return w.detach().tolist(), mu.tolist(), sd.tolist()
 
 
-def selection_report(selector: Selector, rows: Sequence[Example], budgets: Sequence[int] = (1, 2, 3, 4, 5)) -> dict:
-    """Pair recall (both gold paragraphs selected) and supporting-sentence recall by budget, tokens, speed."""
+def selection_report(
+    selector: Selector, rows: Sequence[Example], budgets: Sequence[int] = (1, 2, 3, 4, 5), tokenizer=None
+) -> dict:
+    """Pair recall (both gold paragraphs selected) and supporting-sentence recall by budget, size, speed.
+
+    Size is in words, and in tokens of `tokenizer` (the sharer's) when given; speed is the median per question.
+    """
     import time
 
     out: dict = {"n": len(rows), "by_budget": {}}
     for b in budgets:
-        pair_hits, sent_recall, n_words, secs = [], [], [], []
+        pair_hits, sent_recall, n_words, n_tokens, secs = [], [], [], [], []
         for ex in rows:
             t0 = time.perf_counter()
             sel = selector.select(ex.question, ex.paragraphs, b)
@@ -237,11 +242,15 @@ def selection_report(selector: Selector, rows: Sequence[Example], budgets: Seque
             pair_hits.append(float(set(ex.gold_indices) <= chosen))
             if ex.supporting:
                 sent_recall.append(sum(p in chosen for p, _ in ex.supporting) / len(ex.supporting))
-            n_words.append(len(sel.text(ex.paragraphs).split()))
+            text = sel.text(ex.paragraphs)
+            n_words.append(len(text.split()))
+            if tokenizer is not None:
+                n_tokens.append(len(tokenizer(text, add_special_tokens=False)["input_ids"]))
         out["by_budget"][b] = {
             "pair_recall": float(np.mean(pair_hits)),
             "sentence_recall": float(np.mean(sent_recall)) if sent_recall else None,
             "words": float(np.mean(n_words)),
+            **({"tokens": float(np.mean(n_tokens))} if n_tokens else {}),
             "ms_per_question": 1000 * float(np.median(secs)),
         }
     return out

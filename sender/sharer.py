@@ -30,6 +30,7 @@ from latentwire.prompts import PROMPT_VERSION, slot_text
 from .selector import Selector, SelectorConfig
 
 Doc = tuple[str, Sequence[Paragraph]]  # (question, context paragraphs): what the sender reads
+READ_K = 8  # next-token candidates kept per step in a reading (the latent mixes the first `topk` of them)
 
 
 @dataclass
@@ -40,7 +41,7 @@ class SharerConfig:
     m: int = 8  # answer steps the latent carries = soft tokens
     max_new_tokens: int = 16  # the sharer's whole answer (what relay sends) may run longer than M steps
     d_z: int = 256
-    topk: int = 4  # tokens mixed per step
+    topk: int = 4  # tokens mixed per step (at most READ_K)
     temperature: float = 1.0  # < 1 sharpens the sharer's distribution before mixing
     code_seed: int = 0
     hidden_layer: int | None = None  # cache this layer's states along the answer too (analysis, future heads)
@@ -62,7 +63,7 @@ class SharerConfig:
             "selector": self.selector.to_dict(),
             "prompt": PROMPT_VERSION,
             "max_new_tokens": self.max_new_tokens,
-            "topk": self.topk,
+            "read_k": READ_K,
             "hidden_layer": self.hidden_layer,
         }
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
@@ -140,7 +141,7 @@ class SharerEncoder(torch.nn.Module):
 
     def use_cache(self, directory: Path | None = None) -> SharerEncoder:
         """Keep readings on disk (eval, bench, training): each question is read once per sharer and selector."""
-        self.cache = ReadingCache(self.cfg.reading_key(self.llm.fingerprint), self.cfg.topk, directory)
+        self.cache = ReadingCache(self.cfg.reading_key(self.llm.fingerprint), READ_K, directory)
         return self
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
@@ -156,8 +157,12 @@ class SharerEncoder(torch.nn.Module):
         return self.selector.select(q, paras).text(paras)
 
     @torch.no_grad()
-    def read(self, docs: Sequence[Doc], batch_size: int = 1, progress: bool = False) -> list[Reading]:
-        """The sharer's readings (from the cache when it has them)."""
+    def read(self, docs: Sequence[Doc], batch_size: int = 4, progress: bool = False) -> list[Reading]:
+        """The sharer's readings (from the cache when it has them).
+
+        Uncached questions are read `batch_size` at a time, similar lengths together: the greedy steps of a
+        batch cost about what one question's do on a CPU, the prompts' padding stays small.
+        """
         out: dict[int, Reading] = {}
         todo = []
         for i, d in enumerate(docs):
@@ -166,13 +171,15 @@ class SharerEncoder(torch.nn.Module):
                 out[i] = hit
             else:
                 todo.append(i)
+        evidence = {i: self.evidence(docs[i]) for i in todo}
+        todo.sort(key=lambda i: len(evidence[i]))
         bar = tqdm(total=len(todo), disable=not progress or not todo, desc=f"sharer {self.llm.name}", unit="q")
         for s in range(0, len(todo), batch_size):
             idx = todo[s : s + batch_size]
-            ev = [self.evidence(docs[i]) for i in idx]
+            ev = [evidence[i] for i in idx]
             slots = text_slots(self.llm, [slot_text(docs[i][0], e) for i, e in zip(idx, ev, strict=True)])
             n = max(self.cfg.m, self.cfg.max_new_tokens)
-            gens = generate(self.llm, slots, n, topk=self.cfg.topk, hidden_layer=self.cfg.hidden_layer)
+            gens = generate(self.llm, slots, n, topk=READ_K, hidden_layer=self.cfg.hidden_layer)
             for i, e, g in zip(idx, ev, gens, strict=True):
                 r = Reading(e, postprocess(g.text), g.topk_ids, g.topk_logp, g.hidden)
                 out[i] = r
@@ -187,9 +194,9 @@ class SharerEncoder(torch.nn.Module):
         z = torch.zeros(len(readings), self.cfg.m, self.cfg.d_z)
         codes = self.codes
         for b, r in enumerate(readings):
-            s = min(len(r.topk_ids), self.cfg.m)
+            s, k = min(len(r.topk_ids), self.cfg.m), self.cfg.topk
             if s:
-                z[b, :s] = mix(codes, r.topk_ids[:s], r.topk_logp[:s], self.cfg.temperature)
+                z[b, :s] = mix(codes, r.topk_ids[:s, :k], r.topk_logp[:s, :k], self.cfg.temperature)
         return z
 
     def forward(self, docs: Sequence[Doc]) -> torch.Tensor:

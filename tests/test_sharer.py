@@ -11,7 +11,7 @@ from latentwire.data import load_split
 from latentwire.protocol import Ask, LatentRequest, TextRequest, decode_frame
 from latentwire.sender.process import Sender
 from latentwire.sender.selector import Selector
-from latentwire.sender.sharer import ReadingCache, SharerConfig, SharerEncoder
+from latentwire.sender.sharer import READ_K, ReadingCache, SharerConfig, SharerEncoder
 from latentwire.trainer.pipeline import docs_of, load_checkpoint
 from latentwire.trainer.sharer_recipe import SharerRecipe, build
 
@@ -32,7 +32,7 @@ def test_reading_and_latent_rows(encoder, dev3):
     z = encoder.latents(reads)
     assert z.shape == (3, 4, 32)
     for r, zi, (q, paras) in zip(reads, z, docs, strict=True):
-        assert r.topk_ids.shape[1] == 3 and r.topk_ids.shape == r.topk_logp.shape
+        assert r.topk_ids.shape[1] == READ_K and r.topk_ids.shape == r.topk_logp.shape
         assert r.evidence.count("\n") == 1  # two paragraphs
         assert r.evidence == encoder.evidence((q, paras))
         steps = min(len(r.topk_ids), 4)
@@ -54,7 +54,7 @@ def test_reading_cache_resumes(encoder, dev3, tmp_path, monkeypatch):
     assert torch.allclose(encoder.latents(first), again.latents(second), atol=1e-3)
     path = next(tmp_path.glob("*.jsonl"))
     path.write_text(path.read_text() + '{"key": "cut')  # an interrupted write is ignored
-    assert len(ReadingCache(path.stem, 3, tmp_path).rows) == 3
+    assert len(ReadingCache(path.stem, READ_K, tmp_path).rows) == 3
 
 
 def test_recipe_checkpoint_serves_every_path(tiny_llama, tiny_qwen, tmp_path, dev3):
