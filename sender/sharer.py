@@ -65,6 +65,7 @@ class SharerConfig:
             "max_new_tokens": self.max_new_tokens,
             "read_k": READ_K,
             "hidden_layer": self.hidden_layer,
+            "keyed_by": "question+evidence",
         }
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
 
@@ -93,9 +94,9 @@ class Reading:
         return cls(d["evidence"], d["answer"], ids, torch.tensor(d["logp"], dtype=torch.float32).reshape(-1, k))
 
 
-def _doc_key(doc: Doc) -> str:
-    q, paras = doc
-    return hashlib.sha256(json.dumps([q, [list(p) for p in paras]]).encode()).hexdigest()
+def reading_input_key(question: str, evidence: str) -> str:
+    """A reading depends on what the sharer reads alone: served and offline docs with the same selection share it."""
+    return hashlib.sha256(json.dumps([question, evidence]).encode()).hexdigest()
 
 
 class ReadingCache:
@@ -113,11 +114,11 @@ class ReadingCache:
                 except (json.JSONDecodeError, KeyError, RuntimeError):
                     continue  # a line cut by an interruption is redone
 
-    def get(self, doc: Doc) -> Reading | None:
-        return self.rows.get(_doc_key(doc))
+    def get(self, question: str, evidence: str) -> Reading | None:
+        return self.rows.get(reading_input_key(question, evidence))
 
-    def put(self, doc: Doc, r: Reading) -> None:
-        key = _doc_key(doc)
+    def put(self, question: str, r: Reading) -> None:
+        key = reading_input_key(question, r.evidence)
         self.rows[key] = r
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a") as f:
@@ -164,14 +165,14 @@ class SharerEncoder(torch.nn.Module):
         batch cost about what one question's do on a CPU, the prompts' padding stays small.
         """
         out: dict[int, Reading] = {}
+        evidence = [self.evidence(d) for d in docs]
         todo = []
         for i, d in enumerate(docs):
-            hit = self.cache.get(d) if self.cache is not None else None
+            hit = self.cache.get(d[0], evidence[i]) if self.cache is not None else None
             if hit is not None:
                 out[i] = hit
             else:
                 todo.append(i)
-        evidence = {i: self.evidence(docs[i]) for i in todo}
         todo.sort(key=lambda i: len(evidence[i]))
         bar = tqdm(total=len(todo), disable=not progress or not todo, desc=f"sharer {self.llm.name}", unit="q")
         for s in range(0, len(todo), batch_size):
@@ -184,7 +185,7 @@ class SharerEncoder(torch.nn.Module):
                 r = Reading(e, postprocess(g.text), g.topk_ids, g.topk_logp, g.hidden)
                 out[i] = r
                 if self.cache is not None:
-                    self.cache.put(docs[i], r)
+                    self.cache.put(docs[i][0], r)
             bar.update(len(idx))
         bar.close()
         return [out[i] for i in range(len(docs))]

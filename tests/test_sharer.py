@@ -79,3 +79,22 @@ def test_recipe_checkpoint_serves_every_path(tiny_llama, tiny_qwen, tmp_path, de
             assert msg.text.startswith(f"Question: {ex.question}\nContext: ")
     with pytest.raises(ValueError, match="sharer is tiny-qwen"):
         SharerEncoder(wire.encoder.cfg, llm=tiny_llama)
+
+
+def test_served_and_offline_docs_share_readings(encoder, dev3, tmp_path, monkeypatch):
+    """A reading is keyed by what the sharer reads, so a served request (context parsed from text) reuses the
+    offline reading whenever the selection is the same."""
+    import latentwire.sender.sharer as sharer
+
+    encoder.use_cache(tmp_path)
+    structured = [(ex.question, ex.paragraphs) for ex in dev3]
+    encoder.read(structured)
+    served = docs_of(dev3, "distractor")
+    differ = sum(encoder.evidence(a) != encoder.evidence(b) for a, b in zip(structured, served, strict=True))
+    calls = []
+    real = sharer.generate
+    monkeypatch.setattr(
+        sharer, "generate", lambda llm, slots, *a, **k: calls.append(len(slots)) or real(llm, slots, *a, **k)
+    )
+    encoder.read(served)
+    assert sum(calls) == differ

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from latentwire import checkpoint
-from latentwire.data import Example
+from latentwire.data import Example, parse_context
 from latentwire.lm import text_slots
 from latentwire.models import LLM, load_llm
 from latentwire.prompts import slot_text
@@ -27,8 +27,9 @@ from latentwire.sender.sharer import SharerEncoder
 
 
 def docs_of(examples: Sequence[Example], context: str) -> list[tuple[str, tuple]]:
-    """What the sender reads per example: the question and the context mode's paragraphs."""
-    return [(ex.question, tuple(ex.paragraphs if context == "distractor" else ex.gold_paragraphs)) for ex in examples]
+    """What the sender reads per example, exactly as it reads a served request: the question and the paragraphs
+    parsed back from the context text a client sends (`data.parse_context`)."""
+    return [(ex.question, parse_context(ex.context(context))) for ex in examples]
 
 
 @dataclass
