@@ -9,7 +9,10 @@ moves a code far less than the distance to any other.
 
 The sender writes each answer step as a mixture of the codes of the sharer's top-k next tokens (its
 distribution, not only its argmax); each receiver's adapter snaps it back onto its own embeddings
-(`receivers/adapter.py`). An all-zero row means "no token" (the sharer's answer ended).
+(`receivers/adapter.py`). An all-zero row means "no token" (the sharer's answer ended). A row may carry
+several consecutive steps at once (`tokens_per_row`): step j of a row is *bound* to its place by a fixed
+signed permutation before the steps are summed, and a receiver unbinds each place and snaps it separately;
+near-orthogonal codes keep the superposed steps apart (each keeps cosine ~1/sqrt(n) with its own code).
 """
 
 from __future__ import annotations
@@ -73,3 +76,34 @@ def mix(codes: torch.Tensor, ids: torch.Tensor, logp: torch.Tensor, temperature:
     has = c.abs().sum(-1) > 0
     w = (logp.float() / max(temperature, 1e-6)).masked_fill(~has, float("-inf")).softmax(-1).nan_to_num(0.0)
     return (w.unsqueeze(-1) * c).sum(1)
+
+
+@lru_cache(maxsize=32)
+def _binding(place: int, d_z: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fixed signed permutation of a place in a row; place 0 is the identity (one token per row)."""
+    if place == 0:
+        return torch.arange(d_z), torch.ones(d_z)
+    g = torch.Generator().manual_seed(1_000_003 * (seed + 1) + place)
+    return torch.randperm(d_z, generator=g), torch.randint(0, 2, (d_z,), generator=g).float() * 2 - 1
+
+
+def bind(v: torch.Tensor, place: int, seed: int = 0) -> torch.Tensor:
+    """Move codes (..., d_z) to `place` of a row."""
+    perm, sign = _binding(place, v.shape[-1], seed)
+    return (v * sign.to(v)).index_select(-1, perm.to(v.device))
+
+
+def unbind(z: torch.Tensor, place: int, seed: int = 0) -> torch.Tensor:
+    """The inverse of `bind`: what a row holds at `place`, back in code space."""
+    perm, sign = _binding(place, z.shape[-1], seed)
+    inv = torch.empty_like(perm)
+    inv[perm] = torch.arange(perm.numel())
+    return z.index_select(-1, inv.to(z.device)) * sign.to(z)
+
+
+def pack(steps: torch.Tensor, m: int, per_row: int, seed: int = 0) -> torch.Tensor:
+    """(S, d_z) step vectors -> (m, d_z) latent rows, `per_row` consecutive steps bound into each row."""
+    z = steps.new_zeros(m, steps.shape[-1])
+    for t in range(min(steps.shape[0], m * per_row)):
+        z[t // per_row] += bind(steps[t], t % per_row, seed)
+    return z

@@ -160,7 +160,7 @@ class Generation:
     nll: float | None = None  # NLL per token of the gold answer given the same prompt, when asked for
     topk_ids: torch.Tensor | None = None  # (S, k) the k most likely tokens at each generated step, when asked for
     topk_logp: torch.Tensor | None = None  # (S, k) their log-probs
-    hidden: torch.Tensor | None = None  # (1 + S, H) layer states: the prompt's last position, then each step
+    hidden: torch.Tensor | None = None  # (steps, H) the layer's state that predicted each step (a stop step too)
 
 
 @torch.no_grad()

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from latentwire import checkpoint
-from latentwire.codebook import vocabulary_codes
+from latentwire.codebook import unbind, vocabulary_codes
 
 
 @dataclass
@@ -69,6 +69,7 @@ class CodebookAdapterConfig:
     nearest: int = 4  # candidate tokens per row
     min_cos: float = 0.35  # rows matching no code of this vocabulary better than chance are dropped
     code_seed: int = 0
+    tokens_per_row: int = 1  # places bound into one row by the sender (latentwire.codebook.pack)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -89,9 +90,11 @@ class CodebookAdapter(nn.Module):
         )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        """(M, d_z) -> (L, hidden), L <= M."""
+        """(M, d_z) -> (L, hidden), L <= M x tokens_per_row, in answer order."""
         codes, embed = self._tables
         z = z.float().to(codes.device)
+        n, seed = self.cfg.tokens_per_row, self.cfg.code_seed
+        z = torch.stack([unbind(z, j, seed) for j in range(n)], 1).flatten(0, 1)  # row-major: step order
         norm = z.norm(dim=-1, keepdim=True)
         sims = (z / norm.clamp(min=1e-8)) @ codes.T
         top = sims.topk(self.cfg.nearest, dim=-1)

@@ -11,16 +11,18 @@ as text), so eval and bench read each question once (`ReadingCache`).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from latentwire.codebook import mix, vocabulary_codes
+from latentwire.codebook import mix, pack, vocabulary_codes
 from latentwire.data import Paragraph
 from latentwire.lm import generate, text_slots
 from latentwire.metrics import postprocess
@@ -43,6 +45,7 @@ class SharerConfig:
     d_z: int = 256
     topk: int = 4  # tokens mixed per step (at most READ_K)
     temperature: float = 1.0  # < 1 sharpens the sharer's distribution before mixing
+    tokens_per_row: int = 1  # answer steps bound into one latent row (the latent carries m * tokens_per_row)
     code_seed: int = 0
     hidden_layer: int | None = None  # cache this layer's states along the answer too (analysis, future heads)
     selector: SelectorConfig = field(default_factory=SelectorConfig)
@@ -81,17 +84,26 @@ class Reading:
     hidden: torch.Tensor | None = None
 
     def to_json(self) -> dict:
-        return {
+        d = {
             "evidence": self.evidence,
             "answer": self.answer,
             "ids": self.topk_ids.tolist(),
             "logp": [[round(float(v), 4) for v in row] for row in self.topk_logp],
         }
+        if self.hidden is not None:  # fp16, base64: ~30 KB a question for a 0.5B sharer
+            h = self.hidden.to(torch.float16).contiguous()
+            d["hidden"] = {"shape": list(h.shape), "fp16": base64.b64encode(h.numpy().tobytes()).decode()}
+        return d
 
     @classmethod
     def from_json(cls, d: dict, k: int) -> Reading:
         ids = torch.tensor(d["ids"], dtype=torch.long).reshape(-1, k)
-        return cls(d["evidence"], d["answer"], ids, torch.tensor(d["logp"], dtype=torch.float32).reshape(-1, k))
+        hidden = None
+        if "hidden" in d:
+            raw = np.frombuffer(base64.b64decode(d["hidden"]["fp16"]), dtype=np.float16)
+            hidden = torch.from_numpy(raw.reshape(d["hidden"]["shape"]).astype(np.float32))
+        logp = torch.tensor(d["logp"], dtype=torch.float32).reshape(-1, k)
+        return cls(d["evidence"], d["answer"], ids, logp, hidden)
 
 
 def reading_input_key(question: str, evidence: str) -> str:
@@ -191,13 +203,16 @@ class SharerEncoder(torch.nn.Module):
         return [out[i] for i in range(len(docs))]
 
     def latents(self, readings: Sequence[Reading]) -> torch.Tensor:
-        """Readings -> (B, M, d_z): step t = mixture of the codes of the sharer's top-k; zero rows after the end."""
-        z = torch.zeros(len(readings), self.cfg.m, self.cfg.d_z)
+        """Readings -> (B, M, d_z): step t = mixture of the codes of the sharer's top-k, `tokens_per_row` steps
+        bound into each row; zero rows after the answer's end."""
+        c = self.cfg
+        z = torch.zeros(len(readings), c.m, c.d_z)
         codes = self.codes
         for b, r in enumerate(readings):
-            s, k = min(len(r.topk_ids), self.cfg.m), self.cfg.topk
+            s = min(len(r.topk_ids), c.m * c.tokens_per_row)
             if s:
-                z[b, :s] = mix(codes, r.topk_ids[:s, :k], r.topk_logp[:s, :k], self.cfg.temperature)
+                steps = mix(codes, r.topk_ids[:s, : c.topk], r.topk_logp[:s, : c.topk], c.temperature)
+                z[b] = pack(steps, c.m, c.tokens_per_row, c.code_seed)
         return z
 
     def forward(self, docs: Sequence[Doc]) -> torch.Tensor:

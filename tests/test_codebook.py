@@ -80,3 +80,22 @@ def test_adapter_registry(tiny):
 
     with pytest.raises(ValueError, match="unknown adapter kind"):
         build_adapter({"kind": "nope"}, tiny)
+
+
+def test_bind_unbind_and_packing_recover_every_step(tiny):
+    from latentwire.codebook import bind, pack, unbind
+
+    v = torch.randn(5, 128)
+    for place in range(3):
+        assert torch.allclose(unbind(bind(v, place), place), v, atol=1e-6)
+    assert torch.equal(bind(v, 0), v)  # one token per row is the plain code
+    codes = vocabulary_codes(tiny.tokenizer, 128)
+    ids = tiny.tokenizer("Paris, France!", add_special_tokens=False)["input_ids"]
+    z = pack(codes[ids], m=8, per_row=2)
+    assert z[(len(ids) + 1) // 2 :].abs().sum() == 0  # rows after the answer stay empty
+    ad = _adapter(tiny, tokens_per_row=2, min_cos=0.5)
+    emb = tiny.embed(torch.tensor(ids))
+    for zq in (z, torch.from_numpy(dequantize(quantize(z.numpy(), "int4")))):
+        with torch.no_grad():
+            out = ad.to_slots(zq[None])[0]
+        assert out.shape == emb.shape and torch.allclose(out, emb, atol=1e-4)

@@ -98,3 +98,12 @@ def test_served_and_offline_docs_share_readings(encoder, dev3, tmp_path, monkeyp
     )
     encoder.read(served)
     assert sum(calls) == differ
+
+
+def test_hidden_states_are_cached_in_fp16(tiny_qwen, selector, dev3, tmp_path):
+    cfg = SharerConfig(sharer="tiny-qwen", m=4, d_z=32, hidden_layer=-1, selector=selector.cfg)
+    first = SharerEncoder(cfg, llm=tiny_qwen).use_cache(tmp_path).read(docs_of(dev3[:1], "gold"))[0]
+    assert first.hidden is not None and first.hidden.shape[1] == tiny_qwen.hidden_size
+    assert first.hidden.shape[0] in (len(first.topk_ids), len(first.topk_ids) + 1)  # + the step that stopped
+    again = SharerEncoder(cfg, llm=tiny_qwen).use_cache(tmp_path).read(docs_of(dev3[:1], "gold"))[0]
+    assert torch.allclose(again.hidden, first.hidden, atol=1e-2, rtol=1e-2)
