@@ -118,7 +118,7 @@ def eval_(
                         context=context.value,
                         split=split.value,
                         slot_fn=wire.slot_fn(name, mode.value, context.value),
-                        slot_fingerprint=wire.fingerprint,
+                        slot_fingerprint=wire.path_fingerprint(mode.value),
                         batch_size=batch_size,
                     )
                 )

@@ -8,6 +8,8 @@ relay and every latent variant read each question once.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +54,20 @@ class Wire:
     @property
     def m(self) -> int:
         return int(self.config["encoder"]["m"])
+
+    def path_fingerprint(self, mode: str) -> str:
+        """What a sender path's answers depend on: the selection (evidence), the sharer's reading (relay), the
+        whole checkpoint (latent). Cached rows of evidence and relay survive a change of the latent's knobs."""
+        if mode == "evidence":
+            return (
+                "evidence:"
+                + hashlib.sha256(json.dumps(self.encoder.selector.cfg.to_dict(), sort_keys=True).encode()).hexdigest()[
+                    :20
+                ]
+            )
+        if mode == "relay":
+            return "relay:" + self.encoder.cfg.reading_key(self.encoder.llm.fingerprint)
+        return self.fingerprint
 
     @torch.no_grad()
     def encode(self, examples: Sequence[Example], context: str = "distractor") -> torch.Tensor:
