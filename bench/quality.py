@@ -54,6 +54,17 @@ def joint(rows: dict[str, list[dict]], calibrations: dict[str, Calibration]) -> 
     }
 
 
+def path_calibrations(wire: Wire, path: str) -> dict[str, Calibration]:
+    """Each receiver's score calibration for a path, fitted on `val` by the recipe; raw scores where none was."""
+    out = {}
+    for n in wire.model_names:
+        m = wire.config["models"][n]
+        cal = m.get("calibration_by_path", {}).get(path) or (m.get("calibration") if path == "latent" else None)
+        if cal:
+            out[n] = Calibration(**cal)
+    return out
+
+
 def paths_of(wire: Wire) -> tuple[str, ...]:
     """The paths a checkpoint can be measured on: evidence and relay need a sharer in the sender."""
     return ("text", "token-budget", *(("evidence", "relay") if wire.has_sharer else ()), "latent")
@@ -71,10 +82,7 @@ def quality(
 ) -> dict:
     """Every quality figure of the report, per context mode."""
     paths = tuple(paths or paths_of(wire))
-    cals = {
-        n: Calibration(**{k: v for k, v in wire.config["models"][n].get("calibration", {}).items()})
-        for n in wire.model_names
-    }
+    cals = {path: path_calibrations(wire, path) for path in paths}
     out: dict = {}
     for ctx in contexts:
         res: dict = {"models": {}, "latent_quant": {}}
@@ -124,8 +132,7 @@ def quality(
                     quant[scheme] = {"f1": r["f1"], "em": r["em"], "unchanged": float(np.mean(same))}
             res["models"][name] = per
             res["latent_quant"][name] = quant
-        # the checkpoint's calibration is fitted on latent answers; other paths compare raw scores
-        res["joint"] = {mode: joint(rows, cals if mode == "latent" else {}) for mode, rows in method_rows.items()}
+        res["joint"] = {mode: joint(rows, cals[mode]) for mode, rows in method_rows.items()}
         out[ctx] = res
     return out
 
