@@ -205,7 +205,19 @@ class Selector:
 
 
 def _fit_logistic(x: np.ndarray, y: np.ndarray, l2: float) -> tuple[list[float], list[float], list[float]]:
-    """L2-regularised logistic regression on standardised features (L-BFGS); weights end with the bias."""
+    """L2-regularised logistic regression on standardised features (L-BFGS); weights end with the bias.
+
+    Fitted on one thread: the same data gives bit-identical weights whatever the caller's thread count.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _lbfgs(x, y, l2)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _lbfgs(x: np.ndarray, y: np.ndarray, l2: float) -> tuple[list[float], list[float], list[float]]:
     mu, sd = x.mean(0), x.std(0) + 1e-6
     xt = torch.tensor((x - mu) / sd, dtype=torch.float64)
     yt = torch.tensor(y, dtype=torch.float64)

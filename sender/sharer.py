@@ -60,10 +60,10 @@ class SharerConfig:
         return cls(**d)
 
     def reading_key(self, sharer_fingerprint: str) -> str:
-        """What a cached reading depends on: the sharer, the selection, the prompt, the decoding."""
+        """What a cached reading depends on besides its input (question + evidence, the row's key): the sharer,
+        the prompt, the decoding. Not the selector's weights: a reading is reused whenever the evidence is equal."""
         parts = {
             "sharer": sharer_fingerprint,
-            "selector": self.selector.to_dict(),
             "prompt": PROMPT_VERSION,
             "max_new_tokens": self.max_new_tokens,
             "read_k": READ_K,
