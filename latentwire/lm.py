@@ -171,14 +171,17 @@ def generate(
     answers: Sequence[str] | None = None,
     topk: int = 0,
     hidden_layer: int | None = None,
+    cached_prefix: bool = True,
 ) -> list[Generation]:
     """Greedy decoding from the assembled prompts; stops at end-of-turn or once a row has a full first line.
 
     With `answers`, also scores each gold answer (NLL per token, end-of-turn included) from the same prompt
     forward pass, so evaluation reads each long prompt once. `topk` > 0 keeps the top-k distribution of every
     generated (non-stop) step, and `hidden_layer` that layer's states along the way: what a sharer reads out.
+    The constant chat prefix comes from its KV cache (`cached_prefix`; the same sequence, ~half the work of a
+    short latent prompt).
     """
-    batch = assemble(llm, slots)
+    batch = assemble(llm, slots, cached_prefix=cached_prefix)
     model, tok, stop = llm.model, llm.tokenizer, llm.stop_ids
     B = len(slots)
     mask, pos = batch.attention_mask, batch.position_ids[:, -1:]
@@ -190,6 +193,7 @@ def generate(
         use_cache=True,
         logits_to_keep=1,
         output_hidden_states=want_h,
+        **({"cache": prefix_cache(llm, B)} if cached_prefix else {}),
     )
     nlls = _score_answers(llm, out, mask, pos, answers) if answers is not None else [None] * B
     gen: list[list[int]] = [[] for _ in range(B)]
