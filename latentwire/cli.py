@@ -335,6 +335,9 @@ def bench(
     path: Annotated[
         list[Mode], typer.Option(help="paths measured (repeat; default: every path the checkpoint has)")
     ] = [],  # noqa: B006 - typer needs a literal default
+    quant: Annotated[
+        list[str], typer.Option(help="wire schemes compared with the float latent (repeat; default fp16, int8, int4)")
+    ] = [],  # noqa: B006 - typer needs a literal default
     quick: Annotated[bool, typer.Option(help="tiny random models + tiny checkpoint: minutes, for CI")] = False,
     threads: Threads = None,
 ) -> None:
@@ -350,7 +353,10 @@ def bench(
     ckpt = ckpt or DEFAULT_CKPT
     contexts = tuple(c.value for c in context)
     paths = tuple(p.value for p in path) or None
-    res = run_bench(ckpt, out=out, split=split.value, limit=limit, contexts=contexts, live_n=live, paths=paths)
+    schemes = tuple(quant) or ("fp16", "int8", "int4")
+    res = run_bench(
+        ckpt, out=out, split=split.value, limit=limit, contexts=contexts, live_n=live, paths=paths, schemes=schemes
+    )
     typer.echo(f"wrote {out / 'results.json'} and {out / 'report.md'} ({res['meta']['wall_s']} s)")
 
 
