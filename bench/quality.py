@@ -79,8 +79,10 @@ def quality(
     text_batch: int | None = None,
     progress: bool = True,
     paths: Sequence[str] | None = None,
+    path_limits: dict[str, int] | None = None,
 ) -> dict:
-    """Every quality figure of the report, per context mode."""
+    """Every quality figure of the report, per context mode; `path_limits` measures a path on the first N
+    questions only (every receiver the same N, so the joint pick compares the same questions)."""
     paths = tuple(paths or paths_of(wire))
     cals = {path: path_calibrations(wire, path) for path in paths}
     out: dict = {}
@@ -102,7 +104,7 @@ def quality(
             for mode in paths:
                 r = evaluate(
                     llm,
-                    examples,
+                    examples[: (path_limits or {}).get(mode)],
                     mode,
                     context=ctx,
                     split=split,

@@ -24,18 +24,21 @@ def _ci(d: dict, key: str = "f1") -> str:
 
 
 def quality_table(q: dict) -> list[str]:
-    lines = ["| model | method | EM | F1 (95% CI) | NLL/token | prompt tokens |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| model | method | n | EM | F1 (95% CI) | NLL/token | prompt tokens |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, per in q["models"].items():
         for method in paths_in(q):
             r = per[method]
             lines.append(
-                f"| {name} | {method} | {r['em']:.3f} | {_ci(r)} | {r['nll_per_token']:.2f} | "
+                f"| {name} | {method} | {r['n']} | {r['em']:.3f} | {_ci(r)} | {r['nll_per_token']:.2f} | "
                 f"{r['prompt_tokens']:.0f} |"
             )
     for method in paths_in(q):
         j = q["joint"][method]
-        lines.append(f"| joint pick | {method} | {j['joint']['em']:.3f} | {_ci(j['joint'])} | | |")
-        lines.append(f"| oracle | {method} | {j['oracle']['em']:.3f} | {_ci(j['oracle'])} | | |")
+        lines.append(f"| joint pick | {method} | {j['joint']['n']} | {j['joint']['em']:.3f} | {_ci(j['joint'])} | | |")
+        lines.append(f"| oracle | {method} | {j['oracle']['n']} | {j['oracle']['em']:.3f} | {_ci(j['oracle'])} | | |")
     return lines
 
 
@@ -263,7 +266,9 @@ def readme_table(results: dict) -> str:
         for method in paths_in(q0):
             cells = [_ci(results["quality"][c]["models"][name][method]) for c in ctxs]
             nll = q0["models"][name][method]["nll_per_token"]
-            lines.append(f"| {name} | {method} | " + " | ".join(cells) + f" | {nll:.2f} |")
+            n = q0["models"][name][method]["n"]
+            label = method if n == meta["n"] else f"{method} (first {n})"
+            lines.append(f"| {name} | {label} | " + " | ".join(cells) + f" | {nll:.2f} |")
     for label, key in (("joint pick", "joint"), ("oracle", "oracle")):
         cells = [_ci(results["quality"][c]["joint"]["latent"][key]) for c in ctxs]
         lines.append(f"| {label} | latent | " + " | ".join(cells) + " | |")

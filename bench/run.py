@@ -92,13 +92,23 @@ def run_bench(
     command: str | None = None,
     paths: tuple[str, ...] | None = None,
     schemes: tuple[str, ...] = ("fp16", "int8", "int4"),
+    path_limits: dict[str, int] | None = None,
 ) -> dict:
     """Quality (per model, joint, oracle, per quantisation), efficiency, live latency and training cost."""
     out = Path(out)
     wire = wire or load_checkpoint(ckpt)
     examples = examples if examples is not None else load_split(split, limit=limit)
     t0 = time.perf_counter()
-    q = quality(wire, examples, contexts=contexts, split=split, progress=progress, paths=paths, schemes=schemes)
+    q = quality(
+        wire,
+        examples,
+        contexts=contexts,
+        split=split,
+        progress=progress,
+        paths=paths,
+        schemes=schemes,
+        path_limits=path_limits,
+    )
     results = {
         "meta": {
             "checkpoint": _shown(Path(ckpt)),

@@ -338,6 +338,9 @@ def bench(
     quant: Annotated[
         list[str], typer.Option(help="wire schemes compared with the float latent (repeat; default fp16, int8, int4)")
     ] = [],  # noqa: B006 - typer needs a literal default
+    limit_path: Annotated[
+        list[str], typer.Option(help="PATH=N: measure that path on the first N questions only (repeat)")
+    ] = [],  # noqa: B006 - typer needs a literal default
     quick: Annotated[bool, typer.Option(help="tiny random models + tiny checkpoint: minutes, for CI")] = False,
     threads: Threads = None,
 ) -> None:
@@ -354,8 +357,20 @@ def bench(
     contexts = tuple(c.value for c in context)
     paths = tuple(p.value for p in path) or None
     schemes = tuple(quant) or ("fp16", "int8", "int4")
+    try:
+        path_limits = {k: int(v) for k, v in (item.split("=", 1) for item in limit_path)}
+    except ValueError:
+        _fail(f"--limit-path takes PATH=N, not {limit_path}")
     res = run_bench(
-        ckpt, out=out, split=split.value, limit=limit, contexts=contexts, live_n=live, paths=paths, schemes=schemes
+        ckpt,
+        out=out,
+        split=split.value,
+        limit=limit,
+        contexts=contexts,
+        live_n=live,
+        paths=paths,
+        schemes=schemes,
+        path_limits=path_limits,
     )
     typer.echo(f"wrote {out / 'results.json'} and {out / 'report.md'} ({res['meta']['wall_s']} s)")
 
