@@ -51,7 +51,7 @@ ROLES = ("sender", "receiver")  # who may announce itself, each on its own socke
 ERROR_CODES = frozenset(
     {
         "bad_frame", "bad_version", "bad_quant", "bad_shape", "bad_request", "wrong_checkpoint", "unexpected_kind",
-        "too_large", "internal", "shutting_down", "busy",
+        "too_large", "bad_output", "internal", "shutting_down", "busy",
     }
 )  # fmt: skip
 # receiver error codes that describe the request itself: when every receiver says the same, the client hears it
@@ -244,7 +244,7 @@ class Board:
         sender = self._checkpoint(now)
         if sender is None:
             return expected, ()
-        return max(expected, sender.fanout, len(sender.models)), sender.models
+        return max(expected, sender.fanout), sender.models
 
     def status(self, now: float) -> Heartbeat:
         ok, bad = self.receivers(now)
@@ -438,9 +438,6 @@ class Board:
         errors = dict(p.errors)
         for m in missing:
             errors[m] = f"{why}: no reply after {now - p.started:.1f} s"
-        for m in p.models:  # configured but not ready when the request was opened
-            if m not in p.expected and m not in errors and m not in p.replies:
-                errors[m] = "down: not ready when the request came in"
         if p.failure is not None:
             self.stats["failed"] += 1
             return p.failure
@@ -458,6 +455,12 @@ class Board:
         model, prob = pick(p.replies, calibration)
         # fewer answers than receivers configured, whatever the reason (missing, failed, down at the start)
         degraded = int(len(p.replies) < max(p.configured, len(p.expected)))
+        if degraded and len(p.replies) + len(errors) < p.configured:  # say who is missing, by name if known
+            for m in p.models:
+                if m not in p.expected and m not in errors and m not in p.replies:
+                    errors[m] = "down: not ready when the request came in"
+            if not errors:
+                errors["missing"] = f"down: {len(p.replies)} of {p.configured} configured receivers answered"
         self.stats["served"] += 1
         self.stats["degraded"] += degraded
         durations = {"e2e": max(0.0, now - p.started)}
