@@ -136,6 +136,12 @@ def agree(replies: dict[str, Reply]) -> int:
     return int(agreement([r.answer for r in replies.values()]))
 
 
+def _clip(s: str, max_bytes: int) -> str:
+    """`s` cut to `max_bytes` of UTF-8 (on a character boundary), marked with "..." when cut."""
+    b = s.encode("utf-8", "replace")
+    return s if len(b) <= max_bytes else b[: max_bytes - 3].decode("utf-8", "ignore") + "..."
+
+
 def _add(counter: Counter, key: str, n: int) -> None:
     counter[key] = min(INT64_MAX, counter[key] + n)  # saturate: a frame field is int64, never overflow it
 
@@ -232,7 +238,7 @@ class Board:
         for p in self.alive("receiver", now):
             why = self.mismatch(p, sender)
             (bad.append(why) if why else ok.append(p))
-        return ok, sorted(bad)
+        return ok, sorted(set(bad))
 
     def calibration(self, model: str) -> Calibration:
         """The calibration the most recently heard receiver of `model` announced."""
@@ -262,6 +268,8 @@ class Board:
             **({"mismatch": "; ".join(bad)} if bad else {}),
             **{k: v for k, v in sorted(self.stats.items())[:40]},
         }
+        limit = DEFAULT_LIMITS.max_str  # names come from peers: a status must always fit a frame
+        info = {k: _clip(v, limit) if isinstance(v, str) else v for k, v in info.items()}
         return Heartbeat("", self.pid, "arbiter", "ready" if receivers and senders else "waiting", info)
 
     # ---- requests ----
@@ -559,7 +567,13 @@ def serve(
 
     def on_front(envelope: tuple[bytes, ...], data: bytes) -> None:
         def reply(msg: Message) -> None:
-            front.send_multipart([*envelope, encode_frame(msg)], zmq.NOBLOCK)
+            try:
+                data = encode_frame(msg)
+            except ProtocolError as e:  # a bug, but the client still hears back
+                board.stats["internal_error"] += 1
+                log.error("could not encode a reply to %r: %s", msg.rid, e)
+                data = encode_frame(error_reply(msg.rid, pid, "internal", f"arbiter: {e}"))
+            front.send_multipart([*envelope, data], zmq.NOBLOCK)
 
         now = time.monotonic()
         try:
