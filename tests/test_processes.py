@@ -449,6 +449,74 @@ def test_killed_receiver_degrades_then_rejoins(system) -> None:
     assert "llama exited" in system.log.read_text() and len(re.findall(r"sender started", system.log.read_text())) == 1
 
 
+def test_oversized_prompts_and_items_fail_alone_and_clearly(system) -> None:
+    with system.client() as c:
+        items = [
+            (0, "Who wrote it?", "Ada Lovelace wrote it."),
+            (1, "Who wrote it?", "Ada. " * 1_000_000),  # 5 MB: over the frame limit, refused by the client
+            (2, "Who wrote it?", "x" * 100_000),  # 100 KB: fits a frame, over the receivers' slot-token cap
+            (3, "Who wrote it?", "Ada Lovelace wrote it."),
+        ]
+        answers = {a.tag: a for a in c.ask_many(items, window=4, mode="text", max_new_tokens=4)}
+        assert sorted(answers) == [0, 1, 2, 3]
+        assert answers[0].ok and answers[3].ok
+        assert answers[1].error.code == "bad_request"
+        assert answers[2].error.code == "too_large" and "cap" in answers[2].error.message
+
+
+def test_foreign_receivers_are_visible_at_readiness_and_never_awaited(system, tiny_ckpt: Path) -> None:
+    import zmq
+
+    with system.client() as c:
+        ctx = zmq.Context()
+        push = ctx.socket(zmq.PUSH)
+        push.linger = 1000
+        push.connect(system.env["LATENTWIRE_REPLIES"])
+        for pid, model, fp in (("r-old", "tiny-llama", "0" * 64), ("r-evil", "evil", c.status().info.get("fp", ""))):
+            push.send(encode_frame(Heartbeat("", pid, "receiver", "alive", {"model": model, "fingerprint": fp})))
+        push.send(encode_frame(Heartbeat("", "s-fake", "sender", "alive")))  # a sender on the receivers' socket
+        push.close()
+        ctx.term()
+        end = time.monotonic() + 20
+        while "mismatch" not in (st := c.status().info) and time.monotonic() < end:
+            time.sleep(0.1)
+        assert "evil: not a model of checkpoint" in st["mismatch"], st
+        assert "tiny-llama: serves checkpoint 000000000000" in st["mismatch"], st
+        assert st["n_receivers"] == 2 and st["senders"] == 1 and st.get("bad_role", 0) >= 1
+        answers = list(c.ask_many([(i, f"Q{i}?", "Ada.") for i in range(5)], window=5))
+        assert all(a.ok and not a.degraded for a in answers), [a.error or a.reply.errors for a in answers]
+
+
+def test_chaos_receiver_and_sender_killed_under_load(system) -> None:
+    """Kill a receiver, then the sender, while asks are in flight: every ask is answered, and `degraded` is
+    set exactly on the answers that fewer receivers than configured gave."""
+    with system.client() as c:
+        items = [(i, f"Who wrote book {i}?", f"Book {i} was written by Ada.") for i in range(40)]
+        answers = []
+        for a in c.ask_many(items, window=4, quant="int8"):
+            answers.append(a)
+            if len(answers) == 4:
+                os.kill(system.pid("qwen"), signal.SIGKILL)
+            if len(answers) == 12:
+                os.kill(system.pid("sender"), signal.SIGKILL)
+        assert sorted(a.tag for a in answers) == list(range(40))  # zero lost
+        assert all(a.ok for a in answers), [a.error for a in answers if not a.ok]
+        for a in answers:
+            assert a.reply.degraded == (len(a.reply.answers) < 2), a.reply
+            assert not a.reply.degraded or a.reply.errors  # a degraded answer says why
+        assert any(a.degraded for a in answers)
+        end = time.monotonic() + 90  # `up` restarts both; they rejoin
+        while time.monotonic() < end:
+            st = c.status()
+            if st and st.status == "ready" and st.info["receivers"] == "tiny-llama,tiny-qwen":
+                break
+            time.sleep(0.5)
+        a = c.ask("Who came back?", "Everyone.")
+        assert a.ok and not a.degraded and len(a.reply.answers) == 2
+    log = system.log.read_text()
+    assert "qwen exited" in log and "sender exited" in log
+
+
 # ---- cross-host: a receiver in its own network namespace, CURVE on every link ----
 
 
