@@ -70,6 +70,7 @@ class ArbiterFuzz:
     replies: str
     seed: int = 0
     honest: float = 0.8  # share of forwarded asks the fake sender and receivers complete properly
+    window: int = 64  # client frames in flight at most
     stats: dict[str, int] = field(default_factory=lambda: {"front": 0, "back": 0, "pull": 0, "answers": 0})
 
     def __post_init__(self) -> None:
@@ -179,6 +180,10 @@ class ArbiterFuzz:
         for i in range(n):
             r = self.rng.random()
             if r < 0.4:
+                end = time.monotonic() + 5.0
+                while self.stats["front"] - self.stats["answers"] >= self.window and time.monotonic() < end:
+                    self.client.poll(10)  # a client keeps a bounded window in flight; the others do not wait
+                    self.drain()
                 self.client.send(self.frame(self._front_seed()))
                 self.stats["front"] += 1
             elif r < 0.7:
