@@ -253,14 +253,14 @@ class Client:
                     break
                 tag, question, context = item
                 rid = self._rid()
-                now = time.monotonic()
                 try:
                     ask = Ask(rid, self.id, question, context, **options)
                     data = encode_frame(ask)
                 except (ProtocolError, TypeError) as e:
-                    yield self._failed(tag, self._placeholder(rid, options), "bad_request", str(e), now)
+                    yield self._failed(tag, self._placeholder(rid, options), "bad_request", str(e), time.monotonic())
                     continue
-                deadline = self._deadline(now)
+                deadline = self._deadline(time.monotonic())
+                now = time.monotonic()  # latency counts from the send
                 why = self._send(data, deadline)
                 if why:
                     detail = self.refused if why == "refused" else f"could not send to {self.address}"
