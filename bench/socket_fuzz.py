@@ -339,6 +339,7 @@ def run(frames: int = 100_000, receiver_frames: int = 100_000, seed: int = 0) ->
         finally:
             fz.close()
         out["arbiter"] = {**res, "rss_mb": mem, "crashed": arb.poll() is not None}
+        print(json.dumps({"arbiter": out["arbiter"]}), file=sys.stderr, flush=True)  # the receiver run is long
     finally:
         arb.terminate()
         arb.wait(30)
