@@ -217,9 +217,11 @@ class Board:
         return [p for p in self.peers.values() if p.role == role and self._alive(p, now)]
 
     def _checkpoint(self, now: float) -> Peer | None:
-        """The live sender most recently heard: its checkpoint is the one receivers must serve."""
-        senders = self.alive("sender", now)
-        return max(senders, key=lambda p: p.last_seen) if senders else None
+        """The sender most recently heard, live or not (a restarting sender keeps the system's configuration):
+        its checkpoint is the one receivers must serve, its fan-out the receivers the system is configured with."""
+        senders = [p for p in self.peers.values() if p.role == "sender"]
+        live = [p for p in senders if self._alive(p, now)]
+        return max(live or senders, key=lambda p: p.last_seen) if senders else None
 
     def mismatch(self, peer: Peer, sender: Peer | None) -> str:
         """Why receiver `peer` cannot serve `sender`'s checkpoint ("" when it can, or when nothing is known)."""
@@ -462,7 +464,8 @@ class Board:
         calibration = self.calibration if p.ask.mode == "latent" else (lambda m: Calibration())
         model, prob = pick(p.replies, calibration)
         # fewer answers than receivers configured, whatever the reason (missing, failed, down at the start)
-        degraded = int(len(p.replies) < max(p.configured, len(p.expected)))
+        p.configured = max(p.configured, self.configured(now, len(p.expected))[0])
+        degraded = int(len(p.replies) < p.configured)
         if degraded and len(p.replies) + len(errors) < p.configured:  # say who is missing, by name if known
             for m in p.models:
                 if m not in p.expected and m not in errors and m not in p.replies:

@@ -146,3 +146,17 @@ def test_every_receiver_refusing_for_the_same_reason_says_which() -> None:
     b.on_receiver(ErrorReply(p.rid, "r-llama", "too_large", "slot of 9000 tokens, the cap is 4096"), 60, 0.1)
     e = b.finish(b.on_receiver(ErrorReply(p.rid, "r-qwen", "too_large", "slot of 9100 tokens"), 60, 0.2), 0.2)
     assert isinstance(e, ErrorReply) and e.code == "too_large" and "4096" in e.message
+
+
+def test_degraded_judged_against_the_configuration_while_the_sender_restarts() -> None:
+    b = _board(timeout=100.0)
+    _beat(b, 5.0, models=("llama",))  # qwen down since t=0
+    b.peers["s1"].last_seen = 0.0  # the sender is restarting too: the request waits for it
+    p, sender = b.open((b"c",), Ask("c-1", "client", "Q?"), 10, 5.0)
+    assert sender is None and p.expected == {"llama"}
+    _beat(b, 6.0, models=("llama",), sender="s2")
+    (w,) = b.waiting()
+    assert b.assign(w, 6.0).pid == "s2"
+    b.on_sender(Heartbeat(p.rid, "s2", "sender", "sent", {"reached": 1}), route=b"s2")
+    j = b.finish(b.on_receiver(_reply(p, "llama"), 90, 6.1), 6.1)
+    assert isinstance(j, JointReply) and j.degraded == 1 and j.errors["qwen"].startswith("down")
