@@ -47,7 +47,10 @@ def error_code(e: ProtocolError) -> str:
     return "bad_frame"
 
 
-MAX_SLOT_TOKENS = 4096  # text and token-budget slots: a longer prompt would hold the receiver for minutes
+# text and token-budget slots: a longer prompt would hold the receiver for minutes (every dev context fits,
+# even one byte per token); further capped by the model's own context window
+MAX_SLOT_TOKENS = 16384
+PROMPT_ROOM = 256  # positions kept for the chat template around the slot and the answer
 MAX_BATCH = 8  # requests decoded together through one generate call
 
 
@@ -192,7 +195,15 @@ def load_receiver(model: str, ckpt: str | Path, name: str | None, pid: str, devi
     adapter = checkpoint.load_adapter(ckpt, name, llm)
     m = checkpoint.read_config(ckpt).get("encoder", {}).get("m")
     m = m if isinstance(m, int) and not isinstance(m, bool) else None  # unknown: accept any M
-    return Receiver(llm, adapter, name, checkpoint.fingerprint(ckpt), pid, m=m)
+    rx = Receiver(llm, adapter, name, checkpoint.fingerprint(ckpt), pid, m=m)
+    rx.max_slot_tokens = slot_cap(llm)
+    return rx
+
+
+def slot_cap(llm: object, cap: int = MAX_SLOT_TOKENS) -> int:
+    """`cap`, or less where the model's context window is smaller."""
+    window = getattr(getattr(getattr(llm, "model", None), "config", None), "max_position_embeddings", None)
+    return min(cap, window - PROMPT_ROOM) if isinstance(window, int) and window > 2 * PROMPT_ROOM else cap
 
 
 class _Heartbeats(threading.Thread):
@@ -256,7 +267,7 @@ def serve(
             curve.stop()
         ctx.term()
         raise
-    rx.max_new_tokens, rx.max_slot_tokens = max_new_tokens, max_slot_tokens
+    rx.max_new_tokens, rx.max_slot_tokens = max_new_tokens, slot_cap(rx.llm, max_slot_tokens)
     load_s = time.perf_counter() - t0
     stop = stop if stop is not None else net.StopFlag()  # from here on a signal lets the request finish
     info: dict[str, str | int | float] = {
