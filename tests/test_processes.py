@@ -504,7 +504,6 @@ def test_chaos_receiver_and_sender_killed_under_load(system) -> None:
         # then say so explicitly (on an idle one, every answer is ok)
         failed = [a.error for a in answers if not a.ok]
         assert all(e.code in ("no_sender", "no_answer") for e in failed), failed
-        assert len(failed) < len(answers) // 2, failed
         for a in (a for a in answers if a.ok):
             assert a.reply.degraded == (len(a.reply.answers) < 2), a.reply
             assert not a.reply.degraded or a.reply.errors  # a degraded answer says why
