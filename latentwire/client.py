@@ -3,7 +3,9 @@
 One DEALER socket to the arbiter's frontend. `ask` sends one question and waits; `ask_many` keeps at most
 `window` questions in flight (backpressure: the system never holds more than the caller allows) and yields
 answers as they complete. Every question yields exactly one `Answer`: the joint reply, the arbiter's error,
-or a client-side timeout if the arbiter itself went silent. No torch here: importing this is fast.
+a client-side `timeout` if the arbiter itself went silent, `refused` if it refused this client's handshake
+(an unknown CURVE key), or `bad_request` for an item that cannot be sent (the other items go on).
+Every socket call is bounded by the caller's timeout. No torch here: importing this is fast.
 """
 
 from __future__ import annotations
@@ -18,9 +20,28 @@ from typing import Any
 import zmq
 
 from latentwire import net
-from latentwire.protocol import Ask, ErrorReply, Heartbeat, JointReply, ProtocolError, decode_frame, encode_frame
+from latentwire.protocol import (
+    Ask,
+    ErrorReply,
+    Heartbeat,
+    JointReply,
+    ProtocolError,
+    decode_frame,
+    encode_frame,
+    error_reply,
+)
 
 GRACE_S = 5.0  # the client waits this much longer than the arbiter's own timeout before giving up
+_HANDSHAKE_FAILED = {
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "the arbiter refused this client's CURVE key",
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "the handshake failed (CURVE on one side only?)",
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "the handshake failed (wrong arbiter key, or CURVE on one side only?)",
+}
+
+
+class Refused(TimeoutError):
+    """The arbiter refused this client's connection. A TimeoutError, so whoever waits for readiness handles
+    it like an arbiter that does not answer, but at once and saying why."""
 
 
 @dataclass
@@ -105,6 +126,9 @@ class Client:
         self._curve = net.Curve.from_env("client", self.curve_dir)
         if self._curve:
             self._curve.client(self._sock, "arbiter")
+        # handshake outcomes: a refused key otherwise looks like an arbiter that never answers
+        self._monitor = self._sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | sum(_HANDSHAKE_FAILED))
+        self.refused = ""  # why the arbiter refused this client ("" while not refused)
         self._sock.connect(self.address)
         self._seq = itertools.count(1)
         self._prefix = uuid.uuid4().hex[:8]
@@ -116,9 +140,39 @@ class Client:
     def _rid(self) -> str:
         return f"{self._prefix}-{next(self._seq)}"
 
+    def _events(self) -> None:
+        """Read handshake events: a failure marks the client refused, a later success clears it."""
+        from zmq.utils.monitor import parse_monitor_message
+
+        while True:
+            try:
+                event = parse_monitor_message(self._monitor.recv_multipart(zmq.NOBLOCK))["event"]
+            except zmq.Again:
+                return
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.refused = ""
+            elif event in _HANDSHAKE_FAILED:
+                self.refused = f"{self.address}: {_HANDSHAKE_FAILED[event]}"
+
+    def _send(self, data: bytes, deadline: float) -> str:
+        """Queue one frame without ever blocking past `deadline`; returns "" or why it was not sent."""
+        while True:
+            self._events()
+            if self.refused:
+                return "refused"
+            try:
+                self._sock.send(data, zmq.NOBLOCK)
+                return ""
+            except zmq.Again:  # queue full: the arbiter is not reading (down, or refusing us)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return "timeout"
+                self._sock.poll(int(min(0.1, left) * 1000) + 1, zmq.POLLOUT)
+
     def _pump(self, timeout_s: float) -> None:
         """Receive whatever arrives within `timeout_s` into the inbox (by rid)."""
-        if not self._sock.poll(max(0, int(timeout_s * 1000))):
+        self._events()
+        if self.refused or not self._sock.poll(max(0, int(timeout_s * 1000))):
             return
         while True:
             try:
@@ -134,10 +188,11 @@ class Client:
     def status(self, timeout: float = 1.0) -> Heartbeat | None:
         """The arbiter's status heartbeat (ready/waiting, live receivers, counters), None if it is silent."""
         rid = self._rid()
-        self._sock.send(encode_frame(Heartbeat(rid, self.id, "client", "ping")))
         end = time.monotonic() + timeout
-        while time.monotonic() < end and rid not in self._inbox:
-            self._pump(end - time.monotonic())
+        if self._send(encode_frame(Heartbeat(rid, self.id, "client", "ping")), end):
+            return None
+        while time.monotonic() < end and rid not in self._inbox and not self.refused:
+            self._pump(min(0.1, end - time.monotonic()))
         msg = self._inbox.pop(rid, (None, 0))[0]
         if isinstance(msg, Heartbeat):
             self._arbiter_timeout = float(msg.info.get("timeout", 0)) or None
@@ -147,16 +202,21 @@ class Client:
     def wait_ready(
         self, timeout: float = 180.0, receivers: int = 1, on_wait: Callable[[Heartbeat | None], None] | None = None
     ) -> Heartbeat:
-        """Block until the arbiter reports a sender and at least `receivers` receivers ready (models load slowly)."""
+        """Block until the arbiter reports a sender and at least `receivers` receivers ready (models load slowly).
+
+        Raises TimeoutError after `timeout` s, or Refused (a TimeoutError) as soon as the arbiter refuses us.
+        """
         end = time.monotonic() + timeout
         last = None
         while time.monotonic() < end:
             last = self.status(timeout=min(1.0, max(0.05, end - time.monotonic())))
+            if self.refused:
+                raise Refused(f"LatentWire refused this client: {self.refused}")
             if last and last.status == "ready" and int(last.info.get("n_receivers", 0)) >= receivers:
                 return last
             if on_wait:
                 on_wait(last)
-            time.sleep(0.25)
+            time.sleep(max(0.0, min(0.25, end - time.monotonic())))
         state = f"last status: {last.status} {dict(last.info)}" if last else "the arbiter does not answer"
         raise TimeoutError(f"LatentWire at {self.address} not ready after {timeout:.0f} s ({state})")
 
@@ -177,7 +237,11 @@ class Client:
         return next(self.ask_many([(None, question, context)], window=1, **options))
 
     def ask_many(self, items: Iterable[tuple[Any, str, str]], window: int = 4, **options: Any) -> Iterator[Answer]:
-        """Ask (tag, question, context) items with at most `window` in flight; yields in completion order."""
+        """Ask (tag, question, context) items with at most `window` in flight; yields in completion order.
+
+        Never raises for one item: an item that cannot be asked (too large, bad options) yields its own
+        `bad_request` Answer and the others go on.
+        """
         todo = iter(items)
         flights: dict[str, _Flight] = {}
         exhausted = False
@@ -188,10 +252,21 @@ class Client:
                     exhausted = True
                     break
                 tag, question, context = item
-                ask = self._ask(question, context, options)
-                now = time.monotonic()
-                self._sock.send(encode_frame(ask))
-                flights[ask.rid] = _Flight(tag, ask, now, self._deadline(now))
+                rid = self._rid()
+                try:
+                    ask = Ask(rid, self.id, question, context, **options)
+                    data = encode_frame(ask)
+                except (ProtocolError, TypeError) as e:
+                    yield self._failed(tag, self._placeholder(rid, options), "bad_request", str(e), time.monotonic())
+                    continue
+                deadline = self._deadline(time.monotonic())
+                now = time.monotonic()  # latency counts from the send
+                why = self._send(data, deadline)
+                if why:
+                    detail = self.refused if why == "refused" else f"could not send to {self.address}"
+                    yield self._failed(tag, ask, why, detail, now)
+                    continue
+                flights[ask.rid] = _Flight(tag, ask, now, deadline)
             if not flights:
                 return
             self._pump(min(0.5, max(0.0, min(f.deadline for f in flights.values()) - time.monotonic())))
@@ -209,13 +284,28 @@ class Client:
                 yield ans
             for rid in [r for r in self._inbox if r not in flights]:
                 del self._inbox[rid]  # answers to questions already given up on
-            for rid in [r for r, f in flights.items() if now >= f.deadline]:
+            for rid in [r for r, f in flights.items() if now >= f.deadline or self.refused]:
                 f = flights.pop(rid)
-                why = f"no answer from {self.address} in {now - f.sent:.0f} s"
-                err = ErrorReply(rid, self.id, "client_timeout", why)
-                yield Answer(f.tag, f.ask, error=err, latency_s=now - f.sent)
+                if self.refused:
+                    yield self._failed(f.tag, f.ask, "refused", self.refused, f.sent)
+                else:
+                    yield self._failed(f.tag, f.ask, "timeout", f"no answer from {self.address}", f.sent)
+
+    def _failed(self, tag: Any, ask: Ask, code: str, message: str, sent: float) -> Answer:
+        now = time.monotonic()
+        why = f"{message} ({now - sent:.1f} s)" if code == "timeout" else message
+        return Answer(tag, ask, error=error_reply(ask.rid, self.id, code, why), latency_s=now - sent)
+
+    def _placeholder(self, rid: str, options: dict[str, Any]) -> Ask:
+        """An Ask standing for an item that could not be built, keeping its mode and quant when they are valid."""
+        try:
+            return Ask(rid, self.id, "?", "", **options)
+        except (ProtocolError, TypeError):
+            return Ask(rid, self.id, "?")
 
     def close(self) -> None:
+        self._sock.disable_monitor()
+        self._monitor.close(0)
         self._sock.close(0)
         if self._curve:
             self._curve.stop()

@@ -7,6 +7,7 @@ No torch here, so the arbiter and clients start fast.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -18,6 +19,10 @@ from pathlib import Path
 import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
+
+from latentwire.protocol import DEFAULT_LIMITS
+
+log = logging.getLogger("latentwire.net")
 
 # name -> (environment variable, loopback default). Binds and connects use the same value, so to go
 # across hosts bind 0.0.0.0 (or one interface) on the serving side and give its host name to the others.
@@ -34,6 +39,8 @@ LINGER_MS = 1000  # at close, give queued frames one second to leave, never hang
 HWM = 1000  # frames queued per peer before a send reports EAGAIN (then the peer counts as unavailable)
 HEARTBEAT_S = 1.0  # how often a process says it is alive
 DEAD_AFTER_S = 4.0  # the arbiter forgets a process silent for this long
+MAX_FANOUT = 256  # receivers one sender may fan out to (bounds the byte counts it may report)
+MAX_MSG_BYTES = DEFAULT_LIMITS.max_frame_bytes  # ZMQ_MAXMSGSIZE: a bigger message drops its peer, never buffered
 PROCFILE = Path(__file__).resolve().parent.parent / "Procfile"
 
 
@@ -125,7 +132,10 @@ class Curve:
         self._auth.configure_curve_callback(domain=allowed_role, credentials_provider=self)
 
     def callback(self, domain: str, key: bytes) -> bool:  # called by the ZAP authenticator thread
-        return key in self._allowed.get(domain, set())
+        ok = key in self._allowed.get(domain, set())
+        if not ok:  # a refused handshake is otherwise silent on this side
+            log.warning("CURVE: refused a %s connection with unknown key %s", domain, key.decode("ascii", "replace"))
+        return ok
 
     def stop(self) -> None:
         if self._auth is not None:
@@ -137,6 +147,7 @@ def make_socket(ctx: zmq.Context, kind: int, *, identity: str | None = None) -> 
     """A socket with the project's options: bounded linger and queues, fast reconnects."""
     sock = ctx.socket(kind)
     sock.linger = LINGER_MS
+    sock.maxmsgsize = MAX_MSG_BYTES
     sock.sndhwm = sock.rcvhwm = HWM
     sock.reconnect_ivl = 100
     sock.reconnect_ivl_max = 2000

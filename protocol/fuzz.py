@@ -153,6 +153,13 @@ def _fail(stats: FuzzStats, text: str) -> None:
         stats.failures.append(text)
 
 
+def mutate(rng: random.Random, frame: bytes) -> bytes:
+    """One hostile variant of a valid frame: field-level (40%) or byte-level (60%) mutation."""
+    if rng.random() < 0.4:
+        return _mutate_fields(rng, msgpack.unpackb(frame, raw=False))
+    return _mutate_bytes(rng, frame)
+
+
 def fuzz(n: int, seed: int = 0, limits: Limits = DEFAULT_LIMITS) -> FuzzStats:
     """Decode n mutated/truncated frames of every kind; deterministic for a given seed."""
     rng = random.Random(seed)

@@ -244,20 +244,36 @@ Message = LatentRequest | TextRequest | Reply | ErrorReply | Heartbeat | Ask | J
 _TEXT_FIELDS = frozenset({"text", "answer", "question", "context", "answers"})
 
 
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _over(value: str, max_bytes: int) -> bool:
+    """Whether `value` exceeds max_bytes of UTF-8 (encodes only when its length cannot decide)."""
+    return len(value) * 4 > max_bytes and len(value.encode("utf-8")) > max_bytes
+
+
 def check_limits(msg: Message, limits: Limits = DEFAULT_LIMITS) -> None:
-    """Raise ProtocolError if a valid message exceeds `limits` (frame size is checked by the codec)."""
-    for f in fields(msg):
-        value = getattr(msg, f.name)
+    """Raise ProtocolError if a valid message exceeds `limits` (frame size is checked by the codec).
+
+    Every frame in and out passes here, so names for the error message are only built on failure.
+    """
+    names = _FIELD_NAMES.get(type(msg))
+    if names is None:
+        names = _FIELD_NAMES[type(msg)] = tuple(f.name for f in fields(msg))
+    for name in names:
+        value = getattr(msg, name)
         if isinstance(value, str):
-            check_str_bytes(f.name, value, limits.max_text_bytes if f.name in _TEXT_FIELDS else limits.max_str)
+            if _over(value, limits.max_text_bytes if name in _TEXT_FIELDS else limits.max_str):
+                check_str_bytes(name, value, limits.max_text_bytes if name in _TEXT_FIELDS else limits.max_str)
         elif isinstance(value, dict):
             if len(value) > limits.max_items:
-                raise ProtocolError(f"{f.name}: {len(value)} entries exceeds the limit {limits.max_items}")
+                raise ProtocolError(f"{name}: {len(value)} entries exceeds the limit {limits.max_items}")
+            limit = limits.max_text_bytes if name in _TEXT_FIELDS else limits.max_str
             for k, v in value.items():
-                check_str_bytes(f"{f.name} key", k, limits.max_str)
-                if isinstance(v, str):
-                    limit = limits.max_text_bytes if f.name in _TEXT_FIELDS else limits.max_str
-                    check_str_bytes(f"{f.name}[{k!r}]", v, limit)
+                if _over(k, limits.max_str):
+                    check_str_bytes(f"{name} key", k, limits.max_str)
+                if isinstance(v, str) and _over(v, limit):
+                    check_str_bytes(f"{name}[{k!r}]", v, limit)
     if isinstance(msg, (LatentRequest, TextRequest, Ask)) and msg.max_new_tokens > limits.max_new_tokens:
         raise ProtocolError(f"max_new_tokens: {msg.max_new_tokens} exceeds the limit {limits.max_new_tokens}")
     if isinstance(msg, LatentRequest):

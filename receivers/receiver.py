@@ -11,9 +11,11 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import zmq
 
@@ -45,6 +47,23 @@ def error_code(e: ProtocolError) -> str:
     return "bad_frame"
 
 
+# text and token-budget slots: a longer prompt would hold the receiver for minutes (every dev context fits,
+# even one byte per token); further capped by the model's own context window
+MAX_SLOT_TOKENS = 16384
+PROMPT_ROOM = 256  # positions kept for the chat template around the slot and the answer
+MAX_BATCH = 8  # requests decoded together through one generate call
+
+
+@dataclass
+class _Prepared:
+    """A request that passed every check, with its slot embeddings, ready to generate."""
+
+    msg: LatentRequest | TextRequest
+    slot: torch.Tensor
+    durations: dict[str, float]
+    fingerprint: str  # stamped on the reply (latent answers only)
+
+
 @dataclass
 class Receiver:
     """Frame in, Reply or ErrorReply out; holds the LLM, the adapter and the checkpoint's fingerprint."""
@@ -55,8 +74,33 @@ class Receiver:
     fingerprint: str
     pid: str  # this process's id, the `sender` of its frames
     max_new_tokens: int = 64  # cap on what a request may ask for (generation time is the receiver's cost)
+    m: int | None = None  # soft tokens per latent of the checkpoint (`encoder.m`); None accepts any M
+    max_slot_tokens: int = MAX_SLOT_TOKENS  # cap on the slot of the text and token-budget paths
 
     def handle(self, data: bytes) -> Reply | ErrorReply:
+        return self.handle_many([data])[0]
+
+    def handle_many(self, frames: Sequence[bytes]) -> list[Reply | ErrorReply]:
+        """Answer frames that arrived together: one reply each, in order; never raises.
+
+        Valid requests are decoded together, one `generate` call per path and token cap (left-padded, so each
+        answer is the one it would get alone); a failing request costs only its own answer.
+        """
+        out: list[Reply | ErrorReply | None] = [None] * len(frames)
+        groups: dict[tuple[bool, int], list[tuple[int, _Prepared]]] = {}
+        for i, data in enumerate(frames):
+            prep = self._prepare(data)
+            if isinstance(prep, ErrorReply):
+                out[i] = prep
+            else:
+                cap = min(prep.msg.max_new_tokens, self.max_new_tokens)
+                groups.setdefault((isinstance(prep.msg, LatentRequest), cap), []).append((i, prep))
+        for (_, cap), items in groups.items():
+            for (i, _), reply in zip(items, self._generate([p for _, p in items], cap), strict=True):
+                out[i] = reply
+        return [r for r in out if r is not None]
+
+    def _prepare(self, data: bytes) -> _Prepared | ErrorReply:
         t0 = time.perf_counter()
         try:
             msg = decode_frame(data)
@@ -74,7 +118,7 @@ class Receiver:
             log.exception("request %s failed", getattr(msg, "rid", ""))
             return error_reply(getattr(msg, "rid", ""), self.pid, "internal", f"{type(e).__name__}: {e}")
 
-    def _latent(self, msg: LatentRequest, t0: float) -> Reply | ErrorReply:
+    def _latent(self, msg: LatentRequest, t0: float) -> _Prepared | ErrorReply:
         if msg.fingerprint != self.fingerprint:
             return error_reply(
                 msg.rid,
@@ -82,32 +126,63 @@ class Receiver:
                 "wrong_checkpoint",
                 f"latent from checkpoint {msg.fingerprint[:12]}, this receiver serves {self.fingerprint[:12]}",
             )
+        m, d = msg.latent.shape
         d_z = int(self.adapter.cfg.d_z)
-        if msg.latent.shape[1] != d_z:
-            why = f"latent width {msg.latent.shape[1]}, the adapter takes {d_z}"
-            return error_reply(msg.rid, self.pid, "bad_shape", why)
-        z = torch.from_numpy(dequantize(msg.latent)).to(self.llm.device)
+        if d != d_z or (self.m is not None and m != self.m):
+            want = f"{self.m}x{d_z}" if self.m is not None else f"Mx{d_z}"
+            return error_reply(msg.rid, self.pid, "bad_shape", f"latent is {m}x{d}, the checkpoint's is {want}")
+        x = dequantize(msg.latent)
+        if not np.isfinite(x).all():
+            return error_reply(msg.rid, self.pid, "bad_frame", "latent: values must be finite (nan or inf found)")
+        z = torch.from_numpy(x).to(self.llm.device)
         t1 = time.perf_counter()
         with torch.no_grad():
             slot = self.adapter.to_slots(z[None])[0].to(self.llm.model.dtype)
+        if not torch.isfinite(slot).all():  # finite but extreme values overflow in the adapter
+            return error_reply(msg.rid, self.pid, "bad_frame", "latent: values out of range (the adapter overflows)")
         t2 = time.perf_counter()
-        return self._answer(msg, [slot], {"decode": t1 - t0, "adapt": t2 - t1}, t2, self.fingerprint)
+        return _Prepared(msg, slot, {"decode": t1 - t0, "adapt": t2 - t1}, self.fingerprint)
 
-    def _text(self, msg: TextRequest, t0: float) -> Reply | ErrorReply:
-        from latentwire.lm import text_slots
+    def _text(self, msg: TextRequest, t0: float) -> _Prepared | ErrorReply:
+        from latentwire.prompts import slot_ids
 
-        slots = text_slots(self.llm, [msg.text], msg.budget)
-        t1 = time.perf_counter()
-        return self._answer(msg, slots, {"tokenize": t1 - t0}, t1, "")
+        if msg.budget is not None and msg.budget > self.max_slot_tokens:
+            why = f"token budget {msg.budget} is over this receiver's cap of {self.max_slot_tokens} slot tokens"
+            return error_reply(msg.rid, self.pid, "too_large", why)
+        ids = slot_ids(self.llm.tokenizer, msg.text, msg.budget)
+        if not ids:
+            return error_reply(msg.rid, self.pid, "bad_frame", "text: no tokens (empty prompt)")
+        if len(ids) > self.max_slot_tokens:
+            why = f"prompt of {len(ids)} tokens is over this receiver's cap of {self.max_slot_tokens}"
+            return error_reply(msg.rid, self.pid, "too_large", why)
+        slot = self.llm.embed(torch.tensor(ids, device=self.llm.device))
+        return _Prepared(msg, slot, {"tokenize": time.perf_counter() - t0}, "")
 
-    def _answer(self, msg, slots, durations: dict[str, float], t_start: float, fingerprint: str) -> Reply:
+    def _generate(self, preps: list[_Prepared], cap: int) -> list[Reply | ErrorReply]:
+        """One generate call for `preps`; if it fails, each is retried alone so only the culprit fails."""
         from latentwire.lm import generate
         from latentwire.metrics import postprocess
 
-        gen = generate(self.llm, slots, min(msg.max_new_tokens, self.max_new_tokens))[0]
+        t_start = time.perf_counter()
+        try:
+            gens = generate(self.llm, [p.slot for p in preps], cap)
+        except Exception as e:  # noqa: BLE001 - one failed request must not take the receiver down
+            if len(preps) > 1:
+                return [r for p in preps for r in self._generate([p], cap)]
+            log.exception("request %s failed", preps[0].msg.rid)
+            return [error_reply(preps[0].msg.rid, self.pid, "internal", f"{type(e).__name__}: {e}")]
         t_end = time.perf_counter()
-        durations = {**durations, "generate": t_end - t_start, "total": t_end - t_start + sum(durations.values())}
-        return Reply(msg.rid, self.pid, self.name, postprocess(gen.text), gen.score, durations, fingerprint)
+        out: list[Reply | ErrorReply] = []
+        for p, gen in zip(preps, gens, strict=True):
+            durations = {**p.durations, "generate": t_end - t_start}
+            durations["total"] = sum(durations.values())
+            try:
+                out.append(
+                    Reply(p.msg.rid, self.pid, self.name, postprocess(gen.text), gen.score, durations, p.fingerprint)
+                )
+            except ProtocolError as e:  # e.g. a non-finite score: say so, not "internal"
+                out.append(error_reply(p.msg.rid, self.pid, "bad_output", f"the model's answer is unusable: {e}"))
+        return out
 
 
 def load_receiver(model: str, ckpt: str | Path, name: str | None, pid: str, device: str, dtype: str) -> Receiver:
@@ -120,7 +195,17 @@ def load_receiver(model: str, ckpt: str | Path, name: str | None, pid: str, devi
     llm = load_llm(model, device=device, dtype=dtype)
     name = name or model
     adapter = load_adapter(ckpt, name, llm)
-    return Receiver(llm, adapter, name, checkpoint.fingerprint(ckpt), pid)
+    m = checkpoint.read_config(ckpt).get("encoder", {}).get("m")
+    m = m if isinstance(m, int) and not isinstance(m, bool) else None  # unknown: accept any M
+    rx = Receiver(llm, adapter, name, checkpoint.fingerprint(ckpt), pid, m=m)
+    rx.max_slot_tokens = slot_cap(llm)
+    return rx
+
+
+def slot_cap(llm: object, cap: int = MAX_SLOT_TOKENS) -> int:
+    """`cap`, or less where the model's context window is smaller."""
+    window = getattr(getattr(getattr(llm, "model", None), "config", None), "max_position_embeddings", None)
+    return min(cap, window - PROMPT_ROOM) if isinstance(window, int) and window > 2 * PROMPT_ROOM else cap
 
 
 class _Heartbeats(threading.Thread):
@@ -153,6 +238,8 @@ def serve(
     device: str = "auto",
     dtype: str = "auto",
     max_new_tokens: int = 64,
+    max_slot_tokens: int = MAX_SLOT_TOKENS,
+    max_batch: int = MAX_BATCH,
     stop: net.StopFlag | None = None,
 ) -> None:
     """Run a receiver until SIGINT/SIGTERM; queued frames are answered with `shutting_down` on the way out."""
@@ -182,7 +269,7 @@ def serve(
             curve.stop()
         ctx.term()
         raise
-    rx.max_new_tokens = max_new_tokens
+    rx.max_new_tokens, rx.max_slot_tokens = max_new_tokens, slot_cap(rx.llm, max_slot_tokens)
     load_s = time.perf_counter() - t0
     stop = stop if stop is not None else net.StopFlag()  # from here on a signal lets the request finish
     info: dict[str, str | int | float] = {
@@ -210,7 +297,14 @@ def serve(
         while not stop:
             if not pull.poll(200):
                 continue
-            out.send(encode_frame(rx.handle(pull.recv())))
+            frames = [pull.recv()]
+            while len(frames) < max(1, max_batch):  # what queued meanwhile is decoded together
+                try:
+                    frames.append(pull.recv(zmq.NOBLOCK))
+                except zmq.Again:
+                    break
+            for reply in rx.handle_many(frames):
+                out.send(encode_frame(reply))
         while pull.poll(0):  # explicit failures for everything already queued here
             data = pull.recv()
             out.send(encode_frame(error_reply(peek_rid(data), pid, "shutting_down", f"receiver {rx.name} stopping")))

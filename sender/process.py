@@ -144,6 +144,7 @@ def serve(
         "m": sender.m,
         "d_z": int(cfg["encoder"]["d_z"]),
         "receivers": len(pushes),
+        "models": ",".join(sorted(cfg["models"]))[:1000],  # receivers must serve these (checked at readiness)
         "load_s": round(load_s, 3),
     }
     dealer.send(encode_frame(Heartbeat("", pid, "sender", "ready", info)))

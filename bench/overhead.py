@@ -1,0 +1,75 @@
+"""Messaging overhead of the running system, models excluded: `python -m latentwire.bench.overhead [-n 200]`.
+
+Runs `LocalSystem` on the tiny random models and a tiny checkpoint, asks `n` latent questions one at a time and
+prints JSON: the overhead as `latentwire bench` computes it (end to end minus the encoder and the slowest
+receiver's adapter + generation, `bench.live.overhead_s`), and where it goes, from the timings every reply
+carries: client <-> arbiter, the arbiter after the last reply, the hops arbiter -> sender -> receiver ->
+arbiter (sender and receiver work excluded), the sender's framing, and the receiver's own work around the model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from latentwire.bench.live import overhead_s
+
+
+def _pct(values: list[float]) -> dict[str, float]:
+    a = np.array(values) * 1e3
+    return {"p50_ms": round(float(np.percentile(a, 50)), 3), "p95_ms": round(float(np.percentile(a, 95)), 3)}
+
+
+def breakdown(rows: list[dict]) -> dict[str, Any]:
+    """Overhead percentiles and its parts (ms) from `Answer.to_row()` rows of successful asks."""
+    parts: dict[str, list[float]] = {
+        "overhead": [],
+        "client_arbiter": [],
+        "arbiter_after_last_reply": [],
+        "hops": [],
+        "sender_frame": [],
+        "receiver_non_model": [],
+    }
+    for r in rows:
+        d, rec = r["durations"], r["receivers"]
+        rtt = {m: x["durations"].get("rtt", 0.0) for m, x in rec.items()}
+        last = max(rtt, key=lambda m: rtt[m])
+        x = rec[last]["durations"]
+        parts["overhead"].append(overhead_s(r))
+        parts["client_arbiter"].append(r["e2e_s"] - d["e2e"])
+        parts["arbiter_after_last_reply"].append(d["e2e"] - rtt[last])
+        parts["hops"].append(rtt[last] - x["total"] - d.get("sender.encode", 0.0) - d.get("sender.frame", 0.0))
+        parts["sender_frame"].append(d.get("sender.frame", 0.0))
+        parts["receiver_non_model"].append(x["total"] - x.get("adapt", 0.0) - x.get("generate", 0.0))
+    return {k: _pct(v) for k, v in parts.items()}
+
+
+def run(n: int = 200, warmup: int = 10, quant: str = "int8") -> dict[str, Any]:
+    from latentwire.bench.socket_fuzz import tiny_checkpoint
+    from latentwire.up import LocalSystem
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = tiny_checkpoint(Path(tmp))
+        with LocalSystem(ckpt, llama="tiny-llama", qwen="tiny-qwen", timeout=30) as system, system.client() as c:
+            items = [(i, f"Who wrote book {i}?", f"Book {i} was written by Ada Lovelace.") for i in range(n + warmup)]
+            list(c.ask_many(items[:warmup], window=1, quant=quant, max_new_tokens=4))
+            rows = [a.to_row() for a in c.ask_many(items[warmup:], window=1, quant=quant, max_new_tokens=4)]
+    ok = [r for r in rows if r["ok"]]
+    return {"n": len(ok), "failed": len(rows) - len(ok), "quant": quant, **breakdown(ok)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("-n", type=int, default=200, help="questions, asked one at a time")
+    ap.add_argument("--quant", default="int8")
+    a = ap.parse_args()
+    print(json.dumps(run(a.n, quant=a.quant), indent=2))
+
+
+if __name__ == "__main__":
+    main()
