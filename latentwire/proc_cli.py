@@ -2,7 +2,7 @@
 
 A Typer of its own that cli.py merges into the `latentwire` app (`app.add_typer`), so these commands stay
 top-level and the training/eval commands can change independently. Heavy imports (torch, transformers) happen
-inside the commands that need them: `ask` and `arbiter` start fast.
+inside the commands that need them (marked `# torch`): `ask`, `up` and `arbiter` start fast.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from latentwire.client import Answer, Client, summarize_answers
 from latentwire.data import load_split
 from latentwire.metrics import exact_match, f1_score, postprocess
 from latentwire.protocol import DEFAULT_LIMITS, Ask, Quant
+from latentwire.receivers.arbiter import serve as serve_arbiter
+from latentwire.sender.process import serve as serve_sender
 from latentwire.up import (
     DEFAULT_RECEIVERS,
     Supervisor,
@@ -77,7 +79,7 @@ def _ckpt(ckpt: Path | None) -> Path:
     a process that crashes on load would otherwise be restarted by `up` again and again."""
     from safetensors import SafetensorError, safe_open
 
-    from latentwire.checkpoint import CONFIG, DEFAULT_CKPT, WEIGHTS, read_config
+    from latentwire.checkpoint import CONFIG, DEFAULT_CKPT, WEIGHTS, read_config  # torch
 
     path = ckpt or DEFAULT_CKPT
     if not (path / CONFIG).is_file():
@@ -106,12 +108,11 @@ def sender(
     threads: Threads1 = 1,
 ) -> None:
     """Sender process: encodes each question once and sends the frame to every receiver."""
-    from latentwire.device import set_threads
-    from latentwire.sender.process import serve
+    from latentwire.device import set_threads  # torch
 
     _logging()
     set_threads(threads)
-    serve(_ckpt(ckpt), backend=backend, receivers=receivers, curve_dir=curve, device=device)
+    serve_sender(_ckpt(ckpt), backend=backend, receivers=receivers, curve_dir=curve, device=device)
 
 
 @app.command(rich_help_panel=PANEL)
@@ -128,8 +129,8 @@ def receiver(
     threads: Threads1 = 1,
 ) -> None:
     """Receiver process: one frozen LLM + adapter; answers latent and text frames, refuses bad ones."""
-    from latentwire.device import set_threads
-    from latentwire.receivers.receiver import serve
+    from latentwire.device import set_threads  # torch
+    from latentwire.receivers.receiver import serve  # torch
 
     _logging()
     set_threads(threads)
@@ -159,10 +160,8 @@ def arbiter(
     curve: CurveDir = None,
 ) -> None:
     """Arbiter process: takes clients' questions, joins the receivers' replies, picks the joint answer."""
-    from latentwire.receivers.arbiter import serve
-
     _logging()
-    serve(
+    serve_arbiter(
         frontend=address,
         backend=backend,
         replies=replies,
@@ -317,7 +316,7 @@ def _receivers(items: list[str], llama: str | None = None, qwen: str | None = No
 
 def _check_receivers_in(ckpt: Path, receivers: dict[str, str]) -> None:
     """Refuse a receiver whose model has no adapter in the checkpoint (it would crash, restart, crash...)."""
-    from latentwire.checkpoint import read_config
+    from latentwire.checkpoint import read_config  # torch
 
     have = list(read_config(ckpt)["models"])
     for name, spec in receivers.items():
