@@ -118,7 +118,7 @@ def test_bugs_keep_their_traceback() -> None:
 
 def test_debug_shows_the_traceback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ckpt = _garbled(tmp_path, "config")
-    monkeypatch.delenv("LATENTWIRE_DEBUG", raising=False)  # restored afterwards: --debug exports it (for `up`)
+    monkeypatch.setenv("LATENTWIRE_DEBUG", "0")  # so it is restored afterwards: --debug exports it (for `up`)
     res = CliRunner().invoke(app, ["--debug", "sender", "--ckpt", str(ckpt)])
     assert res.exit_code == 1 and type(res.exception).__name__ == "CheckpointError"
     assert os.environ["LATENTWIRE_DEBUG"] == "1"
