@@ -136,3 +136,13 @@ def test_console_script_prints_one_line_and_exits_2(big_context: Path) -> None:
     )
     assert out.returncode == 2 and out.stdout == ""
     assert _one_line(out.stderr).startswith(f"error: {big_context}: ")
+
+
+def test_a_system_that_is_not_up_is_one_line() -> None:
+    from latentwire import net
+
+    address = f"tcp://127.0.0.1:{net.free_port()}"
+    res = CliRunner().invoke(app, ["ask", "Who?", "--arbiter", address, "--wait", "0.5", "--n-receivers", "3"])
+    waiting, error = res.stderr.splitlines()  # the progress note, then the one error line
+    assert res.exit_code == 2 and waiting.startswith("waiting for the system")
+    assert error.startswith(f"error: LatentWire at {address} not ready after")
