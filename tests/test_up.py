@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -49,6 +51,14 @@ def test_procfile_command_prints_what_honcho_and_up_run() -> None:
     assert dict(parse_procfile(res.stdout).processes) == up.processes({"a": "tiny-llama", "tiny-qwen": "tiny-qwen"})
     default = CliRunner().invoke(app, ["procfile"])
     assert default.stdout == (REPO / "Procfile").read_text()
+
+
+def test_honcho_accepts_a_generated_procfile(tmp_path: Path) -> None:
+    path = tmp_path / "Procfile"
+    path.write_text(up.procfile_text({"a": "tiny-llama", "b": "tiny-qwen", "c": "tiny-llama"}))
+    honcho = Path(sys.executable).parent / "honcho"
+    out = subprocess.run([str(honcho), "-f", str(path), "check"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "Valid procfile detected (sender, a, b, c, arbiter)" in out.stderr + out.stdout
 
 
 def test_parse_receivers() -> None:
