@@ -22,7 +22,6 @@ from latentwire.device import set_threads
 from latentwire.evaluate import evaluate
 from latentwire.lm import text_slots
 from latentwire.models import LLM, load_llm
-from latentwire.prompts import example_slot
 
 BOUNDS = ("answer", "question")
 
@@ -37,11 +36,10 @@ def bound_slot_text(ex: Example, kind: str) -> str:
 
 def bound(llm: LLM, examples: Sequence[Example], kind: str, context: str = "distractor", m: int = 8, **kw) -> dict:
     """Evaluate `llm` with the slot replaced by the `kind` bound (the answer capped at its first M tokens)."""
-    by_text = {example_slot(ex, context): ex for ex in examples}
     budget = m if kind == "answer" else None
 
-    def slot_fn(texts: Sequence[str]):
-        return text_slots(llm, [bound_slot_text(by_text[t], kind) for t in texts], budget)
+    def slot_fn(chunk: Sequence[Example]):
+        return text_slots(llm, [bound_slot_text(ex, kind) for ex in chunk], budget)
 
     res = evaluate(
         llm, examples, "latent", context=context, slot_fn=slot_fn, slot_fingerprint=f"bound:{kind}:{m}", **kw

@@ -1,8 +1,9 @@
-"""Task quality of one checkpoint, per model and joint: text, token-budget, latent (per quantisation), oracle.
+"""Task quality of one checkpoint, per receiver and joint, on every path: text, token-budget, evidence, relay,
+latent (and the latent per quantisation), with the oracle and agreement.
 
-It runs the receivers' own code path (`evaluate` -> `lm.generate`) with the checkpoint's encoder and adapters;
-the latent is quantised and dequantised by `protocol` exactly as on the wire. Text-path rows come from the
-evaluation cache when model and data are unchanged.
+It runs the receivers' own code path (`evaluate` -> `lm.generate`) with the checkpoint's sender (selector,
+sharer, encoder) and adapters; the latent is quantised and dequantised by `protocol` exactly as on the wire.
+Rows come from the evaluation cache when model, checkpoint and data are unchanged.
 """
 
 from __future__ import annotations
@@ -10,16 +11,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import torch
-from tqdm.auto import tqdm
 
-from latentwire.checkpoint import Wire
 from latentwire.data import Example
 from latentwire.evaluate import evaluate
-from latentwire.metrics import summarize
-from latentwire.prompts import example_slot
-from latentwire.protocol import Quant, dequantize, quantize
+from latentwire.metrics import exact_match, f1_score, summarize
 from latentwire.receivers.calibration import Calibration, agreement, pick
+from latentwire.trainer.pipeline import Wire, docs_of
 
 SUMMARY_KEYS = (
     "n",
@@ -32,30 +29,6 @@ SUMMARY_KEYS = (
     "slot_bytes",
     "seconds_per_question",
 )
-
-
-def encode_all(wire: Wire, texts: Sequence[str], batch: int = 16, progress: bool = True) -> dict[str, np.ndarray]:
-    """Float latents (M, d_z) for every text, computed once and shared by every model and scheme."""
-    out: dict[str, np.ndarray] = {}
-    todo = list(dict.fromkeys(texts))
-    for i in tqdm(range(0, len(todo), batch), disable=not progress, desc="encode", unit="batch"):
-        chunk = todo[i : i + batch]
-        for t, z in zip(chunk, wire.encode(chunk).float().cpu().numpy(), strict=True):
-            out[t] = z
-    return out
-
-
-def latent_slot_fn(wire: Wire, name: str, latents: dict[str, np.ndarray], scheme: str | None):
-    """Slot embeddings from stored latents, through the wire's quantisation when `scheme` is given."""
-    llm, adapter = wire.llms[name], wire.adapters[name]
-
-    @torch.no_grad()
-    def fn(texts: Sequence[str]) -> list[torch.Tensor]:
-        zs = [latents[t] if scheme is None else dequantize(quantize(latents[t], scheme)) for t in texts]
-        z = torch.from_numpy(np.stack(zs)).to(llm.device)
-        return list(adapter(z).to(llm.model.dtype))
-
-    return fn
 
 
 def joint(rows: dict[str, list[dict]], calibrations: dict[str, Calibration]) -> dict:
@@ -81,6 +54,22 @@ def joint(rows: dict[str, list[dict]], calibrations: dict[str, Calibration]) -> 
     }
 
 
+def path_calibrations(wire: Wire, path: str) -> dict[str, Calibration]:
+    """Each receiver's score calibration for a path, fitted on `val` by the recipe; raw scores where none was."""
+    out = {}
+    for n in wire.model_names:
+        m = wire.config["models"][n]
+        cal = m.get("calibration_by_path", {}).get(path) or (m.get("calibration") if path == "latent" else None)
+        if cal:
+            out[n] = Calibration(**cal)
+    return out
+
+
+def paths_of(wire: Wire) -> tuple[str, ...]:
+    """The paths a checkpoint can be measured on: evidence and relay need a sharer in the sender."""
+    return ("text", "token-budget", *(("evidence", "relay") if wire.has_sharer else ()), "latent")
+
+
 def quality(
     wire: Wire,
     examples: Sequence[Example],
@@ -89,67 +78,76 @@ def quality(
     split: str = "dev",
     text_batch: int | None = None,
     progress: bool = True,
+    paths: Sequence[str] | None = None,
 ) -> dict:
     """Every quality figure of the report, per context mode."""
-    m = int(wire.config["encoder"]["m"])
-    cals = {
-        n: Calibration(**{k: v for k, v in wire.config["models"][n].get("calibration", {}).items()})
-        for n in wire.model_names
-    }
+    paths = tuple(paths or paths_of(wire))
+    cals = {path: path_calibrations(wire, path) for path in paths}
     out: dict = {}
     for ctx in contexts:
-        texts = [example_slot(ex, ctx) for ex in examples]
-        latents = encode_all(wire, texts, progress=progress)
         res: dict = {"models": {}, "latent_quant": {}}
-        method_rows: dict[str, dict[str, list[dict]]] = {"text": {}, "token-budget": {}, "latent": {}}
+        if wire.has_sharer:  # one reading per question feeds evidence, relay and every latent variant
+            reads = wire.encoder.read(docs_of(examples, ctx), progress=progress)
+            res["sharer"] = {
+                "model": wire.encoder.llm.spec,
+                **summarize(
+                    [exact_match(r.answer, ex.answer) for r, ex in zip(reads, examples, strict=True)],
+                    [f1_score(r.answer, ex.answer) for r, ex in zip(reads, examples, strict=True)],
+                ),
+            }
+        method_rows: dict[str, dict[str, list[dict]]] = {p: {} for p in paths}
         for name in wire.model_names:
             llm = wire.llms[name]
             per: dict = {}
-            for mode in ("text", "token-budget"):
+            for mode in paths:
                 r = evaluate(
                     llm,
                     examples,
                     mode,
                     context=ctx,
                     split=split,
-                    budget=m,
+                    budget=wire.m,
                     return_rows=True,
                     progress=progress,
-                    batch_size=text_batch if mode == "text" else None,
+                    batch_size=text_batch if mode in ("text", "evidence") else None,
+                    **_sender_path(wire, name, mode, ctx),
                 )
                 method_rows[mode][name] = r.pop("rows")
                 per[mode] = {k: r[k] for k in SUMMARY_KEYS if k in r}
             quant = {}
-            for scheme in (None, *schemes):  # the float latent first: each scheme is compared with it
-                r = evaluate(
-                    llm,
-                    examples,
-                    "latent",
-                    context=ctx,
-                    split=split,
-                    slot_fn=latent_slot_fn(wire, name, latents, scheme),
-                    slot_fingerprint=wire.fingerprint if scheme is None else f"{wire.fingerprint}:{scheme}",
-                    return_rows=True,
-                    progress=progress,
-                )
-                rows = r.pop("rows")
-                if scheme is None:
-                    method_rows["latent"][name] = rows
-                    per["latent"] = {k: r[k] for k in SUMMARY_KEYS if k in r}
-                    continue
-                same = [a["pred"] == b["pred"] for a, b in zip(rows, method_rows["latent"][name], strict=True)]
-                quant[scheme] = {"f1": r["f1"], "em": r["em"], "unchanged": float(np.mean(same))}
+            if "latent" in paths:
+                for scheme in schemes:  # each scheme is compared with the float latent
+                    r = evaluate(
+                        llm,
+                        examples,
+                        "latent",
+                        context=ctx,
+                        split=split,
+                        return_rows=True,
+                        progress=progress,
+                        **_sender_path(wire, name, "latent", ctx, scheme),
+                    )
+                    rows = r.pop("rows")
+                    same = [a["pred"] == b["pred"] for a, b in zip(rows, method_rows["latent"][name], strict=True)]
+                    quant[scheme] = {"f1": r["f1"], "em": r["em"], "unchanged": float(np.mean(same))}
             res["models"][name] = per
             res["latent_quant"][name] = quant
-        # the checkpoint's calibration is fitted on latent answers; text paths compare raw scores (as the arbiter does)
-        res["joint"] = {mode: joint(rows, cals if mode == "latent" else {}) for mode, rows in method_rows.items()}
+        res["joint"] = {mode: joint(rows, cals[mode]) for mode, rows in method_rows.items()}
         out[ctx] = res
     return out
 
 
+def _sender_path(wire: Wire, name: str, mode: str, ctx: str, scheme: str | None = None) -> dict:
+    """evaluate() arguments of a path that goes through the sender; the text paths need none."""
+    if mode in ("text", "token-budget"):
+        return {}
+    tag = wire.path_fingerprint(mode) if scheme is None else f"{wire.fingerprint}:{scheme}"
+    return {"slot_fn": wire.slot_fn(name, mode, ctx, scheme), "slot_fingerprint": tag}
+
+
 def wire_bytes(m: int, d_z: int, schemes: Sequence[str] = ("fp32", "fp16", "int8", "int4")) -> dict[str, dict]:
     """Exact bytes of one latent frame per scheme (header + body), as the sender sends it."""
-    from latentwire.protocol import frame_size, latent_request
+    from latentwire.protocol import Quant, frame_size, latent_request
 
     x = np.random.default_rng(0).standard_normal((m, d_z)).astype(np.float32)
     sizes = {}

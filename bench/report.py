@@ -9,7 +9,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-METHODS = ("text", "token-budget", "latent")
+PATHS = ("text", "token-budget", "evidence", "relay", "latent")
+
+
+def paths_in(q: dict) -> list[str]:
+    """The paths a results block measured, in the canonical order."""
+    have = set().union(*(per.keys() for per in q["models"].values()))
+    return [p for p in PATHS if p in have]
 
 
 def _ci(d: dict, key: str = "f1") -> str:
@@ -20,32 +26,41 @@ def _ci(d: dict, key: str = "f1") -> str:
 def quality_table(q: dict) -> list[str]:
     lines = ["| model | method | EM | F1 (95% CI) | NLL/token | prompt tokens |", "|---|---|---|---|---|---|"]
     for name, per in q["models"].items():
-        for method in METHODS:
+        for method in paths_in(q):
             r = per[method]
             lines.append(
                 f"| {name} | {method} | {r['em']:.3f} | {_ci(r)} | {r['nll_per_token']:.2f} | "
                 f"{r['prompt_tokens']:.0f} |"
             )
-    for method in METHODS:
+    for method in paths_in(q):
         j = q["joint"][method]
         lines.append(f"| joint pick | {method} | {j['joint']['em']:.3f} | {_ci(j['joint'])} | | |")
         lines.append(f"| oracle | {method} | {j['oracle']['em']:.3f} | {_ci(j['oracle'])} | | |")
     return lines
 
 
+def _compare(lat: dict, other: dict) -> str:
+    if lat["f1_ci"][0] > other["f1_ci"][1]:
+        return "beats"
+    if lat["f1_ci"][1] < other["f1_ci"][0]:
+        return "LOSES to"
+    return "is within the CIs of"
+
+
 def verdict(q: dict) -> list[str]:
-    """Plain words on whether the latent wins, loses or ties, per model (CI-aware)."""
+    """Plain words on whether the latent wins, loses or ties, per model (CI-aware), and the targets' ratios."""
     out = []
     for name, per in q["models"].items():
-        lat, tb, txt = per["latent"], per["token-budget"], per["text"]
-        for other, label in ((tb, "token-budget"), (txt, "text")):
-            if lat["f1_ci"][0] > other["f1_ci"][1]:
-                word = "beats"
-            elif lat["f1_ci"][1] < other["f1_ci"][0]:
-                word = "LOSES to"
-            else:
-                word = "is within the CIs of"
-            out.append(f"- {name}: latent F1 {lat['f1']:.3f} {word} {label} F1 {other['f1']:.3f}.")
+        if "latent" not in per:
+            continue
+        lat = per["latent"]
+        for label in ("relay", "text", "token-budget", "evidence"):
+            if label in per:
+                other = per[label]
+                ratio = f" ({lat['f1'] / other['f1']:.2f}x)" if other["f1"] > 0 else ""
+                out.append(
+                    f"- {name}: latent F1 {lat['f1']:.3f} {_compare(lat, other)} {label} F1 {other['f1']:.3f}{ratio}."
+                )
     return out
 
 
@@ -56,25 +71,48 @@ def write_report(results: dict, out: Path) -> Path:
         "",
         f"Command: `{results['meta']['command']}`  ",
         f"Date: {results['meta']['date']}  ",
-        f"Host: {results['meta']['host']}  ",
+        f"Machine: {results['meta']['host']}  ",
         f"Checkpoint fingerprint: `{results['meta']['fingerprint'][:16]}`  ",
         f"Data: {results['meta']['split']} ({results['meta']['n']} questions)",
         "",
     ]
     for ctx, q in results["quality"].items():
         lines += [f"## Quality: {ctx} context", "", *quality_table(q), "", *verdict(q), ""]
-        agree = q["joint"]["latent"]["agreement"]
-        fa, fd = agree["f1_when_agree"], agree["f1_when_disagree"]
-        lines += [
-            f"Latent answers agree on {agree['rate']:.1%} of questions; joint F1 when they agree "
-            f"{fa if fa is None else f'{fa:.3f}'}, when not {fd if fd is None else f'{fd:.3f}'}.",
-            "",
-        ]
+        if "sharer" in q:
+            sh = q["sharer"]
+            lines += [f"The sender's sharer ({sh['model']}) answering itself: EM {sh['em']:.3f}, F1 {_ci(sh)}.", ""]
+        for method in paths_in(q):
+            agree = q["joint"][method]["agreement"]
+            fa, fd = agree["f1_when_agree"], agree["f1_when_disagree"]
+            lines.append(
+                f"- {method}: the receivers agree on {agree['rate']:.1%} of questions; joint F1 when they agree "
+                f"{fa if fa is None else f'{fa:.3f}'}, when not {fd if fd is None else f'{fd:.3f}'}."
+            )
+        lines.append("")
         lines += ["| model | scheme | F1 | unchanged vs float |", "|---|---|---|---|"]
         for name, per in q["latent_quant"].items():
             for scheme, r in per.items():
                 lines.append(f"| {name} | {scheme} | {r['f1']:.3f} | {r['unchanged']:.1%} |")
         lines.append("")
+    sel = results.get("selection")
+    if sel:
+        lines += [
+            "## Evidence selection",
+            "",
+            f"Default budget {sel['budget_paragraphs']} paragraphs on {sel['split']} ({sel['n']} questions): both "
+            f"supporting paragraphs selected for {sel['pair_recall']:.1%}, supporting-sentence recall "
+            f"{sel['sentence_recall']:.3f}, {sel.get('tokens', float('nan')):.0f} sharer tokens, "
+            f"{sel['ms_per_question']:.1f} ms per question.",
+            "",
+            "| paragraphs | pair recall | sentence recall | tokens | ms/question |",
+            "|---|---|---|---|---|",
+        ]
+        for b, r in sel["curve"]["by_budget"].items():
+            lines.append(
+                f"| {b} | {r['pair_recall']:.3f} | {r['sentence_recall']:.3f} | {r.get('tokens', float('nan')):.0f} | "
+                f"{r['ms_per_question']:.1f} |"
+            )
+        lines += ["", "![selection](selection.png)", ""]
     eff = results["efficiency"]
     lines += [
         "## Efficiency",
@@ -86,9 +124,16 @@ def write_report(results: dict, out: Path) -> Path:
         lines.append(
             f"| {scheme} | {s['total']} | {s['header']} | {s['body']} | {eff['slot_bytes'] / s['total']:.1f}x |"
         )
-    lines += ["", "| model | prompt tokens (text) | compression (tokens / M) |", "|---|---|---|"]
+    lines += [
+        "",
+        "| model | slot tokens (text) | slot tokens per soft token | prompt positions text / latent |",
+        "|---|---|---|---|",
+    ]
     for name, r in eff["token_compression"].items():
-        lines.append(f"| {name} | {r['prompt_tokens']:.0f} | {r['ratio']:.1f}x |")
+        lines.append(
+            f"| {name} | {r['slot_tokens']:.0f} | {r['slot_ratio']:.0f}x | "
+            f"{r['prompt_tokens']:.0f} / {r['latent_prompt_tokens']:.0f} = {r['prompt_ratio']:.0f}x |"
+        )
     live = results.get("live")
     if live:
         lines += [
@@ -134,16 +179,17 @@ def plot_all(results: dict, out: Path) -> None:
     names = list(q["models"])
     fig, ax = plt.subplots(figsize=(7, 4))
     width = 0.8 / (len(names) + 1)
-    xs = range(len(METHODS))
+    methods = paths_in(q)
+    xs = range(len(methods))
     for k, name in enumerate([*names, "joint pick"]):
         vals, errs = [], [[], []]
-        for method in METHODS:
+        for method in methods:
             r = q["models"][name][method] if name in q["models"] else q["joint"][method]["joint"]
             vals.append(r["f1"])
             errs[0].append(r["f1"] - r["f1_ci"][0])
             errs[1].append(r["f1_ci"][1] - r["f1"])
         ax.bar([x + k * width for x in xs], vals, width, yerr=errs, capsize=3, label=name)
-    ax.set_xticks([x + width * len(names) / 2 for x in xs], METHODS)
+    ax.set_xticks([x + width * len(names) / 2 for x in xs], methods)
     ax.set_ylabel("F1 (95% CI)")
     ax.set_title(f"F1 by method ({ctx} context)")
     ax.legend()
@@ -156,9 +202,11 @@ def plot_all(results: dict, out: Path) -> None:
     for name in names:
         pts = sorted((eff["frame_bytes"][s]["total"], r["f1"]) for s, r in q["latent_quant"][name].items())
         ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=f"{name} latent")
-        ax.axhline(
-            q["models"][name]["text"]["f1"], ls="--", lw=1, color=ax.lines[-1].get_color(), label=f"{name} text prompt"
-        )
+        for ref, style in (("relay", "--"), ("text", ":")):
+            if ref in q["models"][name]:
+                ax.axhline(
+                    q["models"][name][ref]["f1"], ls=style, lw=1, color=ax.lines[-1].get_color(), label=f"{name} {ref}"
+                )
     ax.axvline(eff["slot_bytes"], color="grey", ls=":", label="text prompt bytes (UTF-8)")
     ax.set_xscale("log")
     ax.set_xlabel("bytes on the wire per question")
@@ -168,6 +216,27 @@ def plot_all(results: dict, out: Path) -> None:
     fig.tight_layout()
     fig.savefig(out / "f1_vs_bytes.png", dpi=120)
     plt.close(fig)
+
+    sel = results.get("selection")
+    if sel:
+        curve = sel["curve"]["by_budget"]
+        budgets = [int(b) for b in curve]
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot(budgets, [curve[b]["pair_recall"] for b in curve], "o-", label="both supporting paragraphs")
+        ax.plot(budgets, [curve[b]["sentence_recall"] for b in curve], "s-", label="supporting sentences")
+        ax.axvline(sel["budget_paragraphs"], color="grey", ls=":", label="default budget")
+        ax.set_xlabel("paragraphs selected (of ~10)")
+        ax.set_ylabel("recall")
+        ax.set_ylim(0, 1.02)
+        if "tokens" in next(iter(curve.values())):
+            tx = ax.twinx()
+            tx.plot(budgets, [curve[b]["tokens"] for b in curve], "k--", lw=1)
+            tx.set_ylabel("sharer tokens read (dashed)")
+        ax.set_title(f"Evidence selection ({sel['split']}, {sel['n']} questions)")
+        ax.legend(loc="lower right", fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "selection.png", dpi=120)
+        plt.close(fig)
 
     live = results.get("live")
     if live:
@@ -191,7 +260,7 @@ def readme_table(results: dict) -> str:
     lines = [head, "|---|---|" + "---|" * len(ctxs) + "---|"]
     q0 = results["quality"][ctxs[0]]
     for name in q0["models"]:
-        for method in METHODS:
+        for method in paths_in(q0):
             cells = [_ci(results["quality"][c]["models"][name][method]) for c in ctxs]
             nll = q0["models"][name][method]["nll_per_token"]
             lines.append(f"| {name} | {method} | " + " | ".join(cells) + f" | {nll:.2f} |")

@@ -6,6 +6,7 @@ Writes `results.json` (machine-readable), `report.md` and PNG plots into the out
 from __future__ import annotations
 
 import json
+import os
 import platform
 import shlex
 import sys
@@ -14,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from latentwire.checkpoint import Wire, load_checkpoint
 from latentwire.data import load_split
 from latentwire.prompts import example_slot
+from latentwire.trainer.pipeline import Wire, load_checkpoint
 
 from .quality import quality, wire_bytes
 from .report import write_report
@@ -39,13 +40,43 @@ def versions() -> dict[str, str]:
 
 
 def efficiency(wire: Wire, q: dict, examples) -> dict:
-    m, d_z = int(wire.config["encoder"]["m"]), int(wire.config["encoder"]["d_z"])
+    """Bytes on the wire against the text, and positions: slot tokens per soft token, whole prompts text vs latent."""
+    from latentwire.prompts import slot_ids
+
+    m, d_z = wire.m, int(wire.config["encoder"]["d_z"])
     slot_bytes = float(np.mean([len(example_slot(ex, "distractor").encode()) for ex in examples]))
-    comp = {
-        name: {"prompt_tokens": per["text"]["prompt_tokens"], "ratio": per["text"]["prompt_tokens"] / m}
-        for name, per in q["models"].items()
-    }
+    comp = {}
+    for name, per in q["models"].items():
+        llm = wire.llms[name]
+        fixed = len(llm.template.prefix_ids) + len(llm.template.suffix_ids)
+        slot = float(np.mean([len(slot_ids(llm.tokenizer, example_slot(ex, "distractor"))) for ex in examples]))
+        latent = per["latent"]["prompt_tokens"] if "latent" in per else fixed + m
+        comp[name] = {
+            "slot_tokens": slot,
+            "slot_ratio": slot / m,
+            "prompt_tokens": slot + fixed,
+            "latent_prompt_tokens": latent,
+            "prompt_ratio": (slot + fixed) / latent,
+        }
     return {"m": m, "d_z": d_z, "slot_bytes": slot_bytes, "frame_bytes": wire_bytes(m, d_z), "token_compression": comp}
+
+
+def selection(wire: Wire, examples, split: str) -> dict:
+    """The sender's evidence selection on the bench's questions: the default budget and the curve around it."""
+    from latentwire.sender.selector import selection_report
+
+    sel = wire.encoder.selector
+    budget = sel.cfg.paragraphs
+    rep = selection_report(sel, examples, sorted({1, 2, 3, 4, 5, 6, budget}), tokenizer=wire.encoder.llm.tokenizer)
+    return {"split": split, "n": rep["n"], "budget_paragraphs": budget, **rep["by_budget"][budget], "curve": rep}
+
+
+def _shown(path: Path) -> str:
+    """A checkpoint as results show it: relative to the working directory when inside it, else its name."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return path.name
 
 
 def run_bench(
@@ -59,22 +90,24 @@ def run_bench(
     examples: list | None = None,
     progress: bool = True,
     command: str | None = None,
+    paths: tuple[str, ...] | None = None,
+    schemes: tuple[str, ...] = ("fp16", "int8", "int4"),
 ) -> dict:
     """Quality (per model, joint, oracle, per quantisation), efficiency, live latency and training cost."""
     out = Path(out)
     wire = wire or load_checkpoint(ckpt)
     examples = examples if examples is not None else load_split(split, limit=limit)
     t0 = time.perf_counter()
-    q = quality(wire, examples, contexts=contexts, split=split, progress=progress)
+    q = quality(wire, examples, contexts=contexts, split=split, progress=progress, paths=paths, schemes=schemes)
     results = {
         "meta": {
-            "checkpoint": str(ckpt),
+            "checkpoint": _shown(Path(ckpt)),
             "fingerprint": wire.fingerprint,
             "split": split,
             "n": len(examples),
             "contexts": list(contexts),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "host": f"{platform.node()} ({platform.machine()}, {__import__('os').cpu_count()} cores)",
+            "host": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
             "command": command or " ".join(shlex.quote(a) for a in ["latentwire", *sys.argv[1:]]),
             "versions": versions(),
             "config": wire.config.get("train", {}),
@@ -84,6 +117,8 @@ def run_bench(
         "efficiency": efficiency(wire, q["distractor"] if "distractor" in q else next(iter(q.values())), examples),
         "training": wire.config.get("summary", {}),
     }
+    if wire.has_sharer:
+        results["selection"] = selection(wire, examples, split)
     if live_n:
         from .live import live_latency
 
@@ -95,31 +130,10 @@ def run_bench(
     return results
 
 
-def quick_checkpoint(path: Path, steps: int = 20) -> Path:
-    """A tiny run on tiny random models, a few steps (`bench --quick`, CI); returns its checkpoint `path/ckpt`."""
-    from latentwire.models import load_llm
-    from latentwire.sender.encoder import EncoderConfig
-    from latentwire.trainer.config import TrainConfig
-    from latentwire.trainer.train import train
+def quick_checkpoint(path: Path) -> Path:
+    """The default recipe on tiny random models (`bench --quick`, CI): a tiny sharer, seconds; returns `path/ckpt`."""
+    from latentwire.trainer.sharer_recipe import SharerRecipe, build
 
     names = ["tiny-llama", "tiny-qwen"]
-    cfg = TrainConfig(
-        models=names,
-        encoder=EncoderConfig(backbone="bytes", d_model=64, d_z=32, m=4, max_bytes=2048, byte_layers=1, pool_layers=1),
-        batch_size=4,
-        lr=3e-3,
-        max_steps=steps,
-        time_budget=None,
-        eval_every=0,
-        eval_n=8,
-        context="gold",
-    )
-    rows = load_split("train", limit=32)
-    return train(
-        cfg,
-        path,
-        llms={n: load_llm(n) for n in names},
-        data=(rows, load_split("val", limit=8)),
-        resume=False,
-        progress=False,
-    )
+    recipe = SharerRecipe(models=names, sharer="tiny-qwen", m=4, d_z=32, eval_n=8, train_limit=100, context="gold")
+    return build(recipe, path, progress=False)

@@ -84,7 +84,7 @@ def eval_(
     split: Annotated[Split, typer.Option()] = Split.dev,
     limit: Annotated[int | None, typer.Option(help="first N questions only")] = None,
     budget: Annotated[int, typer.Option(help="tokens kept by token-budget (M of the default checkpoint)")] = 8,
-    ckpt: Annotated[Path | None, typer.Option(help="checkpoint folder (latent mode)")] = None,
+    ckpt: Annotated[Path | None, typer.Option(help="checkpoint folder (evidence, relay and latent modes)")] = None,
     batch_size: int | None = None,
     data_dir: DataDir = None,
     device: Device = "auto",
@@ -92,32 +92,34 @@ def eval_(
     threads: Threads = None,
     out: Annotated[Path | None, typer.Option(help="also write JSON here")] = None,
 ) -> None:
-    """EM/F1 (95% CI), NLL/token, prompt size and speed for text, token-budget or latent prompts, as JSON."""
+    """EM/F1 (95% CI), NLL/token, prompt size and speed of one path (text, token-budget, evidence, relay, latent)."""
+    from .checkpoint import CheckpointError
     from .data import DataError, load_split
     from .device import set_threads
     from .evaluate import evaluate
     from .models import ModelNotFound, load_llm
+    from .prompts import SENDER_MODES
 
     set_threads(threads)
     try:
         examples = load_split(split.value, data_dir, limit)
         results = []
-        if mode is Mode.latent:
-            from .checkpoint import load_checkpoint
+        if mode.value in SENDER_MODES:
+            from .trainer.pipeline import load_checkpoint
 
             if ckpt is None:
-                _fail("--mode latent needs --ckpt (a folder written by `latentwire train`)")
+                _fail(f"--mode {mode.value} needs --ckpt (a folder written by `latentwire train`)")
             wire = load_checkpoint(ckpt, models=model or None, device=device, dtype=dtype)
             for name in wire.model_names:
                 results.append(
                     evaluate(
                         wire.llms[name],
                         examples,
-                        "latent",
+                        mode.value,
                         context=context.value,
                         split=split.value,
-                        slot_fn=wire.slot_fn(name),
-                        slot_fingerprint=wire.fingerprint,
+                        slot_fn=wire.slot_fn(name, mode.value, context.value),
+                        slot_fingerprint=wire.path_fingerprint(mode.value),
                         batch_size=batch_size,
                     )
                 )
@@ -135,7 +137,7 @@ def eval_(
                         batch_size=batch_size,
                     )
                 )
-    except (DataError, ModelNotFound, ValueError) as e:
+    except (DataError, ModelNotFound, CheckpointError, ValueError) as e:
         _fail(str(e))
     text = json.dumps(results if len(results) > 1 else results[0], indent=2)
     typer.echo(text)
@@ -182,7 +184,17 @@ def train(
         "runs/default"
     ),
     models: Annotated[list[str], typer.Option("--model", help="frozen LLMs (repeat)")] = ["llama", "qwen"],  # noqa: B006
-    backbone: Annotated[str, typer.Option(help="encoder reading backbone: minilm or bytes")] = "minilm",
+    backbone: Annotated[
+        str, typer.Option(help="sender backbone: llm (a frozen sharer LLM reads selected evidence), minilm or bytes")
+    ] = "llm",
+    sharer: Annotated[str, typer.Option(help="llm backbone: the frozen LLM that reads in the sender")] = "qwen",
+    topk: Annotated[int, typer.Option(help="llm backbone: sharer tokens mixed per answer step")] = 1,
+    tokens_per_row: Annotated[int, typer.Option(help="llm backbone: answer steps bound into one latent row")] = 2,
+    min_cos: Annotated[float, typer.Option(help="llm backbone: receivers drop rows matching no token better")] = 0.45,
+    temperature: Annotated[float, typer.Option(help="llm backbone: < 1 sharpens the sharer's distribution")] = 1.0,
+    tau: Annotated[float, typer.Option(help="llm backbone: receivers' snapping temperature")] = 20.0,
+    nearest: Annotated[int, typer.Option(help="llm backbone: receiver tokens mixed per row")] = 4,
+    evidence_paragraphs: Annotated[int, typer.Option(help="llm backbone: paragraphs the selector keeps")] = 4,
     m: Annotated[int, typer.Option("--soft-tokens", "-M", help="soft tokens M")] = 8,
     d_z: Annotated[int, typer.Option(help="latent width")] = 256,
     context: Annotated[Context, typer.Option()] = Context.distractor,
@@ -212,7 +224,11 @@ def train(
     dtype: Dtype = "auto",
     threads: Threads = None,
 ) -> None:
-    """Train encoder + adapters against the frozen LLMs; writes a servable checkpoint to OUT/ckpt."""
+    """Fit the sender and the adapters against the frozen LLMs; writes a servable checkpoint to OUT/ckpt.
+
+    The default (`--backbone llm`) is the sharer recipe: no gradient steps, minutes (trainer/sharer_recipe.py);
+    `minilm` and `bytes` train a pooled encoder and MLP adapters for `--time-budget` seconds (trainer/train.py).
+    """
     from .device import set_threads
     from .sender.encoder import EncoderConfig
     from .trainer.config import TrainConfig
@@ -220,6 +236,47 @@ def train(
     from .trainer.train import training_data
 
     set_threads(threads)
+    if backbone == "llm":
+        from .trainer.sharer_recipe import SharerRecipe, build
+
+        recipe = SharerRecipe(
+            models=models,
+            sharer=sharer,
+            m=m,
+            d_z=d_z,
+            topk=topk,
+            temperature=temperature,
+            tokens_per_row=tokens_per_row,
+            min_cos=min_cos,
+            evidence_paragraphs=evidence_paragraphs,
+            tau=tau,
+            nearest=nearest,
+            context=context.value,
+            eval_n=eval_n,
+            train_limit=limit_train,
+            device=device,
+            dtype=dtype,
+        )
+        ckpt = build(recipe, out)
+        typer.echo(f"checkpoint: {ckpt}")
+        if dev_eval:
+            for mode in (Mode.relay, Mode.latent):
+                eval_(
+                    mode=mode,
+                    model=[],
+                    context=context,
+                    split=Split.dev,
+                    limit=None,
+                    budget=m,
+                    ckpt=ckpt,
+                    batch_size=None,
+                    data_dir=None,
+                    device=device,
+                    dtype=dtype,
+                    threads=threads,
+                    out=out / f"dev_{mode.value}.json",
+                )
+        return
     cfg = TrainConfig(
         models=models,
         encoder=EncoderConfig(backbone=backbone, m=m, d_z=d_z, window_embedding=window_embedding),
@@ -276,6 +333,12 @@ def bench(
         Context.gold,
     ],
     live: Annotated[int, typer.Option(help="questions sent through the live processes for latency (0: none)")] = 100,
+    path: Annotated[
+        list[Mode], typer.Option(help="paths measured (repeat; default: every path the checkpoint has)")
+    ] = [],  # noqa: B006 - typer needs a literal default
+    quant: Annotated[
+        list[str], typer.Option(help="wire schemes compared with the float latent (repeat; default fp16, int8, int4)")
+    ] = [],  # noqa: B006 - typer needs a literal default
     quick: Annotated[bool, typer.Option(help="tiny random models + tiny checkpoint: minutes, for CI")] = False,
     threads: Threads = None,
 ) -> None:
@@ -290,7 +353,11 @@ def bench(
         limit, live = limit or 6, min(live, 6)
     ckpt = ckpt or DEFAULT_CKPT
     contexts = tuple(c.value for c in context)
-    res = run_bench(ckpt, out=out, split=split.value, limit=limit, contexts=contexts, live_n=live)
+    paths = tuple(p.value for p in path) or None
+    schemes = tuple(quant) or ("fp16", "int8", "int4")
+    res = run_bench(
+        ckpt, out=out, split=split.value, limit=limit, contexts=contexts, live_n=live, paths=paths, schemes=schemes
+    )
     typer.echo(f"wrote {out / 'results.json'} and {out / 'report.md'} ({res['meta']['wall_s']} s)")
 
 

@@ -23,6 +23,8 @@ DEBUG_ENV = "LATENTWIRE_DEBUG"
 class Mode(str, Enum):
     text = "text"
     token_budget = "token-budget"
+    evidence = "evidence"
+    relay = "relay"
     latent = "latent"
 
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 SPLITS = ("train", "val", "dev", "train_extra")
 CONTEXTS = ("distractor", "gold")
@@ -29,20 +31,68 @@ class DataError(ValueError):
     """A missing, empty or malformed data file; the message names the file and line."""
 
 
+class Paragraph(NamedTuple):
+    """One context paragraph as the source splits it: a title and its sentences (leading spaces kept)."""
+
+    title: str
+    sentences: tuple[str, ...]
+
+    @property
+    def text(self) -> str:
+        return "".join(self.sentences).strip()
+
+    def render(self, keep: Sequence[int] | None = None) -> str:
+        """`Title: text`, the line the text path reads; `keep` restricts it to those sentence ids."""
+        sents = self.sentences if keep is None else [self.sentences[i] for i in sorted(keep)]
+        body = "".join(sents).strip()
+        return f"{self.title}: {body}" if self.title else body
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
+
+
+def parse_context(text: str) -> tuple[Paragraph, ...]:
+    """A context as a client sends it (one `Title: text` line per paragraph, as the text path renders it) back
+    into paragraphs; sentences are split at sentence ends. A line without a title becomes an untitled paragraph."""
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        head, sep, rest = line.partition(": ")
+        title, body = (head, rest) if sep and 0 < len(head) <= 120 else ("", line)
+        sents = _SENTENCE_END.split(body)
+        out.append(Paragraph(title, tuple(s if i == 0 else f" {s}" for i, s in enumerate(sents))))
+    return tuple(out)
+
+
+def render_paragraphs(paragraphs: Sequence[Paragraph]) -> str:
+    """The context text of some paragraphs, one line each (shared by the text, gold and evidence paths)."""
+    return "\n".join(p.render() for p in paragraphs)
+
+
 @dataclass(frozen=True)
 class Example:
     id: str
     question: str
     answer: str
-    paragraphs: tuple[tuple[str, str], ...]  # (title, text) in the source order
+    paragraphs: tuple[Paragraph, ...]  # in the source order
     gold_titles: frozenset[str]
+    supporting: frozenset[tuple[int, int]] = frozenset()  # (paragraph index, sentence index) facts, when labelled
 
     def context(self, mode: str = "distractor") -> str:
         """`distractor`: all paragraphs; `gold`: only the supporting ones, in source order."""
         if mode not in CONTEXTS:
             raise ValueError(f"unknown context mode {mode!r}; choose one of {', '.join(CONTEXTS)}")
-        paras = self.paragraphs if mode == "distractor" else [p for p in self.paragraphs if p[0] in self.gold_titles]
-        return "\n".join(f"{title}: {text}" for title, text in paras)
+        return render_paragraphs(self.paragraphs if mode == "distractor" else self.gold_paragraphs)
+
+    @property
+    def gold_paragraphs(self) -> list[Paragraph]:
+        return [p for p in self.paragraphs if p.title in self.gold_titles]
+
+    @property
+    def gold_indices(self) -> list[int]:
+        return [i for i, p in enumerate(self.paragraphs) if p.title in self.gold_titles]
 
 
 def default_data_dir() -> Path:
@@ -62,18 +112,22 @@ def default_data_dir() -> Path:
 
 def _parse(row: dict, where: str) -> Example:
     try:
-        ctx = row["context"]
-        paragraphs = []
-        for title, sents in ctx:
-            text = sents if isinstance(sents, str) else "".join(sents)
-            paragraphs.append((str(title), text.strip()))
-        gold = {t for t, _ in row.get("supporting_facts") or []} or set(row.get("supporting_titles") or [])
+        paragraphs = tuple(
+            Paragraph(str(title), (sents,) if isinstance(sents, str) else tuple(str(s) for s in sents))
+            for title, sents in row["context"]
+        )
+        facts = [(str(t), int(i)) for t, i in row.get("supporting_facts") or []]
+        gold = {t for t, _ in facts} or {str(t) for t in row.get("supporting_titles") or []}
+        index = {p.title: k for k, p in enumerate(paragraphs)}
+        # facts pointing past a paragraph's end exist in the official data: they label nothing we can read
+        supporting = {(index[t], i) for t, i in facts if t in index and i < len(paragraphs[index[t]].sentences)}
         ex = Example(
             str(row["id"]),
             str(row["question"]).strip(),
             str(row["answer"]).strip(),
-            tuple(paragraphs),
+            paragraphs,
             frozenset(gold),
+            frozenset(supporting),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise DataError(f"{where}: not a HotpotQA record ({type(e).__name__}: {e})") from None

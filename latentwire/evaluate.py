@@ -1,8 +1,10 @@
-"""Evaluate one model on one split in one mode (text, token-budget or latent), cached and resumable.
+"""Evaluate one model on one split in one mode (text, token-budget, evidence, relay, latent), cached and resumable.
 
 Per-question results are appended to `$LATENTWIRE_CACHE/eval/<key>.jsonl` as they are produced, keyed by
 (model fingerprint, checkpoint fingerprint, split, context mode, prompt mode, budget, prompt version), so an
-interrupted 30-80 minute text-path run resumes where it stopped and a rerun costs nothing.
+interrupted 30-80 minute text-path run resumes where it stopped and a rerun costs nothing. The repository
+commits the rows of its published runs under `bench/rows/<key>.jsonl` (`ROWS_DIR`): a fresh clone starts from
+them and recomputes only what changed (another model, checkpoint or prompt has another key).
 """
 
 from __future__ import annotations
@@ -22,9 +24,12 @@ from .data import Example
 from .lm import generate, template_of, text_slots
 from .metrics import exact_match, f1_score, postprocess, summarize
 from .models import LLM, cache_root
-from .prompts import MODES, PROMPT_VERSION, example_slot
+from .prompts import MODES, PROMPT_VERSION, SENDER_MODES, example_slot
 
-SlotFn = Callable[[Sequence[str]], list[torch.Tensor]]
+SlotFn = Callable[[Sequence[Example]], list[torch.Tensor]]  # examples -> this model's slot embeddings
+
+
+ROWS_DIR = Path(__file__).resolve().parent.parent / "bench" / "rows"
 
 
 def cache_key(**parts: object) -> str:
@@ -66,15 +71,17 @@ def evaluate(
 ) -> dict:
     """EM/F1 (with bootstrap CIs), NLL/token of the gold answer, prompt size and speed, as a JSON-able dict.
 
-    `slot_fn` turns slot texts into slot embeddings for the latent path (encoder + this model's adapter);
-    `slot_fingerprint` (the checkpoint's) then enters the cache key.
+    `slot_fn` turns examples into slot embeddings for the paths that go through the sender (evidence, relay:
+    its selection and its sharer; latent: encoder + this model's adapter); `slot_fingerprint` (the
+    checkpoint's) then enters the cache key.
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
-    if mode == "latent" and slot_fn is None:
-        raise ValueError("latent mode needs a checkpoint (encoder + adapter)")
+    if mode in SENDER_MODES and slot_fn is None:
+        raise ValueError(f"{mode} mode needs a checkpoint (its sender's selector, sharer or encoder)")
     if slot_fn is None:
-        slot_fn = lambda texts: text_slots(llm, texts, budget if mode == "token-budget" else None)  # noqa: E731
+        cut = budget if mode == "token-budget" else None
+        slot_fn = lambda exs: text_slots(llm, [example_slot(ex, context) for ex in exs], cut)  # noqa: E731
     batch_size = batch_size or (1 if mode == "text" else 16)
     key = cache_key(
         model=llm.fingerprint,
@@ -90,7 +97,7 @@ def evaluate(
     )
     path = cache_root() / "eval" / f"{key}.jsonl" if use_cache else Path(os.devnull)
     path.parent.mkdir(parents=True, exist_ok=True)
-    done = _load_done(path) if use_cache else {}
+    done = {**_load_done(ROWS_DIR / path.name), **_load_done(path)} if use_cache else {}
     checks = {ex.id: _check(ex, context) for ex in examples}
     for ex in examples:  # rows written for another question under the same id are redone
         if ex.id in done and done[ex.id].get("check", checks[ex.id]) != checks[ex.id]:
@@ -111,7 +118,7 @@ def evaluate(
             t0 = time.perf_counter()
             texts = [example_slot(ex, context) for ex in chunk]
             with torch.no_grad():
-                slots = slot_fn(texts)
+                slots = slot_fn(chunk)
                 gens = generate(llm, slots, max_new_tokens=max_new_tokens, answers=[ex.answer for ex in chunk])
             dt = (time.perf_counter() - t0) / len(chunk)
             for ex, text, slot, g in zip(chunk, texts, slots, gens, strict=True):

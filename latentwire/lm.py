@@ -158,44 +158,66 @@ class Generation:
     token_ids: list[int]
     score: float  # mean log-probability of the generated tokens
     nll: float | None = None  # NLL per token of the gold answer given the same prompt, when asked for
+    topk_ids: torch.Tensor | None = None  # (S, k) the k most likely tokens at each generated step, when asked for
+    topk_logp: torch.Tensor | None = None  # (S, k) their log-probs
+    hidden: torch.Tensor | None = None  # (steps, H) the layer's state that predicted each step (a stop step too)
 
 
 @torch.no_grad()
 def generate(
-    llm: LLM, slots: Sequence[torch.Tensor], max_new_tokens: int = 16, answers: Sequence[str] | None = None
+    llm: LLM,
+    slots: Sequence[torch.Tensor],
+    max_new_tokens: int = 16,
+    answers: Sequence[str] | None = None,
+    topk: int = 0,
+    hidden_layer: int | None = None,
+    cached_prefix: bool = True,
 ) -> list[Generation]:
     """Greedy decoding from the assembled prompts; stops at end-of-turn or once a row has a full first line.
 
     With `answers`, also scores each gold answer (NLL per token, end-of-turn included) from the same prompt
-    forward pass, so evaluation reads each long prompt once.
+    forward pass, so evaluation reads each long prompt once. `topk` > 0 keeps the top-k distribution of every
+    generated (non-stop) step, and `hidden_layer` that layer's states along the way: what a sharer reads out.
+    The constant chat prefix comes from its KV cache (`cached_prefix`; the same sequence, ~half the work of a
+    short latent prompt).
     """
-    batch = assemble(llm, slots)
+    batch = assemble(llm, slots, cached_prefix=cached_prefix)
     model, tok, stop = llm.model, llm.tokenizer, llm.stop_ids
     B = len(slots)
     mask, pos = batch.attention_mask, batch.position_ids[:, -1:]
+    want_h = hidden_layer is not None
     out = model(
         inputs_embeds=batch.inputs_embeds,
         attention_mask=mask,
         position_ids=batch.position_ids,
         use_cache=True,
         logits_to_keep=1,
+        output_hidden_states=want_h,
+        **({"cache": prefix_cache(llm, B)} if cached_prefix else {}),
     )
     nlls = _score_answers(llm, out, mask, pos, answers) if answers is not None else [None] * B
     gen: list[list[int]] = [[] for _ in range(B)]
     logps: list[list[float]] = [[] for _ in range(B)]
+    tops: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in range(B)]
+    states: list[list[torch.Tensor]] = [[] for _ in range(B)]
     done = [False] * B
     for _ in range(max_new_tokens):
         lp = out.logits[:, -1].float().log_softmax(-1)
         nxt = lp.argmax(-1)
+        top = lp.topk(topk, dim=-1) if topk else None
         for i in range(B):
             if done[i]:
                 continue
+            if want_h:
+                states[i].append(out.hidden_states[hidden_layer][i, -1].float().cpu())
             t = int(nxt[i])
             logps[i].append(float(lp[i, t]))
             if t in stop:
                 done[i] = True
                 continue
             gen[i].append(t)
+            if top is not None:
+                tops[i].append((top.indices[i].cpu(), top.values[i].cpu()))
             text = tok.decode(gen[i], skip_special_tokens=True)
             if "\n" in text.lstrip():  # the post-processor keeps the first line only
                 done[i] = True
@@ -210,11 +232,18 @@ def generate(
             cache=out.cache,
             use_cache=True,
             logits_to_keep=1,
+            output_hidden_states=want_h,
         )
-    return [
-        Generation(tok.decode(g, skip_special_tokens=True), g, sum(lp) / max(len(lp), 1), nll)
-        for g, lp, nll in zip(gen, logps, nlls, strict=True)
-    ]
+    results = []
+    for i, (g, lp, nll) in enumerate(zip(gen, logps, nlls, strict=True)):
+        r = Generation(tok.decode(g, skip_special_tokens=True), g, sum(lp) / max(len(lp), 1), nll)
+        if topk:
+            r.topk_ids = torch.stack([t[0] for t in tops[i]]) if tops[i] else torch.zeros(0, topk, dtype=torch.long)
+            r.topk_logp = torch.stack([t[1] for t in tops[i]]) if tops[i] else torch.zeros(0, topk)
+        if want_h:
+            r.hidden = torch.stack(states[i])
+        results.append(r)
+    return results
 
 
 def _score_answers(llm: LLM, out, mask: torch.Tensor, pos: torch.Tensor, answers: Sequence[str]) -> list[float]:

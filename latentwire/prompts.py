@@ -1,8 +1,9 @@
-"""The prompt of DEVELOPERS.md, built once per model and shared by every path.
+"""The one prompt, built once per model and shared by every path.
 
 Each model's chat template is rendered around a marker; the text before and after the marker are the fixed
 `prefix` and `suffix` token ids. The question+context *slot* in between is filled with the text's tokens
-(`text`), the M soft tokens (`latent`), or the first M text tokens (`token-budget`): all else identical.
+(`text`), the first M text tokens (`token-budget`), the question and the sender's selected evidence
+(`evidence`), the sender's sharer's own answer (`relay`), or the M soft tokens (`latent`): all else identical.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from .data import Example
 
 INSTRUCTION = "Answer with a short phrase only."
 PROMPT_VERSION = 1
-MODES = ("text", "token-budget", "latent")
+MODES = ("text", "token-budget", "evidence", "relay", "latent")
+SENDER_MODES = ("evidence", "relay", "latent")  # paths whose slot the sender computes (needs a checkpoint)
 _MARK = "\u2063SLOT\u2063"
 
 

@@ -148,7 +148,9 @@ def _info_value(key: str, v: object) -> InfoValue:
     raise ProtocolError(f"{name}: expected str, int or float, got {type(v).__name__}")
 
 
-MODES = ("latent", "text", "token-budget")  # how a client asks: the latent, the full text, the first n tokens
+# how a client asks: the latent, the full text, the first n tokens, the sender's selected evidence as text,
+# or the sender's sharer's own answer as text (relay)
+MODES = ("latent", "text", "token-budget", "evidence", "relay")
 
 
 @dataclass(frozen=True)

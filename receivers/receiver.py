@@ -89,7 +89,7 @@ class Receiver:
         z = torch.from_numpy(dequantize(msg.latent)).to(self.llm.device)
         t1 = time.perf_counter()
         with torch.no_grad():
-            slot = self.adapter(z).to(self.llm.model.dtype)
+            slot = self.adapter.to_slots(z[None])[0].to(self.llm.model.dtype)
         t2 = time.perf_counter()
         return self._answer(msg, [slot], {"decode": t1 - t0, "adapt": t2 - t1}, t2, self.fingerprint)
 
@@ -115,9 +115,11 @@ def load_receiver(model: str, ckpt: str | Path, name: str | None, pid: str, devi
     from latentwire import checkpoint
     from latentwire.models import load_llm
 
+    from .adapter import load_adapter
+
     llm = load_llm(model, device=device, dtype=dtype)
     name = name or model
-    adapter = checkpoint.load_adapter(ckpt, name, llm)
+    adapter = load_adapter(ckpt, name, llm)
     return Receiver(llm, adapter, name, checkpoint.fingerprint(ckpt), pid)
 
 

@@ -1,7 +1,9 @@
-"""The sender's encoder: UTF-8 `Question + Context` -> M soft tokens of width d_z (the interlingua).
+"""The sender's encoders: `Question + Context` -> M soft tokens of width d_z (the interlingua).
 
-Two reading backbones behind one interface, then the same learned-query pooler (Perceiver-resampler style:
-M queries cross-attend over the backbone's features):
+`ENCODERS` is the registry of backbones; `load_encoder` builds the one a checkpoint names. Every encoder maps
+docs (question, paragraphs) to (B, M, d_z) through `encode_docs`. The `llm` backbone (a frozen sharer LLM
+reading selected evidence) lives in `sharer.py`; the two below are read by the same learned-query pooler
+(Perceiver-resampler style: M queries cross-attend over the backbone's features):
 - `bytes`: the proof of concept's design, trained from scratch: byte embedding, strided patching, a small
   transformer; pad bytes masked everywhere.
 - `minilm`: all-MiniLM-L6-v2, frozen, read in overlapping 256-token windows (contexts are ~1,500 tokens).
@@ -11,11 +13,16 @@ M queries cross-attend over the backbone's features):
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from latentwire import checkpoint
+from latentwire.data import Paragraph, render_paragraphs
+from latentwire.prompts import slot_text
 
 PAD_BYTE = 256
 
@@ -208,7 +215,48 @@ class LatentEncoder(nn.Module):
     def forward(self, texts: list[str]) -> torch.Tensor:
         return self.pool(*self.features(texts))
 
+    def encode_docs(self, docs: Sequence[tuple[str, Sequence[Paragraph]]]) -> torch.Tensor:
+        """The pooled backbones read the whole slot text, as the text path does."""
+        return self([slot_text(q, render_paragraphs(paras)) for q, paras in docs])
+
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """What a checkpoint stores: everything but a frozen third-party backbone."""
         sd = self.state_dict()
         return {k: v for k, v in sd.items() if not (self.frozen_backbone and k.startswith("backbone."))}
+
+
+def _resampler_encoder(path: Path, cfg: dict, device: str, llm=None) -> LatentEncoder:
+    enc = LatentEncoder(EncoderConfig(**cfg))
+    checkpoint.load_strict(
+        enc,
+        checkpoint.weights(path, "encoder."),
+        f"{path}: encoder",
+        allow_missing="backbone." if enc.frozen_backbone else "",
+    )
+    return enc.to(device).eval()
+
+
+def _sharer_encoder(path: Path, cfg: dict, device: str, llm=None) -> nn.Module:
+    from .sharer import SharerConfig, SharerEncoder
+
+    try:
+        return SharerEncoder(SharerConfig.from_dict(cfg), llm=llm, device=device).eval()
+    except ValueError as e:
+        raise checkpoint.CheckpointError(f"{path}: {e}") from None
+
+
+ENCODERS: dict[str, Callable[..., nn.Module]] = {
+    "bytes": _resampler_encoder,
+    "minilm": _resampler_encoder,
+    "llm": _sharer_encoder,
+}
+
+
+def load_encoder(path: str | Path, device: str = "cpu", llm=None) -> nn.Module:
+    """The sender's half of a checkpoint, in eval mode; `llm` reuses an already loaded sharer."""
+    path = Path(path)
+    cfg = checkpoint.read_config(path)["encoder"]
+    kind = cfg.get("backbone", "minilm")
+    if kind not in ENCODERS:
+        raise checkpoint.CheckpointError(f"{path}: unknown encoder backbone {kind!r} (known: {', '.join(ENCODERS)})")
+    return ENCODERS[kind](path, cfg, device, llm)

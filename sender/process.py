@@ -40,7 +40,7 @@ log = logging.getLogger("latentwire.sender")
 class Sender:
     """Builds the request frame for an Ask: encoder + quantiser for latents, the slot text otherwise."""
 
-    encoder: object  # LatentEncoder: list of slot texts -> (B, M, d_z)
+    encoder: object  # an encoder of sender/encoder.py: docs -> (B, M, d_z); a sharer also reads and selects
     fingerprint: str
     m: int
     pid: str
@@ -49,24 +49,38 @@ class Sender:
         """(frame, durations); raises ProtocolError when the request cannot be expressed (e.g. fp16 overflow)."""
         import torch
 
+        from latentwire.data import parse_context
         from latentwire.prompts import slot_text
 
         t0 = time.perf_counter()
-        slot = slot_text(ask.question, ask.context)
         durations: dict[str, float] = {}
         msg: Message
-        if ask.mode == "latent":
+        if ask.mode in ("latent", "relay", "evidence"):
+            doc = (ask.question, parse_context(ask.context))
+            reads = getattr(self.encoder, "read", None)
+            if ask.mode != "latent" and reads is None:
+                raise ProtocolError(f"mode: {ask.mode!r} needs a checkpoint whose sender reads with a sharer LLM")
             with torch.no_grad():
-                z = self.encoder([slot])[0].float().cpu().numpy()
+                if ask.mode == "evidence":
+                    text = slot_text(ask.question, self.encoder.evidence(doc))
+                elif reads is not None:
+                    reading = reads([doc])[0]
+                    text = reading.answer
+                    z = self.encoder.latents([reading])[0].float().cpu().numpy()
+                else:
+                    z = self.encoder.encode_docs([doc])[0].float().cpu().numpy()
             t1 = time.perf_counter()
             durations["encode_s"] = t1 - t0
-            msg = latent_request(
-                ask.rid, self.pid, self.fingerprint, z, ask.quant, ask.group_size, max_new_tokens=ask.max_new_tokens
-            )
+            if ask.mode == "latent":
+                msg = latent_request(
+                    ask.rid, self.pid, self.fingerprint, z, ask.quant, ask.group_size, max_new_tokens=ask.max_new_tokens
+                )
+            else:
+                msg = TextRequest(ask.rid, self.pid, text, None, ask.max_new_tokens)
         else:
             t1 = t0
             budget = (ask.budget or self.m) if ask.mode == "token-budget" else None
-            msg = TextRequest(ask.rid, self.pid, slot, budget, ask.max_new_tokens)
+            msg = TextRequest(ask.rid, self.pid, slot_text(ask.question, ask.context), budget, ask.max_new_tokens)
         frame = encode_frame(msg)
         durations["frame_s"] = time.perf_counter() - t1
         return frame, durations
@@ -100,12 +114,14 @@ def serve(
     """Run a sender until SIGINT/SIGTERM (the request being encoded is finished and reported first)."""
     from latentwire import checkpoint
 
+    from .encoder import load_encoder
+
     backend, targets = net.address("backend", backend), net.address_list("receivers", receivers)
     pid = net.process_id("sender")
     curve = net.Curve.from_env("sender", curve_dir)
     t0 = time.perf_counter()
     cfg = checkpoint.read_config(ckpt)
-    sender = Sender(checkpoint.load_encoder(ckpt, device), checkpoint.fingerprint(ckpt), int(cfg["encoder"]["m"]), pid)
+    sender = Sender(load_encoder(ckpt, device), checkpoint.fingerprint(ckpt), int(cfg["encoder"]["m"]), pid)
     load_s = time.perf_counter() - t0
     stop = stop if stop is not None else net.StopFlag()  # a signal while loading just ends the process
 

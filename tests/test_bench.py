@@ -11,6 +11,7 @@ from latentwire.receivers.calibration import Calibration
 from latentwire.sender.encoder import EncoderConfig
 from latentwire.tiny import tiny_llm
 from latentwire.trainer.config import TrainConfig
+from latentwire.trainer.pipeline import load_checkpoint
 from latentwire.trainer.train import build_wire, checkpoint_config
 
 
@@ -24,7 +25,7 @@ def tiny_wire(tmp_path_factory):
     wire = build_wire(cfg, llms)
     path = tmp_path_factory.mktemp("ck") / "ckpt"
     checkpoint.save(path, wire.encoder, dict(wire.adapters), checkpoint_config(cfg, wire, llms))
-    return path, checkpoint.load_checkpoint(path, llms=llms)
+    return path, load_checkpoint(path, llms=llms)
 
 
 def test_bench_offline_report(tiny_wire, dev3, tmp_path, monkeypatch):
@@ -45,6 +46,29 @@ def test_bench_offline_report(tiny_wire, dev3, tmp_path, monkeypatch):
     assert "## Quality: gold context" in report and "token-budget" in report
     assert (tmp_path / "out" / "f1_by_method.png").stat().st_size > 1000
     assert (tmp_path / "out" / "f1_vs_bytes.png").is_file()
+
+
+def test_bench_sharer_checkpoint_measures_every_path(dev3, tmp_path, monkeypatch):
+    """The default recipe's checkpoint: five paths per receiver, the sharer's own answer, the selection figures."""
+    from latentwire.bench.run import quick_checkpoint
+
+    monkeypatch.setenv("LATENTWIRE_CACHE", str(tmp_path / "cache"))
+    ckpt = quick_checkpoint(tmp_path / "run")
+    res = run_bench(ckpt, out=tmp_path / "out", examples=dev3, contexts=("distractor",), progress=False, command="t")
+    q = res["quality"]["distractor"]
+    for name in ("tiny-llama", "tiny-qwen"):
+        assert list(q["models"][name]) == ["text", "token-budget", "evidence", "relay", "latent"]
+        assert all(q["models"][name][p]["n"] == 3 for p in q["models"][name])
+    assert q["sharer"]["n"] == 3 and q["sharer"]["model"] == "tiny-qwen"
+    sel = res["selection"]
+    assert {"split", "n", "pair_recall", "sentence_recall", "tokens", "ms_per_question"} <= set(sel)
+    assert sel["n"] == 3 and sel["budget_paragraphs"] == 4
+    eff = res["efficiency"]["token_compression"]["tiny-llama"]
+    assert eff["prompt_ratio"] > 1 and eff["slot_ratio"] > 1
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "## Evidence selection" in report and "relay" in report and "Machine:" in report
+    assert str(tmp_path) not in json.dumps(res["meta"])  # no machine paths in results
+    assert (tmp_path / "out" / "selection.png").stat().st_size > 1000
 
 
 def test_joint_pick_oracle_and_agreement():

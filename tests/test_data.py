@@ -52,3 +52,33 @@ def test_malformed_file_names_file_and_line(tmp_path):
         read_jsonl(bad)
     with pytest.raises(DataError, match="no such data file"):
         load_split("dev", data_dir=tmp_path / "nowhere")
+
+
+def test_sentence_labels_match_the_raw_records():
+    """Every (paragraph, sentence) fact points at the sentence the raw record names, and nothing is lost."""
+    from latentwire.data import default_data_dir
+
+    raw = [json.loads(line) for line in (default_data_dir() / "dev.jsonl").read_text().splitlines()[:50]]
+    for row, ex in zip(raw, load_split("dev", limit=50), strict=True):
+        assert [p.title for p in ex.paragraphs] == [t for t, _ in row["context"]]
+        assert [list(p.sentences) for p in ex.paragraphs] == [s for _, s in row["context"]]
+        want = {(t, i) for t, i in row["supporting_facts"]}
+        got = {(ex.paragraphs[p].title, s) for p, s in ex.supporting}
+        assert got <= want and len(got) >= len(want) - 1  # a fact past a paragraph's end labels nothing
+        assert {ex.paragraphs[p].title for p, _ in ex.supporting} == ex.gold_titles
+
+
+def test_context_text_is_unchanged_by_sentence_structure(dev3):
+    """The text path reads exactly the paragraphs' sentences joined, one `Title: text` line each."""
+    ex = dev3[0]
+    lines = ex.context().split("\n")
+    assert lines == [f"{p.title}: {''.join(p.sentences).strip()}" for p in ex.paragraphs]
+
+
+def test_parse_context_recovers_paragraphs():
+    from latentwire.data import parse_context
+
+    paras = parse_context("Alpha: One. Two is here.\n\nBeta (film): Three!\nno title line")
+    assert [p.title for p in paras] == ["Alpha", "Beta (film)", ""]
+    assert paras[0].sentences == ("One.", " Two is here.")
+    assert paras[2].render() == "no title line"

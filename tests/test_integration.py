@@ -45,3 +45,32 @@ def test_real_embedding_scales_differ(real):
     b = assemble(real, text_slots(real, ["Question: q\nContext: c"]))
     assert b.inputs_embeds.shape[-1] == real.hidden_size
     assert 0.005 < real.embed_rms < 1.0
+
+
+def test_default_checkpoint_latent_carries_the_sharers_answer(dev3):
+    """The committed default on the embedded models: the sender's sharer (Qwen) reads the selected evidence;
+    the Qwen receiver's slot is exactly its own embeddings of the sharer's answer tokens (the codes are exact
+    for a shared vocabulary), through int4 too; SmolLM2's slot holds only its own token embeddings."""
+    import numpy as np
+
+    from latentwire.checkpoint import DEFAULT_CKPT
+    from latentwire.protocol import dequantize, quantize
+    from latentwire.trainer.pipeline import docs_of, load_checkpoint
+
+    wire = load_checkpoint(DEFAULT_CKPT, device="cpu", reading_cache=False)
+    assert wire.has_sharer and wire.encoder.llm is wire.llms["qwen"]  # one Qwen in memory
+    reads = wire.encoder.read(docs_of(dev3, "distractor"))
+    z = wire.encoder.latents(reads)
+    qwen, llama = wire.llms["qwen"], wire.llms["llama"]
+    for r, zi in zip(reads, z, strict=True):
+        steps = r.topk_ids[: wire.m * wire.encoder.cfg.tokens_per_row, 0]
+        want = qwen.embed(steps)
+        for q in (zi.numpy(), dequantize(quantize(zi.numpy(), "int4"))):
+            with torch.no_grad():
+                got = wire.adapters["qwen"].to_slots(torch.from_numpy(np.asarray(q))[None])[0]
+            assert got.shape == want.shape and (got - want).abs().max() < 0.02 * qwen.embed_rms  # another token: ~rms
+        with torch.no_grad():
+            ll = wire.adapters["llama"].to_slots(zi[None])[0]
+        table = llama.model.get_input_embeddings().weight
+        assert 0 < ll.shape[0] <= steps.shape[0]
+        assert all((table - row).abs().amax(-1).min() < 0.02 * llama.embed_rms for row in ll)

@@ -103,3 +103,16 @@ def test_cached_prefix_gives_the_same_loss_and_gradients(tiny):
     assert torch.allclose(losses[0], losses[1], atol=1e-5)
     for g0, g1 in zip(*grads, strict=True):
         assert torch.allclose(g0, g1, atol=1e-5)
+
+
+def test_generation_from_the_cached_prefix_is_the_same(tiny):
+    """Serving reads the chat prefix from its KV cache: the same answers and scores as the full prompt."""
+    from latentwire.lm import generate, text_slots
+
+    slots = text_slots(tiny, ["Question: who?\nContext: Ann met Bob.", "Question: where is it?\nContext: x"])
+    a = generate(tiny, slots, 6, answers=["Ann", "Paris"], topk=3, cached_prefix=False)
+    b = generate(tiny, slots, 6, answers=["Ann", "Paris"], topk=3, cached_prefix=True)
+    for x, y in zip(a, b, strict=True):
+        assert x.token_ids == y.token_ids
+        assert abs(x.score - y.score) < 1e-4 and abs(x.nll - y.nll) < 1e-4
+        assert torch.equal(x.topk_ids, y.topk_ids)

@@ -9,15 +9,16 @@ import pytest
 import torch
 
 from latentwire import checkpoint
-from latentwire.data import Example
+from latentwire.data import Example, Paragraph
 from latentwire.evaluate import evaluate
 from latentwire.lm import assemble
 from latentwire.prompts import example_slot
-from latentwire.receivers.adapter import Adapter, AdapterConfig
+from latentwire.receivers.adapter import Adapter, AdapterConfig, load_adapter
 from latentwire.receivers.calibration import fit_platt
-from latentwire.sender.encoder import EncoderConfig, LatentEncoder
+from latentwire.sender.encoder import EncoderConfig, LatentEncoder, load_encoder
 from latentwire.tiny import tiny_llm
 from latentwire.trainer.config import TrainConfig
+from latentwire.trainer.pipeline import load_checkpoint
 from latentwire.trainer.train import build_wire, latent_diversity, train
 
 SMALL = dict(backbone="bytes", d_model=64, d_z=32, m=4, max_bytes=256, byte_layers=1, pool_layers=1)
@@ -36,7 +37,7 @@ def llms():
 
 @pytest.fixture(scope="module")
 def rows():
-    return [Example(str(i), q, a, (("T", c),), frozenset({"T"})) for i, (q, a, c) in enumerate(FOUR)]
+    return [Example(str(i), q, a, (Paragraph("T", (c,)),), frozenset({"T"})) for i, (q, a, c) in enumerate(FOUR)]
 
 
 def tiny_config(llms, **kw) -> TrainConfig:
@@ -70,7 +71,7 @@ def test_overfits_four_examples(trained, llms, rows):
     out, ckpt = trained
     steps = [r for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if r["kind"] == "step"]
     assert steps[-1]["loss"] < 0.5 * steps[0]["loss"]
-    wire = checkpoint.load_checkpoint(ckpt, llms=llms)
+    wire = load_checkpoint(ckpt, llms=llms)
     for name in wire.model_names:
         res = evaluate(
             wire.llms[name],
@@ -89,12 +90,12 @@ def test_overfits_four_examples(trained, llms, rows):
 
 def test_checkpoint_roundtrip_identical(trained, llms, rows):
     _, ckpt = trained
-    a = checkpoint.load_checkpoint(ckpt, llms=llms)
-    b = checkpoint.load_checkpoint(ckpt, llms=llms)
-    texts = [example_slot(r, "gold") for r in rows]
-    assert torch.equal(a.encode(texts), b.encode(texts))
+    a = load_checkpoint(ckpt, llms=llms)
+    b = load_checkpoint(ckpt, llms=llms)
+    assert torch.equal(a.encode(rows, "gold"), b.encode(rows, "gold"))
     for n in a.model_names:
-        assert all(torch.equal(x, y) for x, y in zip(a.slot_fn(n)(texts), b.slot_fn(n)(texts), strict=True))
+        sa, sb = a.slot_fn(n, context="gold")(rows), b.slot_fn(n, context="gold")(rows)
+        assert all(torch.equal(x, y) for x, y in zip(sa, sb, strict=True))
     cfg = checkpoint.read_config(ckpt)
     assert cfg["summary"]["steps"] == 150 and "calibration" in cfg["models"]["tiny-llama"]
     assert a.fingerprint == checkpoint.fingerprint(ckpt) and len(a.fingerprint) == 64
@@ -104,9 +105,9 @@ def test_mismatched_model_is_refused(trained):
     _, ckpt = trained
     other = tiny_llm("llama", seed=1)  # same architecture, other weights
     with pytest.raises(checkpoint.CheckpointError, match="trained against"):
-        checkpoint.load_adapter(ckpt, "tiny-llama", other)
+        load_adapter(ckpt, "tiny-llama", other)
     with pytest.raises(checkpoint.CheckpointError, match="no adapter for model"):
-        checkpoint.load_adapter(ckpt, "llama", other)
+        load_adapter(ckpt, "llama", other)
 
 
 def test_tampered_checkpoint_changes_fingerprint_and_bad_config_refused(trained, tmp_path):
@@ -120,7 +121,7 @@ def test_tampered_checkpoint_changes_fingerprint_and_bad_config_refused(trained,
     (copy / "config.json").write_text(json.dumps(cfg))
     assert checkpoint.fingerprint(copy) != checkpoint.fingerprint(ckpt)
     with pytest.raises(checkpoint.CheckpointError, match="do not fit|do not match"):
-        checkpoint.load_encoder(copy)
+        load_encoder(copy)
     (copy / "config.json").write_text("{")
     with pytest.raises(checkpoint.CheckpointError, match="malformed JSON"):
         checkpoint.read_config(copy)

@@ -228,8 +228,9 @@ def train(
         model.eval()
 
         @torch.no_grad()
-        def slot_fn(texts, name: str, dtype: torch.dtype) -> list[torch.Tensor]:
-            return list(slot_batch(model, list(texts))[1][name].to(dtype))
+        def slot_fn(examples, name: str, dtype: torch.dtype) -> list[torch.Tensor]:
+            texts = [example_slot(ex, cfg.context) for ex in examples]
+            return list(slot_batch(model, texts)[1][name].to(dtype))
 
         res = {
             name: evaluate(

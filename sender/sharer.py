@@ -1,0 +1,219 @@
+"""The `llm` encoder backbone: a frozen LLM (the sharer) reads the selected evidence and answers; the latent
+carries what it computed.
+
+Per question: the selector (`selector.py`) keeps a few paragraphs; the sharer reads `Question + evidence` in the
+text path's own prompt and answers greedily, keeping its top-k next-token distribution at each step (and
+optionally one layer's hidden states). The head writes step t as the mixture of the codes of
+those k tokens (`latentwire.codebook`), rows after the answer's end stay zero: M x d_z, one latent for every
+receiver. The same reading gives the `relay` path (the sharer's answer as text) and `evidence` (the selection
+as text), so eval and bench read each question once (`ReadingCache`).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from latentwire.codebook import mix, pack, vocabulary_codes
+from latentwire.data import Paragraph
+from latentwire.lm import generate, text_slots
+from latentwire.metrics import postprocess
+from latentwire.models import LLM, cache_root, load_llm
+from latentwire.prompts import PROMPT_VERSION, slot_text
+
+from .selector import Selector, SelectorConfig
+
+Doc = tuple[str, Sequence[Paragraph]]  # (question, context paragraphs): what the sender reads
+READ_K = 8  # next-token candidates kept per step in a reading (the latent mixes the first `topk` of them)
+
+
+@dataclass
+class SharerConfig:
+    backbone: str = "llm"
+    sharer: str = "qwen"  # model spec of the frozen reader
+    sharer_fingerprint: str = ""  # filled in when a checkpoint is written: serving refuses another model
+    m: int = 8  # answer steps the latent carries = soft tokens
+    max_new_tokens: int = 16  # the sharer's whole answer (what relay sends) may run longer than M steps
+    d_z: int = 256
+    topk: int = 4  # tokens mixed per step (at most READ_K)
+    temperature: float = 1.0  # < 1 sharpens the sharer's distribution before mixing
+    tokens_per_row: int = 1  # answer steps bound into one latent row (the latent carries m * tokens_per_row)
+    code_seed: int = 0
+    hidden_layer: int | None = None  # cache this layer's states along the answer too (analysis, future heads)
+    selector: SelectorConfig = field(default_factory=SelectorConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SharerConfig:
+        d = dict(d)
+        d["selector"] = SelectorConfig(**d.get("selector", {}))
+        return cls(**d)
+
+    def reading_key(self, sharer_fingerprint: str) -> str:
+        """What a cached reading depends on besides its input (question + evidence, the row's key): the sharer,
+        the prompt, the decoding. Not the selector's weights: a reading is reused whenever the evidence is equal."""
+        parts = {
+            "sharer": sharer_fingerprint,
+            "prompt": PROMPT_VERSION,
+            "max_new_tokens": self.max_new_tokens,
+            "read_k": READ_K,
+            "hidden_layer": self.hidden_layer,
+            "keyed_by": "question+evidence",
+        }
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
+
+
+@dataclass
+class Reading:
+    """What the sharer computed for one question."""
+
+    evidence: str
+    answer: str  # post-processed: what `relay` sends
+    topk_ids: torch.Tensor  # (S, k), one row per answer step
+    topk_logp: torch.Tensor  # (S, k)
+    hidden: torch.Tensor | None = None
+
+    def to_json(self) -> dict:
+        d = {
+            "evidence": self.evidence,
+            "answer": self.answer,
+            "ids": self.topk_ids.tolist(),
+            "logp": [[round(float(v), 4) for v in row] for row in self.topk_logp],
+        }
+        if self.hidden is not None:  # fp16, base64: ~30 KB a question for a 0.5B sharer
+            h = self.hidden.to(torch.float16).contiguous()
+            d["hidden"] = {"shape": list(h.shape), "fp16": base64.b64encode(h.numpy().tobytes()).decode()}
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict, k: int) -> Reading:
+        ids = torch.tensor(d["ids"], dtype=torch.long).reshape(-1, k)
+        hidden = None
+        if "hidden" in d:
+            raw = np.frombuffer(base64.b64decode(d["hidden"]["fp16"]), dtype=np.float16)
+            hidden = torch.from_numpy(raw.reshape(d["hidden"]["shape"]).astype(np.float32))
+        logp = torch.tensor(d["logp"], dtype=torch.float32).reshape(-1, k)
+        return cls(d["evidence"], d["answer"], ids, logp, hidden)
+
+
+def reading_input_key(question: str, evidence: str) -> str:
+    """A reading depends on what the sharer reads alone: served and offline docs with the same selection share it."""
+    return hashlib.sha256(json.dumps([question, evidence]).encode()).hexdigest()
+
+
+class ReadingCache:
+    """Sharer readings on disk (JSON lines, appended as produced: resumable), keyed by `reading_key`."""
+
+    def __init__(self, key: str, k: int, directory: Path | None = None):
+        self.path = (directory or cache_root() / "readings") / f"{key}.jsonl"
+        self.k = k
+        self.rows: dict[str, Reading] = {}
+        if self.path.is_file():
+            for line in self.path.read_text().splitlines():
+                try:
+                    d = json.loads(line)
+                    self.rows[d["key"]] = Reading.from_json(d, k)
+                except (json.JSONDecodeError, KeyError, RuntimeError):
+                    continue  # a line cut by an interruption is redone
+
+    def get(self, question: str, evidence: str) -> Reading | None:
+        return self.rows.get(reading_input_key(question, evidence))
+
+    def put(self, question: str, r: Reading) -> None:
+        key = reading_input_key(question, r.evidence)
+        self.rows[key] = r
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"key": key, **r.to_json()}) + "\n")
+
+
+class SharerEncoder(torch.nn.Module):
+    """docs -> (B, M, d_z). Nothing here trains: the selector is fitted, the LLM frozen, the codes fixed."""
+
+    def __init__(self, cfg: SharerConfig, llm: LLM | None = None, device: str = "cpu"):
+        super().__init__()
+        self.cfg = cfg
+        self.llm = llm if llm is not None else load_llm(cfg.sharer, device=device)
+        if cfg.sharer_fingerprint and cfg.sharer_fingerprint != self.llm.fingerprint:
+            raise ValueError(
+                f"this checkpoint's sharer is {cfg.sharer} (fingerprint {cfg.sharer_fingerprint[:12]}), "
+                f"not the loaded model (fingerprint {self.llm.fingerprint[:12]})"
+            )
+        self.selector = Selector(cfg.selector)
+        self.cache: ReadingCache | None = None
+
+    def use_cache(self, directory: Path | None = None) -> SharerEncoder:
+        """Keep readings on disk (eval, bench, training): each question is read once per sharer and selector."""
+        self.cache = ReadingCache(self.cfg.reading_key(self.llm.fingerprint), READ_K, directory)
+        return self
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Nothing: the selector's weights live in the config, the LLM is third-party, the codes are derived."""
+        return {}
+
+    @property
+    def codes(self) -> torch.Tensor:
+        return vocabulary_codes(self.llm.tokenizer, self.cfg.d_z, self.cfg.code_seed)
+
+    def evidence(self, doc: Doc) -> str:
+        q, paras = doc
+        return self.selector.select(q, paras).text(paras)
+
+    @torch.no_grad()
+    def read(self, docs: Sequence[Doc], batch_size: int = 4, progress: bool = False) -> list[Reading]:
+        """The sharer's readings (from the cache when it has them).
+
+        Uncached questions are read `batch_size` at a time, similar lengths together: the greedy steps of a
+        batch cost about what one question's do on a CPU, the prompts' padding stays small.
+        """
+        out: dict[int, Reading] = {}
+        evidence = [self.evidence(d) for d in docs]
+        todo = []
+        for i, d in enumerate(docs):
+            hit = self.cache.get(d[0], evidence[i]) if self.cache is not None else None
+            if hit is not None:
+                out[i] = hit
+            else:
+                todo.append(i)
+        todo.sort(key=lambda i: len(evidence[i]))
+        bar = tqdm(total=len(todo), disable=not progress or not todo, desc=f"sharer {self.llm.name}", unit="q")
+        for s in range(0, len(todo), batch_size):
+            idx = todo[s : s + batch_size]
+            ev = [evidence[i] for i in idx]
+            slots = text_slots(self.llm, [slot_text(docs[i][0], e) for i, e in zip(idx, ev, strict=True)])
+            n = max(self.cfg.m, self.cfg.max_new_tokens)
+            gens = generate(self.llm, slots, n, topk=READ_K, hidden_layer=self.cfg.hidden_layer)
+            for i, e, g in zip(idx, ev, gens, strict=True):
+                r = Reading(e, postprocess(g.text), g.topk_ids, g.topk_logp, g.hidden)
+                out[i] = r
+                if self.cache is not None:
+                    self.cache.put(docs[i][0], r)
+            bar.update(len(idx))
+        bar.close()
+        return [out[i] for i in range(len(docs))]
+
+    def latents(self, readings: Sequence[Reading]) -> torch.Tensor:
+        """Readings -> (B, M, d_z): step t = mixture of the codes of the sharer's top-k, `tokens_per_row` steps
+        bound into each row; zero rows after the answer's end."""
+        c = self.cfg
+        z = torch.zeros(len(readings), c.m, c.d_z)
+        codes = self.codes
+        for b, r in enumerate(readings):
+            s = min(len(r.topk_ids), c.m * c.tokens_per_row)
+            if s:
+                steps = mix(codes, r.topk_ids[:s, : c.topk], r.topk_logp[:s, : c.topk], c.temperature)
+                z[b] = pack(steps, c.m, c.tokens_per_row, c.code_seed)
+        return z
+
+    def forward(self, docs: Sequence[Doc]) -> torch.Tensor:
+        return self.latents(self.read(docs))

@@ -1,0 +1,109 @@
+"""The `llm` backbone end to end on tiny models: selection, reading, latent rows, the reading cache, the recipe's
+checkpoint, and the sender's three sharer paths."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from latentwire import checkpoint
+from latentwire.data import load_split
+from latentwire.protocol import Ask, LatentRequest, TextRequest, decode_frame
+from latentwire.sender.process import Sender
+from latentwire.sender.selector import Selector
+from latentwire.sender.sharer import READ_K, ReadingCache, SharerConfig, SharerEncoder
+from latentwire.trainer.pipeline import docs_of, load_checkpoint
+from latentwire.trainer.sharer_recipe import SharerRecipe, build
+
+
+@pytest.fixture(scope="module")
+def selector() -> Selector:
+    return Selector.fit(load_split("train", limit=100), paragraphs=2)
+
+
+@pytest.fixture()
+def encoder(tiny_qwen, selector) -> SharerEncoder:
+    return SharerEncoder(SharerConfig(sharer="tiny-qwen", m=4, d_z=32, topk=3, selector=selector.cfg), llm=tiny_qwen)
+
+
+def test_reading_and_latent_rows(encoder, dev3):
+    docs = docs_of(dev3, "distractor")
+    reads = encoder.read(docs)
+    z = encoder.latents(reads)
+    assert z.shape == (3, 4, 32)
+    for r, zi, (q, paras) in zip(reads, z, docs, strict=True):
+        assert r.topk_ids.shape[1] == READ_K and r.topk_ids.shape == r.topk_logp.shape
+        assert r.evidence.count("\n") == 1  # two paragraphs
+        assert r.evidence == encoder.evidence((q, paras))
+        steps = min(len(r.topk_ids), 4)
+        assert (zi[:steps].norm(dim=-1) > 0).all() and zi[steps:].abs().sum() == 0
+
+
+def test_reading_cache_resumes(encoder, dev3, tmp_path, monkeypatch):
+    docs = docs_of(dev3, "gold")
+    encoder.use_cache(tmp_path)
+    first = encoder.read(docs)
+    again = SharerEncoder(encoder.cfg, llm=encoder.llm).use_cache(tmp_path)
+
+    def no_model(*a, **k):
+        raise AssertionError("a cached reading never runs the model")
+
+    monkeypatch.setattr("latentwire.sender.sharer.generate", no_model)
+    second = again.read(docs)
+    assert [r.answer for r in first] == [r.answer for r in second]
+    assert torch.allclose(encoder.latents(first), again.latents(second), atol=1e-3)
+    path = next(tmp_path.glob("*.jsonl"))
+    path.write_text(path.read_text() + '{"key": "cut')  # an interrupted write is ignored
+    assert len(ReadingCache(path.stem, READ_K, tmp_path).rows) == 3
+
+
+def test_recipe_checkpoint_serves_every_path(tiny_llama, tiny_qwen, tmp_path, dev3):
+    llms = {"tiny-llama": tiny_llama, "tiny-qwen": tiny_qwen}
+    recipe = SharerRecipe(models=list(llms), sharer="tiny-qwen", m=4, d_z=32, eval_n=4, train_limit=60)
+    ckpt = build(recipe, tmp_path / "run", llms=llms, progress=False)
+    cfg = checkpoint.read_config(ckpt)
+    assert cfg["encoder"]["backbone"] == "llm" and cfg["encoder"]["sharer_fingerprint"] == tiny_qwen.fingerprint
+    assert set(cfg["models"]) == set(llms) and all(m["calibration"] for m in cfg["models"].values())
+    wire = load_checkpoint(ckpt, llms=llms, reading_cache=False)
+    assert wire.has_sharer and wire.encoder.llm is tiny_qwen  # the sharer is the receiver's model, loaded once
+    for mode in ("evidence", "relay", "latent"):
+        slots = wire.slot_fn("tiny-llama", mode)(dev3)
+        assert len(slots) == 3 and all(s.shape[-1] == tiny_llama.hidden_size for s in slots)
+    sender = Sender(wire.encoder, wire.fingerprint, 4, "s-test")
+    ex = dev3[0]
+    for mode, kind in (("latent", LatentRequest), ("relay", TextRequest), ("evidence", TextRequest)):
+        frame, _ = sender.build(Ask("r-1", "c", ex.question, ex.context(), mode=mode, quant="int4"))
+        msg = decode_frame(frame)
+        assert isinstance(msg, kind)
+        if mode == "evidence":
+            assert msg.text.startswith(f"Question: {ex.question}\nContext: ")
+    with pytest.raises(ValueError, match="sharer is tiny-qwen"):
+        SharerEncoder(wire.encoder.cfg, llm=tiny_llama)
+
+
+def test_served_and_offline_docs_share_readings(encoder, dev3, tmp_path, monkeypatch):
+    """A reading is keyed by what the sharer reads, so a served request (context parsed from text) reuses the
+    offline reading whenever the selection is the same."""
+    import latentwire.sender.sharer as sharer
+
+    encoder.use_cache(tmp_path)
+    structured = [(ex.question, ex.paragraphs) for ex in dev3]
+    encoder.read(structured)
+    served = docs_of(dev3, "distractor")
+    differ = sum(encoder.evidence(a) != encoder.evidence(b) for a, b in zip(structured, served, strict=True))
+    calls = []
+    real = sharer.generate
+    monkeypatch.setattr(
+        sharer, "generate", lambda llm, slots, *a, **k: calls.append(len(slots)) or real(llm, slots, *a, **k)
+    )
+    encoder.read(served)
+    assert sum(calls) == differ
+
+
+def test_hidden_states_are_cached_in_fp16(tiny_qwen, selector, dev3, tmp_path):
+    cfg = SharerConfig(sharer="tiny-qwen", m=4, d_z=32, hidden_layer=-1, selector=selector.cfg)
+    first = SharerEncoder(cfg, llm=tiny_qwen).use_cache(tmp_path).read(docs_of(dev3[:1], "gold"))[0]
+    assert first.hidden is not None and first.hidden.shape[1] == tiny_qwen.hidden_size
+    assert first.hidden.shape[0] in (len(first.topk_ids), len(first.topk_ids) + 1)  # + the step that stopped
+    again = SharerEncoder(cfg, llm=tiny_qwen).use_cache(tmp_path).read(docs_of(dev3[:1], "gold"))[0]
+    assert torch.allclose(again.hidden, first.hidden, atol=1e-2, rtol=1e-2)

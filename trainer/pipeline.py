@@ -1,0 +1,132 @@
+"""A whole checkpoint loaded in one process: the sender's encoder, every receiver's adapter and frozen LLM.
+
+Evaluation and the bench run the serving code in-process through it: the same selector, sharer, encoder,
+quantiser and adapters as the processes, without sockets. `slot_fn(name, mode)` gives the slot embeddings
+of each sender path (evidence, relay, latent) for one receiver; a sharer's readings are cached on disk, so
+relay and every latent variant read each question once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from latentwire import checkpoint
+from latentwire.data import Example, parse_context
+from latentwire.lm import text_slots
+from latentwire.models import LLM, load_llm
+from latentwire.prompts import slot_text
+from latentwire.protocol import dequantize, quantize
+from latentwire.receivers.adapter import load_adapter
+from latentwire.sender.encoder import load_encoder
+from latentwire.sender.sharer import SharerEncoder
+
+
+def docs_of(examples: Sequence[Example], context: str) -> list[tuple[str, tuple]]:
+    """What the sender reads per example, exactly as it reads a served request: the question and the paragraphs
+    parsed back from the context text a client sends (`data.parse_context`)."""
+    return [(ex.question, parse_context(ex.context(context))) for ex in examples]
+
+
+@dataclass
+class Wire:
+    path: Path
+    fingerprint: str
+    config: dict
+    encoder: torch.nn.Module
+    adapters: dict[str, torch.nn.Module]
+    llms: dict[str, LLM] = field(default_factory=dict)
+
+    @property
+    def model_names(self) -> list[str]:
+        return list(self.adapters)
+
+    @property
+    def has_sharer(self) -> bool:
+        return isinstance(self.encoder, SharerEncoder)
+
+    @property
+    def m(self) -> int:
+        return int(self.config["encoder"]["m"])
+
+    def path_fingerprint(self, mode: str) -> str:
+        """What a sender path's answers depend on: the selection (evidence), the sharer's reading (relay), the
+        whole checkpoint (latent). Cached rows of evidence and relay survive a change of the latent's knobs."""
+        if mode == "evidence":
+            return (
+                "evidence:"
+                + hashlib.sha256(json.dumps(self.encoder.selector.cfg.to_dict(), sort_keys=True).encode()).hexdigest()[
+                    :20
+                ]
+            )
+        if mode == "relay":
+            return "relay:" + self.encoder.cfg.reading_key(self.encoder.llm.fingerprint)
+        return self.fingerprint
+
+    @torch.no_grad()
+    def encode(self, examples: Sequence[Example], context: str = "distractor") -> torch.Tensor:
+        """(B, M, d_z) float latents, as the sender computes them."""
+        docs = docs_of(examples, context)
+        if self.has_sharer:
+            return self.encoder.latents(self.encoder.read(docs))
+        return self.encoder.encode_docs(docs)
+
+    def slot_fn(
+        self, name: str, mode: str = "latent", context: str = "distractor", scheme: str | None = None
+    ) -> Callable[[Sequence[Example]], list[torch.Tensor]]:
+        """Examples -> receiver `name`'s slot embeddings on a sender path (the latent through `scheme` if given)."""
+        llm, adapter = self.llms[name], self.adapters[name]
+        if mode in ("evidence", "relay") and not self.has_sharer:
+            raise ValueError(f"{mode} needs a checkpoint whose sender reads with a sharer LLM (backbone llm)")
+
+        @torch.no_grad()
+        def fn(examples: Sequence[Example]) -> list[torch.Tensor]:
+            if mode == "evidence":
+                docs = docs_of(examples, context)
+                return text_slots(llm, [slot_text(q, self.encoder.evidence((q, p))) for q, p in docs])
+            if mode == "relay":
+                return text_slots(llm, [r.answer for r in self.encoder.read(docs_of(examples, context))])
+            z = self.encode(examples, context).float().numpy()
+            if scheme is not None:
+                z = np.stack([dequantize(quantize(zi, scheme)) for zi in z])
+            return [s.to(llm.model.dtype) for s in adapter.to_slots(torch.from_numpy(z).to(llm.device))]
+
+        return fn
+
+
+def load_checkpoint(
+    path: str | Path,
+    models: Sequence[str] | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    llms: dict[str, LLM] | None = None,
+    reading_cache: bool = True,
+) -> Wire:
+    """Load encoder + adapters + the frozen LLMs they were trained against (or the given `llms`).
+
+    A sharer that is also a receiver (the default: Qwen reads and answers) is loaded once.
+    """
+    path = Path(path)
+    cfg = checkpoint.read_config(path)
+    names = list(models or cfg["models"])
+    llms = dict(llms or {})
+    for name in names:
+        if name not in cfg["models"]:
+            raise checkpoint.CheckpointError(
+                f"{path} has no adapter for model {name!r} (it has: {', '.join(cfg['models'])})"
+            )
+        if name not in llms:
+            llms[name] = load_llm(cfg["models"][name]["spec"], device=device, dtype=dtype)
+    adapters = {n: load_adapter(path, n, llms[n]) for n in names}
+    sharer_spec = cfg["encoder"].get("sharer")
+    shared = next((llm for llm in llms.values() if llm.spec == sharer_spec), None)
+    enc = load_encoder(path, device=str(next(iter(llms.values())).device), llm=shared)
+    if isinstance(enc, SharerEncoder) and reading_cache:
+        enc.use_cache()
+    return Wire(path, checkpoint.fingerprint(path), cfg, enc, adapters, {n: llms[n] for n in names})

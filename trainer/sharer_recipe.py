@@ -1,0 +1,155 @@
+"""The sharer recipe (the default): a frozen LLM reads selected evidence; the latent carries its answer.
+
+Nothing here needs gradient steps: the selector is two logistic regressions fitted on `train`'s supporting
+facts (seconds), the sharer and the receivers are frozen, the codes are derived from each vocabulary
+(`latentwire.codebook`). The run fits the selector, writes the checkpoint, reads the validation questions
+once (the sharer's readings are cached on disk, resumable) to fit each receiver's score calibration on the
+latent and relay paths (the joint pick's learned prior), and
+writes the final checkpoint with its validation figures. Knobs (k, temperature, tau, the evidence budget) are
+chosen on `val` (docs/EXPERIMENTS.md).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from latentwire import checkpoint
+from latentwire.data import load_split
+from latentwire.evaluate import evaluate
+from latentwire.models import LLM, load_llm
+from latentwire.receivers.adapter import CodebookAdapter, CodebookAdapterConfig
+from latentwire.receivers.calibration import fit_platt
+from latentwire.sender.selector import Selector, selection_report
+from latentwire.sender.sharer import SharerConfig, SharerEncoder
+
+from .pipeline import load_checkpoint
+
+
+@dataclass
+class SharerRecipe:
+    models: list[str] = field(default_factory=lambda: ["llama", "qwen"])  # receivers
+    sharer: str = "qwen"  # the frozen LLM that reads in the sender
+    m: int = 8
+    d_z: int = 256
+    topk: int = 1  # sharer tokens mixed per step (val: 1 beats 2, 4 and 8 for llama; EXPERIMENTS E8)
+    temperature: float = 1.0
+    tokens_per_row: int = 2  # answer steps per latent row: 8 rows carry the sharer's 16-token answer (E8)
+    evidence_paragraphs: int = 4  # the selector's budget
+    tau: float = 20.0  # receivers' snapping temperature
+    nearest: int = 4
+    min_cos: float = 0.45  # two steps share a row: each keeps cosine ~0.7 with its code, chance stays < 0.35
+    context: str = "distractor"
+    eval_n: int = 100  # validation questions for calibration and the run's figures
+    train_limit: int | None = None  # fit the selector on the first N training questions only
+    max_new_tokens: int = 12
+    device: str = "auto"
+    dtype: str = "auto"
+
+    def to_dict(self) -> dict:
+        return {"recipe": "sharer", **asdict(self)}
+
+
+def config_dict(recipe: SharerRecipe, enc: SharerEncoder, adapters: dict, llms: dict[str, LLM], extra: dict) -> dict:
+    """The checkpoint's config: encoder, one entry per receiver (model identity, adapter, calibration)."""
+    return {
+        "encoder": enc.cfg.to_dict(),
+        "models": {
+            name: {
+                "spec": llm.spec,
+                "fingerprint": llm.fingerprint,
+                "hidden_size": llm.hidden_size,
+                "adapter": adapters[name].cfg.to_dict(),
+                "calibration": extra.get("calibration", {}).get(name, {}).get("latent", {}),
+                "calibration_by_path": extra.get("calibration", {}).get(name, {}),
+            }
+            for name, llm in llms.items()
+        },
+        "train": recipe.to_dict(),
+        "summary": extra.get("summary", {}),
+    }
+
+
+def build(recipe: SharerRecipe, out: str | Path, llms: dict[str, LLM] | None = None, progress: bool = True) -> Path:
+    """Fit, calibrate on `val`, write `out/ckpt` and `out/log.jsonl`; returns the checkpoint folder."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    llms = dict(llms or {})
+    for name in recipe.models:
+        llms.setdefault(name, load_llm(name, device=recipe.device, dtype=recipe.dtype))
+    sharer = next((m for m in llms.values() if m.spec == recipe.sharer), None) or load_llm(
+        recipe.sharer, device=recipe.device, dtype=recipe.dtype
+    )
+    train_rows, val_rows = load_split("train", limit=recipe.train_limit), load_split("val", limit=recipe.eval_n)
+    selector = Selector.fit(train_rows, paragraphs=recipe.evidence_paragraphs)
+    cfg = SharerConfig(
+        sharer=recipe.sharer,
+        sharer_fingerprint=sharer.fingerprint,
+        m=recipe.m,
+        d_z=recipe.d_z,
+        topk=recipe.topk,
+        temperature=recipe.temperature,
+        tokens_per_row=recipe.tokens_per_row,
+        selector=selector.cfg,
+    )
+    enc = SharerEncoder(cfg, llm=sharer)
+    adapters = {
+        name: CodebookAdapter(
+            CodebookAdapterConfig(
+                d_z=recipe.d_z,
+                hidden_size=llm.hidden_size,
+                tau=recipe.tau,
+                nearest=recipe.nearest,
+                min_cos=recipe.min_cos,
+                tokens_per_row=recipe.tokens_per_row,
+            ),
+            llm,
+        )
+        for name, llm in llms.items()
+    }
+    ckpt = out / "ckpt"
+    checkpoint.save(ckpt, enc, adapters, config_dict(recipe, enc, adapters, llms, {}))
+    wire = load_checkpoint(ckpt, llms=llms)
+    val = {  # the latent and relay paths on validation: the run's figures and each path's score calibration
+        path: {
+            name: evaluate(
+                llm,
+                val_rows,
+                path,
+                context=recipe.context,
+                split="val",
+                slot_fn=wire.slot_fn(name, path, recipe.context),
+                use_cache=False,
+                progress=progress,
+                return_rows=True,
+                max_new_tokens=recipe.max_new_tokens,
+            )
+            for name, llm in llms.items()
+        }
+        for path in ("latent", "relay")
+    }
+    calibration = {
+        n: {
+            path: fit_platt([r["score"] for r in res[n]["rows"]], [r["f1"] for r in res[n]["rows"]]).to_dict()
+            for path, res in val.items()
+        }
+        for n in llms
+    }
+    summary = {
+        "steps": 0,
+        "wall_s": round(time.perf_counter() - t0, 1),
+        "val": {
+            path: {n: {k: r[k] for k in ("n", "em", "f1", "nll_per_token")} for n, r in res.items()}
+            for path, res in val.items()
+        },
+        "selection_val": selection_report(selector, load_split("val"), (selector.cfg.paragraphs,))["by_budget"],
+    }
+    checkpoint.save(
+        ckpt, enc, adapters, config_dict(recipe, enc, adapters, llms, {"calibration": calibration, "summary": summary})
+    )
+    with open(out / "log.jsonl", "a") as f:
+        f.write(json.dumps({"kind": "eval", "split": "val", "final": True, **summary["val"]["latent"]}) + "\n")
+    return ckpt
