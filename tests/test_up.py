@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from latentwire import net, up
 from latentwire.cli import app
 from latentwire.client import Answer, summarize_answers
-from latentwire.data import Example
+from latentwire.data import Example, Paragraph
 from latentwire.proc_cli import scored_row
 from latentwire.protocol import Ask, ErrorReply, JointReply
 
@@ -158,7 +158,13 @@ def test_live_bench_runs_one_receiver_per_checkpoint_model_and_scores_every_answ
     receivers = checkpoint_receivers(tiny3_ckpt)
     assert set(receivers) == {"tiny-llama", "tiny-qwen", "llama-b"} and receivers["llama-b"].endswith("/llama-b")
     examples = [
-        Example(f"q{i}", f"Who wrote book {i}?", "Ada Lovelace", (("B", f"Book {i} is by Ada Lovelace."),), frozenset())
+        Example(
+            f"q{i}",
+            f"Who wrote book {i}?",
+            "Ada Lovelace",
+            (Paragraph("B", (f"Book {i} is by Ada Lovelace.",)),),
+            frozenset(),
+        )
         for i in range(2)
     ]
     out = live_latency(tiny3_ckpt, examples, progress=False, timeout=30, text_n=1)
