@@ -1,20 +1,24 @@
 """Latency and bytes over the live processes: latent (per quantisation) against the text path.
 
-Starts the whole system (`latentwire up`) on free loopback ports with the checkpoint's models, sends the same
-questions one at a time per path, and reads end-to-end latency (client-measured), bytes on the wire and the
-messaging overhead (everything but the encoder and the receivers' adapter + generation) from the replies.
+Starts the whole system (`latentwire up`) on free loopback ports with one receiver per model of the checkpoint
+(or the receivers given), sends the same questions one at a time per path, and reads end-to-end latency
+(client-measured), bytes on the wire and the messaging overhead (everything but the encoder and the receivers'
+adapter + generation) from the replies. Every answer is scored against the gold answer (EM/F1 of the joint
+answer; a failed question scores 0 and is counted apart).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from latentwire.checkpoint import read_config
+from latentwire.client import summarize_answers
 from latentwire.data import Example
+from latentwire.up import LocalSystem, receiver_name
 
 PATHS = (("latent", "fp16"), ("latent", "int8"), ("latent", "int4"), ("text", None))
 
@@ -29,6 +33,16 @@ def overhead_s(row: dict) -> float:
     return max(0.0, row["e2e_s"] - encode - model)
 
 
+def checkpoint_receivers(ckpt: Path) -> dict[str, str]:
+    """One receiver per model of the checkpoint: {process name: model}, the model being its name in the checkpoint
+    (what the receiver loads and finds its adapter by)."""
+    out: dict[str, str] = {}
+    for name in read_config(ckpt)["models"]:
+        key = receiver_name(name)
+        out[key if key not in out else f"{key}-{len(out)}"] = name
+    return out
+
+
 def live_latency(
     ckpt: Path,
     examples: Sequence[Example],
@@ -36,24 +50,23 @@ def live_latency(
     progress: bool = True,
     timeout: float = 120.0,
     text_n: int = 20,
+    receivers: Mapping[str, str] | None = None,
 ) -> dict:
-    """Each path over the same questions; the text path (a ~1,500-token prompt per receiver) on the first `text_n`."""
-    from latentwire.client import summarize
-    from latentwire.up import LocalSystem
+    """Each path over the same questions; the text path (a ~1,500-token prompt per receiver) on the first `text_n`.
 
-    names = list(read_config(ckpt)["models"])
-    llama = next((n for n in names if "llama" in n), names[0])
-    qwen = next((n for n in names if n != llama), names[-1])
-    out: dict = {"paths": {}, "context": context}
+    `receivers`: {process name: model} (default: every model of the checkpoint, `checkpoint_receivers`)."""
+    receivers = dict(receivers or checkpoint_receivers(ckpt))
+    gold = {ex.id: ex.answer for ex in examples}
+    out: dict = {"paths": {}, "context": context, "receivers": receivers}
     overheads: list[float] = []
-    with LocalSystem(ckpt, llama=llama, qwen=qwen, timeout=timeout) as system, system.client() as client:
+    with LocalSystem(ckpt, receivers, timeout=timeout) as system, system.client() as client:
         for mode, quant in PATHS:
             label = f"{mode}:{quant}" if quant else mode
             subset = examples if mode == "latent" else examples[:text_n]
             items = [(ex.id, ex.question, ex.context(context)) for ex in subset]
             opts = {"mode": mode, **({"quant": quant} if quant else {})}
             rows = [
-                a.to_row()
+                {**a.to_row(), "gold": gold[a.tag]}
                 for a in tqdm(
                     client.ask_many(items, window=1, **opts),
                     total=len(items),
@@ -62,7 +75,7 @@ def live_latency(
                     unit="q",
                 )
             ]
-            out["paths"][label] = summarize(rows)
+            out["paths"][label] = summarize_answers(rows)
             if mode == "latent":
                 overheads += [overhead_s(r) for r in rows if r["ok"]]
     if overheads:

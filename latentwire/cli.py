@@ -1,21 +1,41 @@
-"""The `latentwire` command: one subcommand per job, each a thin wrapper over the Python API."""
+"""The `latentwire` command: one subcommand per job, each a thin wrapper over the Python API.
+
+The process commands (sender, receiver, arbiter, up, procfile, ask, ask-batch, keygen) live in proc_cli.py and
+are merged in as top-level commands; choices and the one-line error contract shared by both are in cli_base.py.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from .cli_base import DEBUG_ENV, Context, Mode, OneLineErrors, Split
+from .proc_cli import app as processes
+
 app = typer.Typer(
+    cls=OneLineErrors,
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
     help="LatentWire: one compressed latent message that two frozen LLMs both answer from.",
 )
+app.add_typer(processes)
+
+
+@app.callback()
+def _options(
+    debug: Annotated[
+        bool, typer.Option("--debug", envvar=DEBUG_ENV, help="show tracebacks instead of one-line errors")
+    ] = False,
+) -> None:
+    if debug:
+        os.environ[DEBUG_ENV] = "1"  # the processes `up` starts inherit it
+
 
 Device = Annotated[str, typer.Option(help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")]
 Dtype = Annotated[str, typer.Option(help="auto (bfloat16 on CUDA, float32 elsewhere), float32, bfloat16, float16")]
@@ -24,25 +44,6 @@ DataDir = Annotated[
     Path | None,
     typer.Option(help="HotpotQA JSONL folder (default: $LATENTWIRE_DATA or ../shared/data/hotpotqa)"),
 ]
-
-
-class Mode(str, Enum):
-    text = "text"
-    token_budget = "token-budget"
-    evidence = "evidence"
-    relay = "relay"
-    latent = "latent"
-
-
-class Context(str, Enum):
-    distractor = "distractor"
-    gold = "gold"
-
-
-class Split(str, Enum):
-    dev = "dev"
-    val = "val"
-    train = "train"
 
 
 def _fail(msg: str) -> None:
@@ -59,7 +60,7 @@ def smoke(
     dtype: Dtype = "auto",
     threads: Threads = None,
 ) -> None:
-    """Random latent -> adapter -> inputs_embeds -> a few tokens, for a Llama and a Qwen2 model."""
+    """Random latent -> adapter -> inputs_embeds -> a few tokens, for each model family (a Llama, a Qwen2)."""
     from .device import set_threads
     from .smoke import smoke as run
 
@@ -373,13 +374,6 @@ def bench(
         path_limits=path_limits,
     )
     typer.echo(f"wrote {out / 'results.json'} and {out / 'report.md'} ({res['meta']['wall_s']} s)")
-
-
-# --- processes (sender, receivers, arbiter, client) ---
-
-from .proc_cli import register as _register_processes  # noqa: E402 - commands: sender, receiver, arbiter, ask, ...
-
-_register_processes(app, Mode, Context, Split)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -318,20 +318,32 @@ class Client:
         self.close()
 
 
-def summarize(rows: list[dict]) -> dict:
+def summarize_answers(rows: list[dict]) -> dict:
     """What a batch of `Answer.to_row()` rows adds up to: EM/F1 of the joint answer, p50/p95 end-to-end latency,
-    bytes per request (one frame, and all frames fanned out to the receivers), degraded and failed counts."""
+    bytes per request (one frame, and all frames fanned out to the receivers), answered, failed, degraded counts.
+
+    Rows carrying a `gold` answer are scored with latentwire.metrics (postprocess, then EM/F1); a question the
+    system failed to answer scores 0 and is counted in `n_errors`. EM/F1 are None when no row has a gold answer
+    (a latency run is not a quality run, and must not read as F1 0.0)."""
     import numpy as np
+
+    from latentwire.metrics import exact_match, f1_score, postprocess
 
     lat = np.array([r["e2e_s"] for r in rows]) if rows else np.zeros(1)
     ok = [r for r in rows if r["ok"]]
+    gold = [r for r in rows if r.get("gold") is not None]
+    em = [exact_match(postprocess(r["answer"]), r["gold"]) if r["ok"] else 0.0 for r in gold]
+    f1 = [f1_score(postprocess(r["answer"]), r["gold"]) if r["ok"] else 0.0 for r in gold]
     return {
         "n": len(rows),
+        "n_answered": len(ok),
+        "n_errors": len(rows) - len(ok),
         "ok": len(ok),
         "degraded": sum(r["degraded"] for r in rows),
         "agreement": sum(r["agreement"] for r in rows),
-        "em": float(np.mean([r.get("em", 0.0) for r in rows])) if rows else 0.0,
-        "f1": float(np.mean([r.get("f1", 0.0) for r in rows])) if rows else 0.0,
+        "n_scored": len(gold),
+        "em": float(np.mean(em)) if gold else None,
+        "f1": float(np.mean(f1)) if gold else None,
         "latency_p50_s": float(np.percentile(lat, 50)),
         "latency_p95_s": float(np.percentile(lat, 95)),
         "bytes_per_request": float(np.mean([r["bytes"].get("request", 0) for r in ok])) if ok else 0.0,

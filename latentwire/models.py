@@ -16,13 +16,14 @@ import shutil
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .device import resolve_device, resolve_dtype
+from .llm import LLM, freeze, from_objects
+from .tiny import FAMILIES, tiny_llm
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,7 @@ EMBEDDED: dict[str, EmbeddedModel] = {
 }
 
 
-TINY = ("tiny-llama", "tiny-qwen")
+TINY = tuple(f"tiny-{family}" for family in FAMILIES)  # tiny random models: tests, `smoke`, `bench --quick`
 
 
 class ModelNotFound(RuntimeError):
@@ -216,65 +217,9 @@ def _hub_fingerprint(repo_id: str) -> str:
         return hashlib.sha256(repo_id.encode()).hexdigest()
 
 
-@dataclass
-class LLM:
-    """A frozen causal LM with its tokenizer: the one object every component passes around."""
-
-    spec: str
-    model: PreTrainedModel
-    tokenizer: PreTrainedTokenizerBase
-    fingerprint: str
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.get_input_embeddings().weight.device
-
-    @property
-    def hidden_size(self) -> int:
-        return int(self.model.get_input_embeddings().weight.shape[1])
-
-    @property
-    def name(self) -> str:
-        return self.spec if self.spec in EMBEDDED else Path(self.spec).name or self.spec
-
-    @cached_property
-    def embed_rms(self) -> float:
-        """RMS of the model's own input embeddings: the scale adapters match (SmolLM2 ~0.1, Qwen ~0.02)."""
-        w = self.model.get_input_embeddings().weight.detach().float()
-        return float(w.pow(2).mean().sqrt())
-
-    def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.model.get_input_embeddings()(ids.to(self.device))
-
-    @cached_property
-    def template(self):
-        """The prompt split at the slot (prompts.build_template), built once per loaded model."""
-        from .prompts import build_template
-
-        return build_template(self.tokenizer)
-
-    @cached_property
-    def stop_ids(self) -> set[int]:
-        """Token ids that end an answer: eos plus the chat template's end-of-turn marker."""
-        ids = {self.tokenizer.eos_token_id} if self.tokenizer.eos_token_id is not None else set()
-        for tok in ("<|im_end|>", "<|eot_id|>", "<|end|>", "</s>", "<|endoftext|>"):
-            tid = self.tokenizer.convert_tokens_to_ids(tok)
-            if isinstance(tid, int) and tid != self.tokenizer.unk_token_id and tid >= 0:
-                ids.add(tid)
-        return ids
-
-
-def freeze(model: PreTrainedModel) -> PreTrainedModel:
-    model.eval()
-    model.requires_grad_(False)
-    return model
-
-
 def load_llm(spec: str, device: str = "auto", dtype: str = "auto") -> LLM:
     """Load a frozen LLM by spec (see module doc) on the policy's device and dtype."""
-    if spec in TINY:  # tiny random models for tests, `smoke` and `bench --quick`
-        from .tiny import tiny_llm
-
+    if spec.startswith("tiny-") and spec.removeprefix("tiny-") in FAMILIES:
         llm = tiny_llm(spec.removeprefix("tiny-"))
         llm.model.to(device=resolve_device(device), dtype=resolve_dtype(dtype, resolve_device(device)))
         return llm
@@ -284,18 +229,3 @@ def load_llm(spec: str, device: str = "auto", dtype: str = "auto") -> LLM:
     tok = AutoTokenizer.from_pretrained(resolved.path)
     model = AutoModelForCausalLM.from_pretrained(resolved.path, dtype=dt)
     return from_objects(spec, freeze(model.to(dev)), tok, resolved.fingerprint)
-
-
-def from_objects(
-    spec: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, fingerprint: str | None = None
-) -> LLM:
-    """Wrap already-built objects (tests build tiny random models this way)."""
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if fingerprint is None:
-        h = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True, default=str).encode())
-        for name, p in model.state_dict().items():
-            h.update(name.encode())
-            h.update(p.detach().float().cpu().numpy().tobytes())
-        fingerprint = h.hexdigest()
-    return LLM(spec, freeze(model), tokenizer, fingerprint)

@@ -1,4 +1,4 @@
-"""`latentwire smoke`: random latent -> adapter -> inputs_embeds -> a few greedy tokens, for both families.
+"""`latentwire smoke`: random latent -> adapter -> inputs_embeds -> a few greedy tokens, for every family.
 
 Validates the soft-prefix decoding path with no trained checkpoint (tiny random models by default, the embedded
 pretrained ones with `--real`). Any failing step raises, so the command exits non-zero.
@@ -14,6 +14,8 @@ import torch
 from .device import resolve_device, resolve_dtype
 from .lm import assemble, generate, template_of
 from .models import LLM, load_llm
+from .receivers.adapter import Adapter, AdapterConfig
+from .tiny import FAMILIES
 
 Echo = Callable[[str], None]
 
@@ -27,18 +29,16 @@ def smoke(
     max_new_tokens: int = 6,
     echo: Echo = print,
 ) -> dict[str, str]:
-    """Run the path for `llama` and `qwen`; returns each model's generated text."""
-    from latentwire.receivers.adapter import Adapter, AdapterConfig
-
+    """Run the path for every family of `tiny.FAMILIES`; returns each family's generated text."""
     dev, dt = resolve_device(device), resolve_dtype(dtype, resolve_device(device))
     echo(f"device={dev} dtype={dt} M={m} d_z={d_z} real={real}")
     torch.manual_seed(0)
     latent = torch.randn(m, d_z)
     echo(f"latent            {tuple(latent.shape)}")
     out = {}
-    for family in ("llama", "qwen"):
+    for family, fam in FAMILIES.items():
         t0 = time.perf_counter()
-        spec = family if real else f"tiny-{family}"
+        spec = fam.embedded if real else f"tiny-{family}"
         llm: LLM = load_llm(spec, device=str(dev), dtype=str(dt).removeprefix("torch."))
         echo(
             f"[{family}] {type(llm.model).__name__} hidden={llm.hidden_size} embed_rms={llm.embed_rms:.4f} "

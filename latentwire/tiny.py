@@ -1,16 +1,28 @@
-"""Tiny, randomly initialised Llama and Qwen2 models with offline byte-level tokenizers.
+"""Tiny, randomly initialised models of each architecture family, with offline byte-level tokenizers.
 
 Used by `latentwire smoke`, the unit tests and `bench --quick`: real architectures and real chat templates,
-built in well under a second, no download.
+built in well under a second, no download. `FAMILIES` is the registry: a new family is one entry (its chat
+special tokens and template, its transformers classes and the embedded pretrained model `smoke --real` uses),
+and `tiny-<family>` then loads everywhere a model spec is taken.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
 
-from .models import LLM, from_objects
+from .llm import LLM, from_objects
 
 _CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -21,19 +33,51 @@ _LLAMA3 = (
     "{{ m['content'] }}<|eot_id|>{% endfor %}"
     "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
 )
-FAMILIES = {
-    "llama": (
-        ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
-        _LLAMA3,
-        "<|eot_id|>",
+
+
+@dataclass(frozen=True)
+class Family:
+    """What a tiny model of one architecture family needs, and its pretrained counterpart."""
+
+    specials: tuple[str, ...]  # chat special tokens, eos among them
+    template: str  # the family's chat template (Jinja)
+    eos: str  # end of turn
+    config: type[PretrainedConfig]
+    model: type[PreTrainedModel]
+    embedded: str  # the embedded pretrained model of this family (`latentwire smoke --real`)
+
+
+FAMILIES: dict[str, Family] = {
+    "llama": Family(
+        specials=("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
+        template=_LLAMA3,
+        eos="<|eot_id|>",
+        config=LlamaConfig,
+        model=LlamaForCausalLM,
+        embedded="llama",
     ),
-    "qwen": (["<|im_start|>", "<|im_end|>", "<|endoftext|>"], _CHATML, "<|im_end|>"),
+    "qwen": Family(
+        specials=("<|im_start|>", "<|im_end|>", "<|endoftext|>"),
+        template=_CHATML,
+        eos="<|im_end|>",
+        config=Qwen2Config,
+        model=Qwen2ForCausalLM,
+        embedded="qwen",
+    ),
 }
 
 
-def byte_tokenizer(family: str) -> PreTrainedTokenizerFast:
+def family(name: str) -> Family:
+    """The registry entry, or a clear error listing the families there are."""
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise ValueError(f"unknown model family {name!r}; choose one of {', '.join(FAMILIES)}") from None
+
+
+def byte_tokenizer(name: str) -> PreTrainedTokenizerFast:
     """A byte-level BPE with no merges (256 byte tokens) plus the family's chat special tokens."""
-    specials, template, eos = FAMILIES[family]
+    fam = family(name)
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
@@ -41,18 +85,19 @@ def byte_tokenizer(family: str) -> PreTrainedTokenizerFast:
     tok.decoder = decoders.ByteLevel()
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
-        eos_token=eos,
-        pad_token=eos,
-        additional_special_tokens=[s for s in specials if s != eos],
+        eos_token=fam.eos,
+        pad_token=fam.eos,
+        additional_special_tokens=[s for s in fam.specials if s != fam.eos],
     )
-    fast.chat_template = template
+    fast.chat_template = fam.template
     return fast
 
 
-def tiny_llm(family: str, seed: int = 0, hidden: int = 64, layers: int = 2, init_std: float = 0.2) -> LLM:
-    """A random `llama` (LlamaForCausalLM) or `qwen` (Qwen2ForCausalLM) with ~100k parameters."""
-    tok = byte_tokenizer(family)
-    kw = dict(
+def tiny_llm(name: str, seed: int = 0, hidden: int = 64, layers: int = 2, init_std: float = 0.2) -> LLM:
+    """A random model of family `name` (e.g. `llama`: LlamaForCausalLM, `qwen`: Qwen2ForCausalLM), ~100k parameters."""
+    fam = family(name)
+    tok = byte_tokenizer(name)
+    cfg = fam.config(
         vocab_size=len(tok),
         initializer_range=init_std,
         hidden_size=hidden,
@@ -66,6 +111,5 @@ def tiny_llm(family: str, seed: int = 0, hidden: int = 64, layers: int = 2, init
         tie_word_embeddings=True,
     )
     torch.manual_seed(seed)
-    cfg = LlamaConfig(**kw) if family == "llama" else Qwen2Config(**kw)
-    model = (LlamaForCausalLM if family == "llama" else Qwen2ForCausalLM)(cfg).float()
-    return from_objects(f"tiny-{family}", model, tok, fingerprint=f"tiny-{family}-{seed}-{hidden}-{layers}-{init_std}")
+    model = fam.model(cfg).float()
+    return from_objects(f"tiny-{name}", model, tok, fingerprint=f"tiny-{name}-{seed}-{hidden}-{layers}-{init_std}")

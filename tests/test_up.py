@@ -1,0 +1,176 @@
+"""The serving topology from a list of receivers: Procfile generation, `up` checks, and N receivers end to end."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from honcho.environ import parse_procfile
+from typer.testing import CliRunner
+
+from latentwire import net, up
+from latentwire.cli import app
+from latentwire.client import Answer, summarize_answers
+from latentwire.data import Example, Paragraph
+from latentwire.proc_cli import scored_row
+from latentwire.protocol import Ask, ErrorReply, JointReply
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+# ---- the process list ----
+
+
+def test_committed_procfile_is_the_generated_default() -> None:
+    assert (REPO / "Procfile").read_text() == up.procfile_text()
+    assert net.procfile() == up.processes() == up.processes(up.DEFAULT_RECEIVERS)
+    assert list(up.processes()) == ["sender", "llama", "qwen", "arbiter"]
+
+
+def test_processes_for_three_receivers_fan_out_to_the_same_addresses() -> None:
+    receivers = {"a": "tiny-llama", "b-2": "tiny-qwen", "c": "models/x.gguf"}
+    procs = up.processes(receivers)
+    assert list(procs) == ["sender", "a", "b-2", "c", "arbiter"]
+    binds = [procs[n].split("--bind ")[1] for n in receivers]
+    assert binds == [
+        "${LATENTWIRE_A:-tcp://127.0.0.1:5561}",
+        "${LATENTWIRE_B_2:-tcp://127.0.0.1:5562}",
+        "${LATENTWIRE_C:-tcp://127.0.0.1:5563}",
+    ]
+    assert procs["sender"] == f"exec latentwire sender --receivers ${{LATENTWIRE_RECEIVERS:-{','.join(binds)}}}"
+    assert procs["c"].startswith("exec latentwire receiver --model ${LATENTWIRE_C_MODEL:-models/x.gguf} ")
+    assert up.count_receivers(procs) == 3
+
+
+def test_procfile_command_prints_what_honcho_and_up_run() -> None:
+    res = CliRunner().invoke(app, ["procfile", "--receiver", "a=tiny-llama", "-r", "tiny-qwen"])
+    assert res.exit_code == 0, res.output
+    assert dict(parse_procfile(res.stdout).processes) == up.processes({"a": "tiny-llama", "tiny-qwen": "tiny-qwen"})
+    default = CliRunner().invoke(app, ["procfile"])
+    assert default.stdout == (REPO / "Procfile").read_text()
+
+
+def test_honcho_accepts_a_generated_procfile(tmp_path: Path) -> None:
+    path = tmp_path / "Procfile"
+    path.write_text(up.procfile_text({"a": "tiny-llama", "b": "tiny-qwen", "c": "tiny-llama"}))
+    honcho = Path(sys.executable).parent / "honcho"
+    out = subprocess.run([str(honcho), "-f", str(path), "check"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "Valid procfile detected (sender, a, b, c, arbiter)" in out.stderr + out.stdout
+
+
+def test_parse_receivers() -> None:
+    assert up.parse_receivers(["llama=tiny-llama", "Qwen/Qwen2-0.5B-Instruct"]) == {
+        "llama": "tiny-llama",
+        "Qwen2-0-5B-Instruct": "Qwen/Qwen2-0.5B-Instruct",
+    }
+    for items, message in (
+        (["a=x", "a=y"], "given twice"),
+        (["a-b=x", "a_b=y"], "share LATENTWIRE_A_B"),
+        (["sender=x"], "not sender, arbiter, up"),
+        (["a.b=x"], "use letters, digits"),
+        (["backend=llama"], "LATENTWIRE_BACKEND is another setting's variable"),
+        (["ckpt=llama"], "LATENTWIRE_CKPT is another setting's"),
+        (["llama_model=qwen"], "LATENTWIRE_LLAMA_MODEL is another setting's"),
+        (["a=x y"], "without spaces"),
+        (["a=$(rm -rf /)"], "without spaces"),
+        ([], "no receivers"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            up.parse_receivers(items)
+
+
+def test_child_env_puts_given_specs_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LATENTWIRE_QWEN_MODEL", "from-env")
+    monkeypatch.setenv("LATENTWIRE_LLAMA_MODEL", "from-env")
+    env = up.child_env(None, {"llama": "tiny-llama"})
+    assert env["LATENTWIRE_LLAMA_MODEL"] == "tiny-llama" and env["LATENTWIRE_QWEN_MODEL"] == "from-env"
+
+
+# ---- answers scored against the gold ----
+
+
+def _row(answer: str | None, gold: str | None, e2e: float = 0.1) -> dict:
+    ask = Ask("r1", "client", "Who?", "")
+    if answer is None:
+        ans = Answer("q", ask, error=ErrorReply("r1", "arbiter", "no_answer", "nobody answered"), latency_s=e2e)
+    else:
+        reply = JointReply("r1", "arbiter", answer, "tiny-llama", 0.5, 0, 0, nbytes={"request": 10, "fanout": 20})
+        ans = Answer("q", ask, reply=reply, latency_s=e2e)
+    return scored_row(ans, gold) if gold is not None else ans.to_row()
+
+
+def test_summarize_answers_scores_against_gold_and_counts_errors_apart() -> None:
+    rows = [_row("The answer is Ada Lovelace.", "Ada Lovelace"), _row("Paris", "Ada Lovelace"), _row(None, "x")]
+    assert [r["em"] for r in rows] == [1.0, 0.0, 0.0]
+    s = summarize_answers(rows)
+    assert (s["n"], s["n_answered"], s["n_errors"], s["n_scored"]) == (3, 2, 1, 3)
+    assert math.isclose(s["em"], 1 / 3) and math.isclose(s["f1"], 1 / 3)
+    assert s["bytes_per_request"] == 10 and s["fanout_bytes_per_request"] == 20
+    unscored = summarize_answers([_row("Ada", None)])  # no gold: no EM/F1 rather than a fake 0.0
+    assert unscored["em"] is None and unscored["f1"] is None and unscored["n_scored"] == 0
+
+
+# ---- `up` refuses what would crash-loop ----
+
+
+def test_up_refuses_receivers_the_checkpoint_has_no_adapter_for(tiny3_ckpt: Path) -> None:
+    res = CliRunner().invoke(app, ["up", "--ckpt", str(tiny3_ckpt), "--receiver", "a=tiny-phi"])
+    assert res.exit_code == 2
+    assert res.stderr.count("\n") == 1 and "has no adapter for model 'tiny-phi' (receiver a)" in res.stderr
+    res = CliRunner().invoke(app, ["up", "--ckpt", str(tiny3_ckpt), "--receiver", "a=x y"])
+    assert res.exit_code == 2 and "without spaces" in res.stderr
+
+
+# ---- three receivers, live ----
+
+
+@pytest.fixture(scope="module")
+def tiny3_ckpt(tmp_path_factory) -> Path:
+    """A checkpoint for three models: the two tiny families and a third tiny Llama saved as a model folder."""
+    from latentwire import checkpoint
+    from latentwire.device import set_threads
+    from latentwire.models import load_llm
+    from latentwire.sender.encoder import EncoderConfig
+    from latentwire.tiny import tiny_llm
+    from latentwire.trainer.config import TrainConfig
+    from latentwire.trainer.train import build_wire, checkpoint_config
+
+    set_threads(1)
+    folder = tmp_path_factory.mktemp("models") / "llama-b"
+    other = tiny_llm("llama", seed=1)
+    other.model.save_pretrained(folder)
+    other.tokenizer.save_pretrained(folder)
+    llms = {n: load_llm(n) for n in ("tiny-llama", "tiny-qwen", str(folder))}
+    enc = EncoderConfig(backbone="bytes", d_model=64, d_z=32, m=4, max_bytes=512, byte_layers=1, pool_layers=1)
+    cfg = TrainConfig(models=list(llms), encoder=enc)
+    wire = build_wire(cfg, llms)
+    path = tmp_path_factory.mktemp("ckpt3") / "ckpt"
+    checkpoint.save(path, wire.encoder, dict(wire.adapters), checkpoint_config(cfg, wire, llms))
+    return path
+
+
+def test_live_bench_runs_one_receiver_per_checkpoint_model_and_scores_every_answer(tiny3_ckpt: Path) -> None:
+    from latentwire.bench.live import checkpoint_receivers, live_latency
+
+    receivers = checkpoint_receivers(tiny3_ckpt)
+    assert set(receivers) == {"tiny-llama", "tiny-qwen", "llama-b"} and receivers["llama-b"].endswith("/llama-b")
+    examples = [
+        Example(
+            f"q{i}",
+            f"Who wrote book {i}?",
+            "Ada Lovelace",
+            (Paragraph("B", (f"Book {i} is by Ada Lovelace.",)),),
+            frozenset(),
+        )
+        for i in range(2)
+    ]
+    out = live_latency(tiny3_ckpt, examples, progress=False, timeout=30, text_n=1)
+    assert out["receivers"] == receivers
+    assert set(out["paths"]) == {"latent:fp16", "latent:int8", "latent:int4", "text"}
+    for label, s in out["paths"].items():
+        n = 1 if label == "text" else 2
+        assert (s["n"], s["n_answered"], s["n_errors"], s["n_scored"], s["degraded"]) == (n, n, 0, n, 0), label
+        assert 0.0 <= s["em"] <= s["f1"] <= 1.0
