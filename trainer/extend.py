@@ -76,7 +76,7 @@ def part_fingerprint(entry: dict, tensors: dict[str, torch.Tensor]) -> str:
     for k in sorted(tensors):
         t = tensors[k].contiguous()
         h.update(f"\x00{k}\x00{t.dtype}\x00{tuple(t.shape)}\x00".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 
