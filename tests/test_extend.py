@@ -3,6 +3,8 @@ a Gemma3-architecture receiver with a SentencePiece-style vocabulary (`▁` for 
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
@@ -11,7 +13,7 @@ from transformers import Gemma3ForCausalLM, Gemma3TextConfig, PreTrainedTokenize
 from latentwire import checkpoint
 from latentwire.codebook import code_table, string_code, token_strings
 from latentwire.evaluate import evaluate
-from latentwire.models import EMBEDDED, LLM, from_objects
+from latentwire.models import EMBEDDED, GEMMA_CHAT_TEMPLATE, LLM, _ensure_chat_template, from_objects
 from latentwire.protocol import Ask, decode_frame
 from latentwire.receivers.adapter import load_adapter
 from latentwire.receivers.receiver import Receiver
@@ -20,10 +22,6 @@ from latentwire.trainer.extend import ExtendRecipe, _tensors, extend, part_finge
 from latentwire.trainer.pipeline import load_checkpoint
 from latentwire.trainer.sharer_recipe import SharerRecipe, build
 
-_GEMMA_CHAT = (
-    "{{ bos_token }}{% for m in messages %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n"
-    "{{ m['content'] }}<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
-)
 _WORDS = ("▁Paris", "▁the", "▁of", "▁and", "▁in", "▁a", "▁is", "▁was")
 
 
@@ -48,7 +46,7 @@ def sentencepiece_tokenizer() -> PreTrainedTokenizerFast:
         unk_token="<unk>",
         additional_special_tokens=["<start_of_turn>", "<end_of_turn>"],
     )
-    fast.chat_template = _GEMMA_CHAT
+    fast.chat_template = GEMMA_CHAT_TEMPLATE  # the embedded gemma's own
     return fast
 
 
@@ -184,7 +182,21 @@ def test_extension_refusals(parent, child, gemma):
         extend(ExtendRecipe(model="tiny-gemma"), child, child.parent / "again", llms={"tiny-gemma": gemma[0]})
 
 
-def test_gemma_is_embedded_and_verified():
+def test_gemma_is_embedded_with_a_chat_template(gemma, tmp_path):
     em = EMBEDDED["gemma"]
-    assert len(em.parts) == 4 and len(em.sha256) == 64
+    assert len(em.parts) == 4 and len(em.sha256) == 64 and em.chat_template == GEMMA_CHAT_TEMPLATE
     assert all(f"part{i}==1.0.0" in em.requirements for i in range(1, 5))
+    tok = gemma[0].tokenizer
+    tpl = gemma[0].template  # renders the user turn verbatim around the slot
+    assert tok.convert_ids_to_tokens(list(tpl.prefix_ids))[:2] == ["<bos>", "<start_of_turn>"]
+    assert tok.convert_tokens_to_ids("<end_of_turn>") in tpl.suffix_ids
+    msgs = [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}]
+    rendered = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    assert rendered == "<bos><start_of_turn>user\nS\n\nU<end_of_turn>\n<start_of_turn>model\n"
+    (tmp_path / "tokenizer_config.json").write_text('{"bos_token": "<bos>"}')
+    for _ in range(2):  # idempotent
+        _ensure_chat_template(tmp_path, GEMMA_CHAT_TEMPLATE)
+    assert json.loads((tmp_path / "tokenizer_config.json").read_text()) == {
+        "bos_token": "<bos>",
+        "chat_template": GEMMA_CHAT_TEMPLATE,
+    }
