@@ -378,3 +378,46 @@ def bench(
 
 def main() -> None:  # pragma: no cover - console entry point
     app(sys.argv[1:])
+
+
+@app.command("train-adapter")
+def train_adapter(
+    model: Annotated[str, typer.Option(help="the new receiver's model: gemma, a .gguf, a folder or a HF id")] = "gemma",
+    ckpt: Annotated[Path | None, typer.Option(help="the checkpoint to extend (default: the committed default)")] = None,
+    out: Annotated[Path, typer.Option(help="the extended checkpoint's folder (the parent is left as it is)")] = Path(
+        "runs/extended/ckpt"
+    ),
+    name: Annotated[str | None, typer.Option(help="the receiver's name in the checkpoint (default: --model)")] = None,
+    tau: Annotated[float | None, typer.Option(help="snapping temperature (default: the parent's)")] = None,
+    nearest: Annotated[int | None, typer.Option(help="receiver tokens mixed per row (default: the parent's)")] = None,
+    tune: Annotated[bool, typer.Option(help="pick tau and nearest on val (else: the zero-shot fit only)")] = True,
+    eval_n: Annotated[int, typer.Option(help="validation questions for tuning and calibration")] = 100,
+    time_budget: Annotated[float, typer.Option(help="seconds of tuning at most")] = 1200.0,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+    threads: Threads = None,
+) -> None:
+    """Add one receiver to a checkpoint without touching the others: its adapter is fitted to its own
+    vocabulary against the frozen sender; the encoder and the old adapters are kept byte for byte."""
+    from .checkpoint import DEFAULT_CKPT, CheckpointError
+    from .device import set_threads
+    from .models import ModelNotFound
+    from .trainer.extend import ExtendRecipe, extend
+
+    set_threads(threads)
+    recipe = ExtendRecipe(
+        model=model,
+        name=name,
+        tau=tau,
+        nearest=nearest,
+        tune=tune,
+        eval_n=eval_n,
+        time_budget=time_budget,
+        device=device,
+        dtype=dtype,
+    )
+    try:
+        path = extend(recipe, ckpt or DEFAULT_CKPT, out, log=typer.echo)
+    except (ModelNotFound, CheckpointError, ValueError) as e:
+        _fail(str(e))
+    typer.echo(f"checkpoint: {path}")

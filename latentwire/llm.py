@@ -58,7 +58,7 @@ class LLM:
     def stop_ids(self) -> set[int]:
         """Token ids that end an answer: eos plus the chat template's end-of-turn marker."""
         ids = {self.tokenizer.eos_token_id} if self.tokenizer.eos_token_id is not None else set()
-        for tok in ("<|im_end|>", "<|eot_id|>", "<|end|>", "</s>", "<|endoftext|>"):
+        for tok in ("<|im_end|>", "<|eot_id|>", "<|end|>", "</s>", "<|endoftext|>", "<end_of_turn>"):
             tid = self.tokenizer.convert_tokens_to_ids(tok)
             if isinstance(tid, int) and tid != self.tokenizer.unk_token_id and tid >= 0:
                 ids.add(tid)
@@ -83,4 +83,25 @@ def from_objects(
             h.update(name.encode())
             h.update(p.detach().float().cpu().numpy().tobytes())
         fingerprint = h.hexdigest()
+    _fold_embed_scale(model)
     return LLM(spec, freeze(model), tokenizer, fingerprint)
+
+
+def _fold_embed_scale(model: PreTrainedModel) -> None:
+    """Make `get_input_embeddings().weight` the vectors the model reads, for families that scale them.
+
+    Gemma multiplies its embedding table by sqrt(hidden) inside the embedding module, but adapters and soft
+    prompts go in as `inputs_embeds` in the table's own units. Folding the scale into the table (and giving the
+    tied output head its own unscaled copy) leaves every logit identical and puts every family on one footing.
+    """
+    emb = model.get_input_embeddings()
+    scale = getattr(emb, "scalar_embed_scale", None)
+    if scale is None or float(scale) == 1.0:
+        return
+    head = model.get_output_embeddings()
+    if head is not None and head.weight is emb.weight:
+        head.weight = torch.nn.Parameter(emb.weight.detach().clone(), requires_grad=False)
+    with torch.no_grad():
+        emb.weight.mul_(emb.embed_scale.to(emb.weight.dtype))
+        emb.embed_scale.fill_(1.0)
+    emb.scalar_embed_scale = 1.0

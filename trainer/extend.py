@@ -1,0 +1,228 @@
+"""Extend a checkpoint with one more receiver: a new model family joins without touching the others.
+
+With the vocabulary-anchored interlingua (`latentwire.codebook`) a receiver's adapter is a closed-form fit to
+its own vocabulary: each latent row is snapped onto the new model's own token embeddings by the codes of its
+own token strings. So joining needs no gradient step and no change to the sender or the other receivers:
+
+- the child checkpoint holds the parent's tensors unchanged plus `adapter.<name>.*`, and the parent's config
+  entries unchanged plus `models.<name>`;
+- `adapter_fingerprints` (one sha256 per part: the encoder and each adapter, over its config entry and its
+  tensors) lets a reader check that the encoder and every old adapter are the parent's, and `parent` names
+  the parent's whole-checkpoint fingerprint;
+- the new receiver's score calibration is fitted on `val` exactly as the sharer recipe fits the others'.
+
+The zero-shot point is the codebook adapter at the parent's snapping settings; `tune` then picks its
+temperature and candidate count on `val` within a time budget (the only "training" a new family gets).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from latentwire import checkpoint
+from latentwire.data import Example, load_split
+from latentwire.evaluate import evaluate
+from latentwire.models import LLM, load_llm
+from latentwire.receivers.adapter import CodebookAdapter, CodebookAdapterConfig
+from latentwire.receivers.calibration import fit_platt
+
+from .pipeline import Wire, load_checkpoint
+
+# (tau, nearest) candidates tried by `tune`, in order; the zero-shot setting is always measured first
+TUNE_GRID: tuple[tuple[float, int], ...] = ((50.0, 1), (20.0, 2), (10.0, 4), (20.0, 8))
+
+
+@dataclass
+class ExtendRecipe:
+    model: str = "gemma"  # the new receiver's model spec
+    name: str | None = None  # its name in the checkpoint (default: the spec)
+    tau: float | None = None  # snapping settings (default: the parent's first codebook adapter's)
+    nearest: int | None = None
+    min_cos: float | None = None
+    tune: bool = True  # pick (tau, nearest) on `val` among the zero-shot setting and TUNE_GRID
+    eval_n: int = 100  # validation questions for tuning and calibration
+    context: str = "distractor"
+    time_budget: float = 1200.0  # seconds for tuning; the zero-shot point and calibration always run
+    max_new_tokens: int | None = None  # default: the parent recipe's
+    device: str = "auto"
+    dtype: str = "auto"
+    grid: list[tuple[float, int]] = field(default_factory=lambda: list(TUNE_GRID))
+
+    def to_dict(self) -> dict:
+        return {"recipe": "extend", **asdict(self)}
+
+
+def _tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str] | None]:
+    """Every tensor of a checkpoint's weights file, and the file's metadata (both kept as they are)."""
+    try:
+        with safe_open(str(path / checkpoint.WEIGHTS), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()  # noqa: SIM118 - not a dict
+    except FileNotFoundError:
+        raise checkpoint.CheckpointError(f"{path} is not a LatentWire checkpoint: weights are missing") from None
+
+
+def part_fingerprint(entry: dict, tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 of one part: its config entry (canonical JSON) and its tensors (names, dtypes, shapes, bytes)."""
+    h = hashlib.sha256(json.dumps(entry, sort_keys=True).encode())
+    for k in sorted(tensors):
+        t = tensors[k].contiguous()
+        h.update(f"\x00{k}\x00{t.dtype}\x00{tuple(t.shape)}\x00".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def part_fingerprints(path: str | Path) -> dict[str, str]:
+    """`encoder` and one entry per adapter: what a reader compares to see which parts two checkpoints share."""
+    path = Path(path)
+    cfg = checkpoint.read_config(path)
+    sd, _ = _tensors(path)
+    within = lambda prefix: {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}  # noqa: E731
+    out = {"encoder": part_fingerprint(cfg["encoder"], within("encoder."))}
+    for name, entry in cfg["models"].items():
+        out[name] = part_fingerprint(entry, within(f"adapter.{name}."))
+    return out
+
+
+def shared_parts(child: str | Path, parent: str | Path) -> list[str]:
+    """The parts (encoder, adapters) of `parent` that `child` holds unchanged."""
+    a, b = part_fingerprints(child), part_fingerprints(parent)
+    return [k for k in b if a.get(k) == b[k]]
+
+
+def _write(parent: Path, out: Path, name: str, entry: dict, adapter: CodebookAdapter, extension: dict) -> str:
+    """The child checkpoint: the parent's tensors and config entries unchanged, plus the new receiver."""
+    cfg = checkpoint.read_config(parent)
+    sd, meta = _tensors(parent)
+    new = {f"adapter.{name}.{k}": v.detach().float().cpu().contiguous() for k, v in adapter.state_dict().items()}
+    cfg["models"][name] = entry
+    cfg["parent"] = checkpoint.fingerprint(parent)
+    cfg["extensions"] = [*cfg.get("extensions", []), extension]
+    cfg.pop("adapter_fingerprints", None)
+    cfg.pop("format", None)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({**sd, **new}, str(out / checkpoint.WEIGHTS), metadata=meta)
+    (out / checkpoint.CONFIG).write_text(
+        json.dumps({"format": checkpoint.FORMAT_VERSION, **cfg}, indent=2, sort_keys=True) + "\n"
+    )
+    # the map is written last, over the parts as they lie on disk
+    cfg["adapter_fingerprints"] = part_fingerprints(out)
+    (out / checkpoint.CONFIG).write_text(
+        json.dumps({"format": checkpoint.FORMAT_VERSION, **cfg}, indent=2, sort_keys=True) + "\n"
+    )
+    return checkpoint.fingerprint(out)
+
+
+def _val_latent(wire: Wire, name: str, rows: Sequence[Example], recipe: ExtendRecipe, max_new: int) -> dict:
+    return evaluate(
+        wire.llms[name],
+        rows,
+        "latent",
+        context=recipe.context,
+        split="val",
+        slot_fn=wire.slot_fn(name, "latent", recipe.context),
+        use_cache=False,
+        progress=False,
+        return_rows=True,
+        max_new_tokens=max_new,
+    )
+
+
+def _set(adapter: CodebookAdapter, tau: float, nearest: int) -> None:
+    adapter.cfg.tau, adapter.cfg.nearest = float(tau), int(nearest)
+    with torch.no_grad():
+        adapter.log_tau.fill_(torch.tensor(float(tau)).log().item())
+
+
+def extend(
+    recipe: ExtendRecipe,
+    parent: str | Path,
+    out: str | Path,
+    llms: dict[str, LLM] | None = None,
+    log=print,
+) -> Path:
+    """Fit the new receiver's adapter against the parent's frozen sender; write the child checkpoint to `out`.
+
+    `llms` may hold already loaded models by name (the new one, and the sharer to reuse it).
+    """
+    t0 = time.perf_counter()
+    parent, out = Path(parent), Path(out)
+    if out.resolve() == parent.resolve():
+        raise ValueError("the extended checkpoint needs its own folder: the parent stays as it is")
+    name = recipe.name or recipe.model
+    cfg = checkpoint.read_config(parent)
+    if name in cfg["models"]:
+        raise ValueError(f"{parent} already has a receiver named {name!r}")
+    enc = cfg["encoder"]
+    if enc.get("backbone") != "llm":
+        raise ValueError(f"{parent}: only a vocabulary-anchored checkpoint (backbone llm) takes a new family")
+    llms = dict(llms or {})
+    llm = llms.get(name) or load_llm(recipe.model, device=recipe.device, dtype=recipe.dtype)
+    llms[name] = llm
+    ref = next((m["adapter"] for m in cfg["models"].values() if m["adapter"].get("kind") == "codebook"), {})
+    acfg = CodebookAdapterConfig(
+        d_z=int(enc["d_z"]),
+        hidden_size=llm.hidden_size,
+        tau=recipe.tau if recipe.tau is not None else ref.get("tau", CodebookAdapterConfig.tau),
+        nearest=recipe.nearest if recipe.nearest is not None else ref.get("nearest", CodebookAdapterConfig.nearest),
+        min_cos=recipe.min_cos if recipe.min_cos is not None else ref.get("min_cos", CodebookAdapterConfig.min_cos),
+        code_seed=int(enc.get("code_seed", 0)),
+    )
+    max_new = recipe.max_new_tokens or int(cfg.get("train", {}).get("max_new_tokens", 12))
+
+    def entry(calibration: dict) -> dict:
+        return {
+            "spec": llm.spec,
+            "fingerprint": llm.fingerprint,
+            "hidden_size": llm.hidden_size,
+            "adapter": adapter.cfg.to_dict(),
+            "calibration": calibration,
+        }
+
+    adapter = CodebookAdapter(acfg, llm)
+    ext = {"model": name, "parent": checkpoint.fingerprint(parent), "recipe": recipe.to_dict()}
+    _write(parent, out, name, entry({}), adapter, ext)
+    wire = load_checkpoint(out, models=[name], llms=llms, device=recipe.device, dtype=recipe.dtype)
+    live = wire.adapters[name]
+    rows = load_split("val", limit=recipe.eval_n)
+
+    # the zero-shot point, then the grid while the budget lasts; ties keep the earlier (simpler) setting
+    tried: list[dict] = []
+    best = None
+    t_tune = time.perf_counter()
+    candidates = [(acfg.tau, acfg.nearest)] + (
+        [g for g in recipe.grid if g != (acfg.tau, acfg.nearest)] if recipe.tune else []
+    )
+    for i, (tau, nearest) in enumerate(candidates):
+        if i and time.perf_counter() - t_tune > recipe.time_budget:
+            log(f"tuning stopped by the time budget after {i} settings")
+            break
+        _set(live, tau, nearest)
+        res = _val_latent(wire, name, rows, recipe, max_new)
+        tried.append({"tau": tau, "nearest": nearest, "f1": res["f1"], "em": res["em"], "s": round(res["wall_s"], 1)})
+        log(f"val latent {name} tau={tau} nearest={nearest}: F1 {res['f1']:.3f} ({res['wall_s']:.0f} s)")
+        if best is None or res["f1"] > best[1]["f1"]:
+            best = ((tau, nearest), res)
+    (tau, nearest), res = best
+    _set(live, tau, nearest)
+    _set(adapter, tau, nearest)
+    calibration = fit_platt([r["score"] for r in res["rows"]], [r["f1"] for r in res["rows"]]).to_dict()
+    ext["summary"] = {
+        "wall_s": round(time.perf_counter() - t0, 1),
+        "tune_s": round(time.perf_counter() - t_tune, 1),
+        "zero_shot_val": {k: tried[0][k] for k in ("f1", "em")},
+        "val": {"n": res["n"], "em": res["em"], "f1": res["f1"], "nll_per_token": res["nll_per_token"]},
+        "tried": tried,
+    }
+    fp = _write(parent, out, name, entry(calibration), adapter, ext)
+    kept = shared_parts(out, parent)
+    log(f"{out}: fingerprint {fp[:12]}, parent {ext['parent'][:12]}; unchanged from the parent: {', '.join(kept)}")
+    return out
