@@ -261,21 +261,7 @@ def train(
         typer.echo(f"checkpoint: {ckpt}")
         if dev_eval:
             for mode in (Mode.relay, Mode.latent):
-                eval_(
-                    mode=mode,
-                    model=[],
-                    context=context,
-                    split=Split.dev,
-                    limit=None,
-                    budget=m,
-                    ckpt=ckpt,
-                    batch_size=None,
-                    data_dir=None,
-                    device=device,
-                    dtype=dtype,
-                    threads=threads,
-                    out=out / f"dev_{mode.value}.json",
-                )
+                _dev_eval(ckpt, mode, context, m, device, dtype, threads, out / f"dev_{mode.value}.json")
         return
     cfg = TrainConfig(
         models=models,
@@ -305,21 +291,26 @@ def train(
     from accelerate import PartialState
 
     if dev_eval and PartialState().is_main_process:  # one rank evaluates; the others are done
-        eval_(
-            mode=Mode.latent,
-            model=[],
-            context=context,
-            split=Split.dev,
-            limit=None,
-            budget=m,
-            ckpt=ckpt,
-            batch_size=None,
-            data_dir=None,
-            device=device,
-            dtype=dtype,
-            threads=threads,
-            out=out / "dev_eval.json",
-        )
+        _dev_eval(ckpt, Mode.latent, context, m, device, dtype, threads, out / "dev_eval.json")
+
+
+def _dev_eval(ckpt: Path, mode: Mode, context: Context, m: int, device, dtype, threads, out: Path) -> None:
+    """A fresh checkpoint's figures on all of dev, as `latentwire eval` writes them."""
+    eval_(
+        mode=mode,
+        model=[],
+        context=context,
+        split=Split.dev,
+        limit=None,
+        budget=m,
+        ckpt=ckpt,
+        batch_size=None,
+        data_dir=None,
+        device=device,
+        dtype=dtype,
+        threads=threads,
+        out=out,
+    )
 
 
 @app.command()
