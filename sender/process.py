@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,15 +151,21 @@ def serve(
     dealer.send(encode_frame(Heartbeat("", pid, "sender", "ready", info)))
     log.info("sender ready (%d receivers, load %.1f s)", len(pushes), load_s)
     last_beat = time.monotonic()
+    worker = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="encode")
     try:
+        alive = encode_frame(Heartbeat("", pid, "sender", "alive", info))
         while not stop:
             if dealer.poll(200):
-                dealer.send(encode_frame(_handle(sender, dealer.recv(), pushes)))
-            if time.monotonic() - last_beat >= net.HEARTBEAT_S:
-                last_beat = time.monotonic()
-                with contextlib.suppress(zmq.Again):  # no arbiter yet: it hears the next one
-                    dealer.send(encode_frame(Heartbeat("", pid, "sender", "alive", info)), zmq.NOBLOCK)
+                # a sharer reads for seconds: the work runs on a worker thread (the PUSH sockets go with it, one
+                # request at a time) while this thread keeps the heartbeats going, so the arbiter never takes a
+                # busy sender for a dead one and re-sends its request
+                job = worker.submit(_handle, sender, dealer.recv(), pushes)
+                while not futures.wait([job], timeout=net.HEARTBEAT_S / 2).done:
+                    last_beat = _beat(dealer, alive, last_beat)
+                dealer.send(encode_frame(job.result()))
+            last_beat = _beat(dealer, alive, last_beat)
     finally:
+        worker.shutdown(wait=True)
         with contextlib.suppress(zmq.ZMQError):
             dealer.send(encode_frame(Heartbeat("", pid, "sender", "stopping", info)), zmq.NOBLOCK)
         for s in [dealer, *pushes]:
@@ -167,6 +174,15 @@ def serve(
             curve.stop()
         ctx.term()
         log.info("sender stopped")
+
+
+def _beat(dealer: zmq.Socket, alive: bytes, last: float) -> float:
+    """Send `alive` if a heartbeat is due; returns when the last one was sent."""
+    if time.monotonic() - last < net.HEARTBEAT_S:
+        return last
+    with contextlib.suppress(zmq.Again):  # no arbiter yet: it hears the next one
+        dealer.send(alive, zmq.NOBLOCK)
+    return time.monotonic()
 
 
 def _handle(sender: Sender, data: bytes, pushes: list[zmq.Socket]) -> Heartbeat | ErrorReply:
