@@ -215,5 +215,9 @@ class SharerEncoder(torch.nn.Module):
                 z[b] = pack(steps, c.m, c.tokens_per_row, c.code_seed)
         return z
 
-    def forward(self, docs: Sequence[Doc]) -> torch.Tensor:
+    def encode_docs(self, docs: Sequence[Doc]) -> torch.Tensor:
+        """docs -> (B, M, d_z), the interface every encoder of `encoder.ENCODERS` shares."""
         return self.latents(self.read(docs))
+
+    def forward(self, docs: Sequence[Doc]) -> torch.Tensor:
+        return self.encode_docs(docs)

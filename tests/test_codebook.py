@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from latentwire.codebook import code_table, mix, string_code, token_strings, vocabulary_codes
@@ -76,8 +77,6 @@ def test_adapter_registry(tiny):
     ad = build_adapter({"kind": "codebook", "d_z": 32, "hidden_size": tiny.hidden_size}, tiny)
     assert isinstance(ad, CodebookAdapter)
     assert list(ad.state_dict()) == ["log_tau"]  # never the model's own tables
-    import pytest
-
     with pytest.raises(ValueError, match="unknown adapter kind"):
         build_adapter({"kind": "nope"}, tiny)
 

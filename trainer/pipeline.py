@@ -72,10 +72,7 @@ class Wire:
     @torch.no_grad()
     def encode(self, examples: Sequence[Example], context: str = "distractor") -> torch.Tensor:
         """(B, M, d_z) float latents, as the sender computes them."""
-        docs = docs_of(examples, context)
-        if self.has_sharer:
-            return self.encoder.latents(self.encoder.read(docs))
-        return self.encoder.encode_docs(docs)
+        return self.encoder.encode_docs(docs_of(examples, context))
 
     def slot_fn(
         self, name: str, mode: str = "latent", context: str = "distractor", scheme: str | None = None
