@@ -18,6 +18,7 @@ near-orthogonal codes keep the superposed steps apart (each keeps cosine ~1/sqrt
 from __future__ import annotations
 
 import hashlib
+import re
 from functools import lru_cache
 
 import numpy as np
@@ -25,18 +26,31 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 CODE_VERSION = 1
+_BYTE_PIECE = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 
 
 def token_strings(tokenizer: PreTrainedTokenizerBase) -> list[str | None]:
-    """The surface string of every token id; None for special tokens and byte pieces of a split character."""
+    """The surface string of every token id; None for special tokens, byte pieces of a split character, and
+    tokens whose string another token already has (one token per string, so a code names one embedding)."""
     special = set(tokenizer.all_special_ids)
     vocab = tokenizer.get_vocab()
     out: list[str | None] = [None] * max(len(tokenizer), max(vocab.values()) + 1)
+    owner: dict[str, tuple[bool, int]] = {}  # string -> (is a byte piece, id) of the token that keeps it
     for piece, i in vocab.items():
         if i in special:
             continue
         s = tokenizer.convert_tokens_to_string([piece])
-        out[i] = s if s and "\ufffd" not in s else None
+        if not s or "\ufffd" in s:
+            continue
+        # one token per string: a byte-fallback piece ("<0x2C>") never shadows the real token (",") whose
+        # embedding the model learned; otherwise the lower id keeps it
+        rank = (_BYTE_PIECE.fullmatch(piece) is not None, i)
+        if s in owner:
+            if rank > owner[s]:
+                continue
+            out[owner[s][1]] = None
+        owner[s] = rank
+        out[i] = s
     return out
 
 

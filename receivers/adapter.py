@@ -126,9 +126,15 @@ def load_adapter(path: str | Path, name: str, llm: Any) -> nn.Module:
     """A receiver's half of a checkpoint: the adapter for `name`, checked against the model it will feed."""
     path = Path(path)
     checkpoint.check_model(path, name, llm)
+    cfg = checkpoint.read_config(path)
     try:
-        ad = build_adapter(checkpoint.read_config(path)["models"][name]["adapter"], llm)
+        ad = build_adapter(cfg["models"][name]["adapter"], llm)
     except (TypeError, ValueError) as e:
         raise checkpoint.CheckpointError(f"{path}: adapter {name!r}: {e}") from None
+    sent = int(cfg.get("encoder", {}).get("tokens_per_row", 1))
+    if isinstance(ad, CodebookAdapter) and ad.cfg.tokens_per_row != sent:
+        raise checkpoint.CheckpointError(
+            f"{path}: adapter {name!r} unbinds {ad.cfg.tokens_per_row} steps per row, the sender binds {sent}"
+        )
     checkpoint.load_strict(ad, checkpoint.weights(path, f"adapter.{name}."), f"{path}: adapter {name!r}")
     return ad.to(llm.device).eval()

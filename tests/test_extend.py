@@ -4,6 +4,7 @@ a Gemma3-architecture receiver with a SentencePiece-style vocabulary (`▁` for 
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -99,12 +100,14 @@ def child(parent, gemma, tmp_path_factory):
 def test_sentencepiece_strings_share_codes_with_byte_level(gemma, tiny_qwen):
     llm = gemma[0]
     strings = token_strings(llm.tokenizer)
-    ids = llm.tokenizer.convert_tokens_to_ids(["▁Paris", "<0x41>", "<0xC3>", "<end_of_turn>"])
+    ids = llm.tokenizer.convert_tokens_to_ids(["▁Paris", "A", "<0xC3>", "<end_of_turn>", "<0x41>", "<0x0A>"])
     assert strings[ids[0]] == " Paris" and strings[ids[1]] == "A"
     assert strings[ids[2]] is None and strings[ids[3]] is None  # half a character, a special token
+    # one token per string: the byte piece <0x41> yields "A" to the real token; a byte alone keeps its string
+    assert strings[ids[4]] is None and strings[ids[5]] == "\n"
     codes = code_table(strings, 32)
     assert torch.allclose(codes[ids[0]], torch.from_numpy(string_code(" Paris", 32)))
-    qwen_a = tiny_qwen.tokenizer.convert_tokens_to_ids("A")  # byte-level "A" and SentencePiece <0x41>: one code
+    qwen_a = tiny_qwen.tokenizer.convert_tokens_to_ids("A")  # byte-level "A" and SentencePiece "A": one code
     assert torch.equal(code_table(token_strings(tiny_qwen.tokenizer), 32)[qwen_a], codes[ids[1]])
     assert llm.tokenizer.convert_tokens_to_ids("<end_of_turn>") in llm.stop_ids
 
@@ -137,6 +140,8 @@ def test_extension_keeps_the_parent_byte_for_byte(parent, child):
         and ext["summary"]["tried"][0]["tau"] == old["models"]["tiny-llama"]["adapter"]["tau"]
     )
     assert new["models"]["tiny-gemma"]["calibration"]["n"] == 4
+    # the new adapter unbinds as many steps per row as the sender binds (the parent's recipe: 2)
+    assert new["models"]["tiny-gemma"]["adapter"]["tokens_per_row"] == old["encoder"]["tokens_per_row"] == 2
 
 
 def test_old_receivers_answer_the_same(parent, child, dev3):
@@ -180,6 +185,16 @@ def test_extension_refusals(parent, child, gemma):
         extend(ExtendRecipe(model="tiny-gemma"), ckpt, ckpt, llms={"tiny-gemma": gemma[0]})
     with pytest.raises(ValueError, match="already has"):
         extend(ExtendRecipe(model="tiny-gemma"), child, child.parent / "again", llms={"tiny-gemma": gemma[0]})
+
+
+def test_adapter_that_unbinds_another_row_format_is_refused(child, gemma, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(child, bad)
+    cfg = json.loads((bad / checkpoint.CONFIG).read_text())
+    cfg["models"]["tiny-gemma"]["adapter"]["tokens_per_row"] = 1
+    (bad / checkpoint.CONFIG).write_text(json.dumps(cfg))
+    with pytest.raises(checkpoint.CheckpointError, match="unbinds 1 steps per row, the sender binds 2"):
+        load_adapter(bad, "tiny-gemma", gemma[0])
 
 
 def test_gemma_is_embedded_with_a_chat_template(gemma, tmp_path):

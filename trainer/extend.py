@@ -175,6 +175,8 @@ def extend(
         nearest=recipe.nearest if recipe.nearest is not None else ref.get("nearest", CodebookAdapterConfig.nearest),
         min_cos=recipe.min_cos if recipe.min_cos is not None else ref.get("min_cos", CodebookAdapterConfig.min_cos),
         code_seed=int(enc.get("code_seed", 0)),
+        # how many answer steps the sender binds into one row is the sender's format, not a receiver's choice
+        tokens_per_row=int(enc.get("tokens_per_row", 1)),
     )
     max_new = recipe.max_new_tokens or int(cfg.get("train", {}).get("max_new_tokens", 12))
 
