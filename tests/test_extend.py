@@ -140,6 +140,10 @@ def test_extension_keeps_the_parent_byte_for_byte(parent, child):
         and ext["summary"]["tried"][0]["tau"] == old["models"]["tiny-llama"]["adapter"]["tau"]
     )
     assert new["models"]["tiny-gemma"]["calibration"]["n"] == 4
+    # calibrated on both joined paths, like the receivers the recipe built
+    by_path = new["models"]["tiny-gemma"]["calibration_by_path"]
+    assert set(by_path) == set(old["models"]["tiny-llama"]["calibration_by_path"]) == {"latent", "relay"}
+    assert by_path["latent"] == new["models"]["tiny-gemma"]["calibration"] and by_path["relay"]["n"] == 4
     # the new adapter unbinds as many steps per row as the sender binds (the parent's recipe: 2)
     assert new["models"]["tiny-gemma"]["adapter"]["tokens_per_row"] == old["encoder"]["tokens_per_row"] == 2
 

@@ -9,7 +9,8 @@ own token strings. So joining needs no gradient step and no change to the sender
 - `adapter_fingerprints` (one sha256 per part: the encoder and each adapter, over its config entry and its
   tensors) lets a reader check that the encoder and every old adapter are the parent's, and `parent` names
   the parent's whole-checkpoint fingerprint;
-- the new receiver's score calibration is fitted on `val` exactly as the sharer recipe fits the others'.
+- the new receiver's score calibration (latent and relay) is fitted on `val` by the code that fits the others'
+  (`trainer/calibrate.py`).
 
 The zero-shot point is the codebook adapter at the parent's snapping settings; `tune` then picks its
 temperature and candidate count on `val` within a time budget (the only "training" a new family gets).
@@ -20,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -29,13 +29,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from latentwire import checkpoint
-from latentwire.data import Example, load_split
-from latentwire.evaluate import evaluate
+from latentwire.data import load_split
 from latentwire.models import LLM, load_llm
 from latentwire.receivers.adapter import CodebookAdapter, CodebookAdapterConfig
-from latentwire.receivers.calibration import fit_platt
 
-from .pipeline import Wire, load_checkpoint
+from .calibrate import fit, validate
+from .pipeline import load_checkpoint
 
 # (tau, nearest) candidates tried by `tune`, in order; the zero-shot setting is always measured first
 TUNE_GRID: tuple[tuple[float, int], ...] = ((50.0, 1), (20.0, 2), (10.0, 4), (20.0, 8))
@@ -121,21 +120,6 @@ def _write(parent: Path, out: Path, name: str, entry: dict, adapter: CodebookAda
     return checkpoint.fingerprint(out)
 
 
-def _val_latent(wire: Wire, name: str, rows: Sequence[Example], recipe: ExtendRecipe, max_new: int) -> dict:
-    return evaluate(
-        wire.llms[name],
-        rows,
-        "latent",
-        context=recipe.context,
-        split="val",
-        slot_fn=wire.slot_fn(name, "latent", recipe.context),
-        use_cache=False,
-        progress=False,
-        return_rows=True,
-        max_new_tokens=max_new,
-    )
-
-
 def _set(adapter: CodebookAdapter, tau: float, nearest: int) -> None:
     adapter.cfg.tau, adapter.cfg.nearest = float(tau), int(nearest)
     with torch.no_grad():
@@ -180,13 +164,14 @@ def extend(
     )
     max_new = recipe.max_new_tokens or int(cfg.get("train", {}).get("max_new_tokens", 12))
 
-    def entry(calibration: dict) -> dict:
+    def entry(calibration: dict[str, dict]) -> dict:
         return {
             "spec": llm.spec,
             "fingerprint": llm.fingerprint,
             "hidden_size": llm.hidden_size,
             "adapter": adapter.cfg.to_dict(),
-            "calibration": calibration,
+            "calibration": calibration.get("latent", {}),
+            "calibration_by_path": calibration,
         }
 
     adapter = CodebookAdapter(acfg, llm)
@@ -208,7 +193,7 @@ def extend(
             log(f"tuning stopped by the time budget after {i} settings")
             break
         _set(live, tau, nearest)
-        res = _val_latent(wire, name, rows, recipe, max_new)
+        res = validate(wire, [name], rows, recipe.context, max_new, paths=("latent",), progress=False)["latent"][name]
         tried.append({"tau": tau, "nearest": nearest, "f1": res["f1"], "em": res["em"], "s": round(res["wall_s"], 1)})
         log(f"val latent {name} tau={tau} nearest={nearest}: F1 {res['f1']:.3f} ({res['wall_s']:.0f} s)")
         if best is None or res["f1"] > best[1]["f1"]:
@@ -216,12 +201,14 @@ def extend(
     (tau, nearest), res = best
     _set(live, tau, nearest)
     _set(adapter, tau, nearest)
-    calibration = fit_platt([r["score"] for r in res["rows"]], [r["f1"] for r in res["rows"]]).to_dict()
+    # both calibrated paths, fitted as the recipe fits the first receivers (the latent's rows are the tuned run's)
+    val = {"latent": {name: res}, **validate(wire, [name], rows, recipe.context, max_new, ("relay",), False)}
+    calibration = fit(val)[name]
     ext["summary"] = {
         "wall_s": round(time.perf_counter() - t0, 1),
         "tune_s": round(time.perf_counter() - t_tune, 1),
         "zero_shot_val": {k: tried[0][k] for k in ("f1", "em")},
-        "val": {"n": res["n"], "em": res["em"], "f1": res["f1"], "nll_per_token": res["nll_per_token"]},
+        "val": {p: {k: r[name][k] for k in ("n", "em", "f1", "nll_per_token")} for p, r in val.items()},
         "tried": tried,
     }
     fp = _write(parent, out, name, entry(calibration), adapter, ext)

@@ -18,13 +18,12 @@ from pathlib import Path
 
 from latentwire import checkpoint
 from latentwire.data import load_split
-from latentwire.evaluate import evaluate
 from latentwire.models import LLM, load_llm
 from latentwire.receivers.adapter import CodebookAdapter, CodebookAdapterConfig
-from latentwire.receivers.calibration import fit_platt
 from latentwire.sender.selector import Selector, selection_report
 from latentwire.sender.sharer import SharerConfig, SharerEncoder
 
+from .calibrate import fit, validate
 from .pipeline import load_checkpoint
 
 
@@ -113,31 +112,9 @@ def build(recipe: SharerRecipe, out: str | Path, llms: dict[str, LLM] | None = N
     ckpt = out / "ckpt"
     checkpoint.save(ckpt, enc, adapters, config_dict(recipe, enc, adapters, llms, {}))
     wire = load_checkpoint(ckpt, llms=llms)
-    val = {  # the latent and relay paths on validation: the run's figures and each path's score calibration
-        path: {
-            name: evaluate(
-                llm,
-                val_rows,
-                path,
-                context=recipe.context,
-                split="val",
-                slot_fn=wire.slot_fn(name, path, recipe.context),
-                use_cache=False,
-                progress=progress,
-                return_rows=True,
-                max_new_tokens=recipe.max_new_tokens,
-            )
-            for name, llm in llms.items()
-        }
-        for path in ("latent", "relay")
-    }
-    calibration = {
-        n: {
-            path: fit_platt([r["score"] for r in res[n]["rows"]], [r["f1"] for r in res[n]["rows"]]).to_dict()
-            for path, res in val.items()
-        }
-        for n in llms
-    }
+    # the latent and relay paths on validation: the run's figures and each path's score calibration
+    val = validate(wire, list(llms), val_rows, recipe.context, recipe.max_new_tokens, progress=progress)
+    calibration = fit(val)
     summary = {
         "steps": 0,
         "wall_s": round(time.perf_counter() - t0, 1),
