@@ -37,7 +37,7 @@ from latentwire.protocol import (
     peek_rid,
 )
 from latentwire.protocol.base import INT32_MAX, INT64_MAX
-from latentwire.receivers.calibration import Calibration, agreement
+from latentwire.receivers.calibration import CALIBRATED_PATHS, Calibration, agreement
 from latentwire.receivers.calibration import pick as pick_answer
 
 log = logging.getLogger("latentwire.arbiter")
@@ -59,10 +59,19 @@ REQUEST_FAULTS = frozenset({"too_large", "bad_shape", "bad_frame", "bad_request"
 _REPORT_BYTES = ("request", "header", "payload", "scales")
 
 
-def calibration_from_info(info: dict) -> Calibration:
-    """The Platt map a receiver announced (`cal.a`, `cal.b`, ...); identity when it announced none."""
+def calibration_from_info(info: dict, path: str = "latent") -> Calibration:
+    """The Platt map a receiver announced for a sender path (`cal.<path>.a`, ...; a bare `cal.a` is the
+    latent's); identity when it announced none for that path."""
     known = {f.name for f in fields(Calibration)}
-    d = {k[4:]: float(v) for k, v in info.items() if k.startswith("cal.") and k[4:] in known and _is_num(v)}
+    prefixes = (f"cal.{path}.", "cal.") if path == "latent" else (f"cal.{path}.",)
+    for prefix in prefixes:
+        d = {
+            k[len(prefix) :]: float(v)
+            for k, v in info.items()
+            if k.startswith(prefix) and k[len(prefix) :] in known and _is_num(v)
+        }
+        if d:
+            break
     for k in ("n", "positives"):
         if k in d:
             d[k] = int(max(0.0, min(d[k], INT32_MAX)))
@@ -88,7 +97,7 @@ class Peer:
     last_seen: float
     status: str = "ready"
     route: bytes = b""  # ROUTER identity (senders)
-    calibration: Calibration = field(default_factory=Calibration)
+    calibrations: dict[str, Calibration] = field(default_factory=dict)  # receivers: per sender path
     inflight: int = 0
     fingerprint: str = ""  # checkpoint it serves (announced)
     models: tuple[str, ...] = ()  # senders: the checkpoint's receiver models
@@ -125,7 +134,7 @@ class Pending:
 
 
 def pick(replies: dict[str, Reply], calibration: Callable[[str], Calibration]) -> tuple[str, float]:
-    """The model whose answer wins: non-empty answers first, then calibrated score, then model name."""
+    """The model whose answer wins (`calibration.pick`) and its calibrated score."""
     cals = {m: calibration(m) for m in replies}
     best = pick_answer({m: (r.answer, r.score) for m, r in replies.items()}, cals)
     return best, cals[best](replies[best].score)
@@ -187,7 +196,7 @@ class Board:
         fp = hb.info.get("fingerprint")
         peer.fingerprint = fp if isinstance(fp, str) else ""
         if hb.role == "receiver":
-            peer.calibration = calibration_from_info(hb.info)
+            peer.calibrations = {path: calibration_from_info(hb.info, path) for path in CALIBRATED_PATHS}
         else:
             models = hb.info.get("models")
             peer.models = tuple(sorted(m for m in models.split(",") if m)) if isinstance(models, str) else ()
@@ -242,10 +251,10 @@ class Board:
             (bad.append(why) if why else ok.append(p))
         return ok, sorted(set(bad))
 
-    def calibration(self, model: str) -> Calibration:
-        """The calibration the most recently heard receiver of `model` announced."""
+    def calibration(self, model: str, path: str = "latent") -> Calibration:
+        """The calibration for `path` the most recently heard receiver of `model` announced (identity if none)."""
         peers = [p for p in self.peers.values() if p.role == "receiver" and p.name == model]
-        return max(peers, key=lambda p: p.last_seen).calibration if peers else Calibration()
+        return max(peers, key=lambda p: p.last_seen).calibrations.get(path, Calibration()) if peers else Calibration()
 
     def configured(self, now: float, expected: int) -> tuple[int, tuple[str, ...]]:
         """How many receivers the system is configured with, and the checkpoint's models (from the sender)."""
@@ -460,8 +469,9 @@ class Board:
             else:
                 code = "all_failed" if p.errors else "shutting_down" if why == "shutting_down" else "no_answer"
             return error_reply(p.ask.rid, self.pid, code, detail)
-        # calibration was fitted on latent answers; text paths compare raw scores (identity calibration)
-        calibration = self.calibration if p.ask.mode == "latent" else (lambda m: Calibration())
+        # each receiver's calibration for this path (fitted on val); paths without one compare raw scores
+        mode = p.ask.mode
+        calibration: Callable[[str], Calibration] = lambda m: self.calibration(m, mode)  # noqa: E731
         model, prob = pick(p.replies, calibration)
         # fewer answers than receivers configured, whatever the reason (missing, failed, down at the start)
         p.configured = max(p.configured, self.configured(now, len(p.expected))[0])

@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+CALIBRATED_PATHS = ("latent", "relay")  # the sender's paths each receiver's scores are calibrated on (val)
+
 
 @dataclass(frozen=True)
 class Calibration:
@@ -57,14 +59,24 @@ def fit_platt(scores: Sequence[float], correct: Sequence[float], ridge: float = 
 
 
 def pick(answers: dict[str, tuple[str, float]], calibrations: dict[str, Calibration]) -> str:
-    """The joint answer's model: non-empty answers first, then highest calibrated score, then model name.
+    """The joint answer's model: a soft vote over the receivers' calibrated scores.
 
-    `answers` maps model name -> (answer, raw score). The arbiter and the bench both call this.
+    `answers` maps model name -> (answer, raw score). Non-empty answers come first; then the answer (after the
+    official normalisation) whose receivers' calibrated scores sum highest, so two receivers that agree outvote
+    a third that is sure of something else; within it the receiver with the highest calibrated score, then the
+    name. With two receivers this is the higher calibrated score (agreeing ones give the same answer anyway).
+    The arbiter and the bench both call this.
     """
+    from latentwire.metrics import normalize_answer
+
     if not answers:
         raise ValueError("no answers to pick from")
     cal = {n: calibrations.get(n, Calibration())(answers[n][1]) for n in answers}
-    return min(answers, key=lambda n: (not answers[n][0].strip(), -cal[n], n))
+    key = {n: normalize_answer(answers[n][0]) for n in answers}
+    support: dict[str, float] = {}
+    for n in answers:
+        support[key[n]] = support.get(key[n], 0.0) + cal[n]
+    return min(answers, key=lambda n: (not answers[n][0].strip(), -support[key[n]], -cal[n], n))
 
 
 def agreement(answers: list[str]) -> bool:

@@ -261,7 +261,8 @@ def serve(
         rx = load_receiver(model, ckpt, name, pid, device, dtype)
         from latentwire.checkpoint import read_config
 
-        cal = read_config(ckpt)["models"][rx.name].get("calibration") or {}
+        entry = read_config(ckpt)["models"][rx.name]
+        cals = {"latent": entry.get("calibration") or {}, **(entry.get("calibration_by_path") or {})}
     except BaseException:
         pull.close(0)
         out.close(0)
@@ -279,7 +280,12 @@ def serve(
         "addr": bind,
         "load_s": round(load_s, 3),
         "threads": torch.get_num_threads(),
-        **{f"cal.{k}": float(v) for k, v in cal.items() if isinstance(v, (int, float))},
+        **{  # each path's score calibration, for the arbiter's joint pick
+            f"cal.{path}.{k}": float(v)
+            for path, cal in cals.items()
+            for k, v in cal.items()
+            if isinstance(v, (int, float))
+        },
     }
     time.sleep(max(0.0, bound_at + 1.0 - time.monotonic()))  # let senders' reconnects land first
     stale = 0

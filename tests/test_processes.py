@@ -33,6 +33,7 @@ from latentwire.protocol import (
 )
 from latentwire.receivers.arbiter import Board, agree, calibration_from_info, pick
 from latentwire.receivers.calibration import Calibration
+from latentwire.receivers.calibration import pick as calibration_pick
 
 LATENTWIRE = str(Path(sys.executable).parent / "latentwire")
 
@@ -92,6 +93,35 @@ def test_calibration_from_heartbeat_info() -> None:
     cal = calibration_from_info({"model": "llama", "cal.a": 2.0, "cal.b": -1.0, "cal.n": 200.0, "cal.zz": 1.0})
     assert cal == Calibration(2.0, -1.0, 200, 0)
     assert calibration_from_info({}) == Calibration()
+    # one map per sender path; a bare `cal.*` is the latent's, and no other path falls back to it
+    info = {"cal.a": 2.0, "cal.latent.a": 3.0, "cal.relay.a": 0.5, "cal.relay.b": 1.0}
+    assert calibration_from_info(info) == Calibration(3.0, 0.0)
+    assert calibration_from_info(info, "relay") == Calibration(0.5, 1.0)
+    assert calibration_from_info({"cal.a": 2.0}, "relay") == calibration_from_info({}, "text") == Calibration()
+
+
+def test_the_arbiter_picks_with_the_calibration_of_the_request_path() -> None:
+    # for relay, qwen's calibration says its answer is the better one; for the latent, llama's does
+    b = _board(llama={"latent.b": 2.0, "relay.b": -3.0}, qwen={"latent.b": -3.0, "relay.b": 2.0})
+    for mode, winner in (("latent", "llama"), ("relay", "qwen"), ("text", "llama")):
+        p, _ = b.open((b"client",), Ask(f"c-{mode}", "client", "Who?", "Ada wrote it.", mode=mode), 100, 0.0)
+        b.on_sender(Heartbeat(p.rid, "s1", "sender", "sent", {"request": 150, "payload": 128, "reached": 2}))
+        b.on_receiver(_reply(p, "llama", "Ada", -0.5), 90, 0.1)
+        b.on_receiver(_reply(p, "qwen", "Bob", -0.6), 90, 0.1)
+        assert b.finish(p, 0.2).model == winner, mode
+
+
+def test_joint_pick_is_a_soft_vote_over_calibrated_scores() -> None:
+    cals = {m: Calibration() for m in ("gemma", "llama", "qwen")}
+    # qwen alone is the surest, but llama and gemma agree (after normalisation) and together outweigh it
+    answers = {"qwen": ("Bob", 1.0), "llama": ("Ada Lovelace", -0.2), "gemma": ("ada lovelace.", -0.3)}
+    assert calibration_pick(answers, cals) == "llama"
+    # a sure one beats a weak agreement
+    answers = {"qwen": ("Bob", 5.0), "llama": ("Ada", -3.0), "gemma": ("Ada", -3.0)}
+    assert calibration_pick(answers, cals) == "qwen"
+    # two receivers: the higher calibrated score, whatever the raw scores say
+    two = {"qwen": ("Bob", -1.0), "llama": ("Ada", -0.5)}
+    assert calibration_pick(two, {"qwen": Calibration(1.0, 3.0), "llama": Calibration()}) == "qwen"
 
 
 def test_timeout_answers_from_those_that_did_and_counts_late_and_duplicates() -> None:

@@ -10,11 +10,9 @@ from collections.abc import Sequence
 
 from latentwire.data import Example
 from latentwire.evaluate import evaluate
-from latentwire.receivers.calibration import fit_platt
+from latentwire.receivers.calibration import CALIBRATED_PATHS, fit_platt
 
 from .pipeline import Wire
-
-CALIBRATED_PATHS = ("latent", "relay")  # the sender's paths whose answers the arbiter joins
 
 
 def validate(
