@@ -4,11 +4,13 @@ Starts the whole system (`latentwire up`) on free loopback ports with one receiv
 (or the receivers given), sends the same questions one at a time per path, and reads end-to-end latency
 (client-measured), bytes on the wire and the messaging overhead (everything but the encoder and the receivers'
 adapter + generation) from the replies. Every answer is scored against the gold answer (EM/F1 of the joint
-answer; a failed question scores 0 and is counted apart).
+answer; a failed question scores 0 and is counted apart). With `throughput_n`, the same questions are also
+sent with one and with `window` requests in flight: requests per second and latency of both.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from latentwire.client import summarize_answers
 from latentwire.data import Example
 from latentwire.up import LocalSystem, receiver_name
 
-PATHS = (("latent", "fp16"), ("latent", "int8"), ("latent", "int4"), ("text", None))
+QUANTS = ("fp16", "int8", "int4")
 
 
 def overhead_s(row: dict) -> float:
@@ -43,6 +45,15 @@ def checkpoint_receivers(ckpt: Path) -> dict[str, str]:
     return out
 
 
+def _ask(
+    client, examples: Sequence[Example], context: str, gold: dict, label: str, progress: bool, window: int = 1, **opts
+) -> list[dict]:
+    items = [(ex.id, ex.question, ex.context(context)) for ex in examples]
+    answers = client.ask_many(items, window=window, **opts)
+    bar = tqdm(answers, total=len(items), disable=not progress, desc=f"live {label}", unit="q")
+    return [{**a.to_row(), "gold": gold[a.tag]} for a in bar]
+
+
 def live_latency(
     ckpt: Path,
     examples: Sequence[Example],
@@ -51,8 +62,13 @@ def live_latency(
     timeout: float = 120.0,
     text_n: int = 20,
     receivers: Mapping[str, str] | None = None,
+    quants: Sequence[str] = QUANTS,
+    throughput_n: int = 0,
+    window: int = 8,
 ) -> dict:
-    """Each path over the same questions; the text path (a ~1,500-token prompt per receiver) on the first `text_n`.
+    """The latent path (one run per wire scheme in `quants`) over the questions, the text path (a ~1,500-token
+    prompt per receiver) on the first `text_n`; then, if `throughput_n`, the first `throughput_n` latent
+    questions (the first scheme) with 1 and with `window` in flight.
 
     `receivers`: {process name: model} (default: every model of the checkpoint, `checkpoint_receivers`)."""
     receivers = dict(receivers or checkpoint_receivers(ckpt))
@@ -60,24 +76,43 @@ def live_latency(
     out: dict = {"paths": {}, "context": context, "receivers": receivers}
     overheads: list[float] = []
     with LocalSystem(ckpt, receivers, timeout=timeout) as system, system.client() as client:
-        for mode, quant in PATHS:
+        runs = [("latent", q) for q in quants] + ([("text", None)] if text_n else [])
+        for mode, quant in runs:
             label = f"{mode}:{quant}" if quant else mode
             subset = examples if mode == "latent" else examples[:text_n]
-            items = [(ex.id, ex.question, ex.context(context)) for ex in subset]
-            opts = {"mode": mode, **({"quant": quant} if quant else {})}
-            rows = [
-                {**a.to_row(), "gold": gold[a.tag]}
-                for a in tqdm(
-                    client.ask_many(items, window=1, **opts),
-                    total=len(items),
-                    disable=not progress,
-                    desc=f"live {label}",
-                    unit="q",
-                )
-            ]
+            rows = _ask(
+                client, subset, context, gold, label, progress, mode=mode, **({"quant": quant} if quant else {})
+            )
             out["paths"][label] = summarize_answers(rows)
             if mode == "latent":
                 overheads += [overhead_s(r) for r in rows if r["ok"]]
+        if throughput_n and quants:
+            out["throughput"] = {"path": f"latent:{quants[0]}", "n": min(throughput_n, len(examples))}
+            for w in (1, window):
+                t0 = time.perf_counter()
+                rows = _ask(
+                    client,
+                    examples[:throughput_n],
+                    context,
+                    gold,
+                    f"{w} in flight",
+                    progress,
+                    window=w,
+                    mode="latent",
+                    quant=quants[0],
+                )
+                wall = time.perf_counter() - t0
+                ok = [r["e2e_s"] for r in rows if r["ok"]]
+                out["throughput"][f"window_{w}"] = {
+                    "window": w,
+                    "requests_per_s": len(ok) / wall if wall > 0 else 0.0,
+                    "latency_p50_s": float(np.percentile(ok, 50)) if ok else None,
+                    "failed": len(rows) - len(ok),
+                }
+            one, many = out["throughput"]["window_1"], out["throughput"][f"window_{window}"]
+            out["throughput"]["speedup"] = (
+                many["requests_per_s"] / one["requests_per_s"] if one["requests_per_s"] else None
+            )
     if overheads:
         out["overhead"] = {"p50": float(np.percentile(overheads, 50)), "p95": float(np.percentile(overheads, 95))}
     return out

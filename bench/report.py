@@ -12,6 +12,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 PATHS = ("text", "token-budget", "evidence", "relay", "latent")
 
 
+def _num(x: float | None) -> str:
+    """A live figure, or "-" where none was measured (a latency-only run has no gold answers)."""
+    return "-" if x is None else f"{x:.3f}"
+
+
 def paths_in(q: dict) -> list[str]:
     """The paths a results block measured, in the canonical order."""
     have = set().union(*(per.keys() for per in q["models"].values()))
@@ -143,14 +148,25 @@ def write_report(results: dict, out: Path) -> Path:
             "",
             "## Live system latency (end to end, seconds)",
             "",
-            "| path | n | p50 | p95 | bytes/request | degraded |",
-            "|---|---|---|---|---|---|",
+            "| path | n | answered | joint EM | joint F1 | p50 | p95 | bytes/request | degraded |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for path, r in live["paths"].items():
             lines.append(
-                f"| {path} | {r['n']} | {r['latency_p50_s']:.3f} | {r['latency_p95_s']:.3f} | "
-                f"{r['fanout_bytes_per_request']:.0f} | {r['degraded']} |"
+                f"| {path} | {r['n']} | {r.get('n_answered', r['n'])} | {_num(r.get('em'))} | {_num(r.get('f1'))} | "
+                f"{r['latency_p50_s']:.3f} | {r['latency_p95_s']:.3f} | {r['fanout_bytes_per_request']:.0f} | "
+                f"{r['degraded']} |"
             )
+        t = live.get("throughput")
+        if t:
+            lines += ["", f"Throughput on `{t['path']}` ({t['n']} questions):", ""]
+            lines += ["| in flight | requests/s | p50 s | failed |", "|---|---|---|---|"]
+            for k, w in t.items():
+                if k.startswith("window_"):
+                    p50 = "-" if w["latency_p50_s"] is None else f"{w['latency_p50_s']:.2f}"
+                    lines.append(f"| {w['window']} | {w['requests_per_s']:.3f} | {p50} | {w['failed']} |")
+            if t.get("speedup") is not None:
+                lines += ["", f"Requests per second, most in flight against one: {t['speedup']:.2f}x."]
         if "overhead" in live:
             o = live["overhead"]
             lines += [
@@ -275,10 +291,15 @@ def readme_table(results: dict) -> str:
     lines += ["", *verdict(q0)]
     live = results.get("live")
     if live:
-        lines += ["", "| path (live, distractor) | p50 s | p95 s | bytes on the wire / request |", "|---|---|---|---|"]
+        lines += [
+            "",
+            f"| path (live, {live.get('context', 'distractor')}) | joint F1 | p50 s | p95 s | bytes on the wire "
+            "/ request |",
+            "|---|---|---|---|---|",
+        ]
         for path, r in live["paths"].items():
             lines.append(
-                f"| {path} (n={r['n']}) | {r['latency_p50_s']:.2f} | {r['latency_p95_s']:.2f} | "
+                f"| {path} (n={r['n']}) | {_num(r.get('f1'))} | {r['latency_p50_s']:.2f} | {r['latency_p95_s']:.2f} | "
                 f"{r['fanout_bytes_per_request']:.0f} |"
             )
     lines += [

@@ -93,6 +93,7 @@ def run_bench(
     paths: tuple[str, ...] | None = None,
     schemes: tuple[str, ...] = ("fp16", "int8", "int4"),
     path_limits: dict[str, int] | None = None,
+    live_options: dict | None = None,
 ) -> dict:
     """Quality (per model, joint, oracle, per quantisation), efficiency, live latency and training cost."""
     out = Path(out)
@@ -132,7 +133,10 @@ def run_bench(
     if live_n:
         from .live import live_latency
 
-        results["live"] = live_latency(Path(ckpt), examples[:live_n], progress=progress)
+        ctx = "distractor" if "distractor" in contexts else contexts[0]
+        results["live"] = live_latency(
+            Path(ckpt), examples[:live_n], context=ctx, progress=progress, **(live_options or {})
+        )
     results["meta"]["wall_s"] = round(time.perf_counter() - t0, 1)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -333,10 +333,18 @@ def bench(
     limit_path: Annotated[
         list[str], typer.Option(help="PATH=N: measure that path on the first N questions only (repeat)")
     ] = [],  # noqa: B006 - typer needs a literal default
+    live_quant: Annotated[
+        list[str], typer.Option(help="wire schemes of the live latent runs (repeat; default fp16, int8, int4)")
+    ] = [],  # noqa: B006 - typer needs a literal default
+    live_text: Annotated[int, typer.Option(help="live questions on the text path (the first N)")] = 20,
+    throughput: Annotated[
+        int, typer.Option(help="live questions asked with 1 and with 8 in flight (requests/s; 0: none)")
+    ] = 0,
     quick: Annotated[bool, typer.Option(help="tiny random models + tiny checkpoint: minutes, for CI")] = False,
     threads: Threads = None,
 ) -> None:
     """The full figure-of-merit report: quality per model and joint, quantisation, bytes, latency, training cost."""
+    from .bench.live import QUANTS
     from .bench.run import quick_checkpoint, run_bench
     from .checkpoint import DEFAULT_CKPT
     from .device import set_threads
@@ -363,6 +371,7 @@ def bench(
         paths=paths,
         schemes=schemes,
         path_limits=path_limits,
+        live_options={"quants": tuple(live_quant) or QUANTS, "text_n": live_text, "throughput_n": throughput},
     )
     typer.echo(f"wrote {out / 'results.json'} and {out / 'report.md'} ({res['meta']['wall_s']} s)")
 

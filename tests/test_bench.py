@@ -94,7 +94,8 @@ def test_bench_quick_cli_end_to_end(tmp_path, monkeypatch):
     from latentwire.cli import app
 
     monkeypatch.setenv("LATENTWIRE_CACHE", str(tmp_path / "cache"))
-    res = CliRunner().invoke(app, ["bench", "--quick", "--out", str(tmp_path), "--context", "gold", "--limit", "3"])
+    args = ["bench", "--quick", "--out", str(tmp_path), "--context", "gold", "--limit", "3", "--throughput", "3"]
+    res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     results = json.loads((tmp_path / "results.json").read_text())
     live = results["live"]["paths"]
@@ -103,3 +104,8 @@ def test_bench_quick_cli_end_to_end(tmp_path, monkeypatch):
     fan = {k: v["fanout_bytes_per_request"] for k, v in live.items()}
     assert fan["latent:int4"] < fan["latent:int8"] < fan["latent:fp16"] < fan["text"]
     assert (tmp_path / "latency.png").is_file() and "## Live system latency" in (tmp_path / "report.md").read_text()
+    assert results["live"]["context"] == "gold" and all(p["n_scored"] == 3 for p in live.values())
+    tp = results["live"]["throughput"]  # the same 3 questions with 1 and with 8 in flight
+    assert tp["path"] == "latent:fp16" and tp["window_1"]["failed"] == tp["window_8"]["failed"] == 0
+    assert tp["speedup"] == pytest.approx(tp["window_8"]["requests_per_s"] / tp["window_1"]["requests_per_s"])
+    assert "Throughput on `latent:fp16`" in (tmp_path / "report.md").read_text()
