@@ -143,7 +143,7 @@ def _sender_path(wire: Wire, name: str, mode: str, ctx: str, scheme: str | None 
     """evaluate() arguments of a path that goes through the sender; the text paths need none."""
     if mode in ("text", "token-budget"):
         return {}
-    tag = wire.path_fingerprint(mode) if scheme is None else f"{wire.fingerprint}:{scheme}"
+    tag = wire.path_fingerprint(mode, name) + (f":{scheme}" if scheme is not None else "")
     return {"slot_fn": wire.slot_fn(name, mode, ctx, scheme), "slot_fingerprint": tag}
 
 

@@ -19,6 +19,7 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from .models import LLM
@@ -114,3 +115,44 @@ def check_model(path: str | Path, name: str, llm: LLM) -> None:
         raise CheckpointError(
             f"{path}: adapter {name!r} outputs {want['hidden_size']} dims, {llm.spec} expects {llm.hidden_size}"
         )
+
+
+# ---- parts: the encoder and each adapter, fingerprinted apart (a checkpoint extended by one receiver keeps
+# the others' parts, and what was measured on them stays valid) ----
+
+
+def tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str] | None]:
+    """Every tensor of a checkpoint's weights file, and the file's metadata (both kept as they are)."""
+    try:
+        with safe_open(str(Path(path) / WEIGHTS), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()  # noqa: SIM118 - not a dict
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is not a LatentWire checkpoint: weights are missing") from None
+
+
+def part_fingerprint(entry: dict, tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 of one part: its config entry (canonical JSON) and its tensors (names, dtypes, shapes, bytes)."""
+    h = hashlib.sha256(json.dumps(entry, sort_keys=True).encode())
+    for k in sorted(tensors):
+        t = tensors[k].contiguous()
+        h.update(f"\x00{k}\x00{t.dtype}\x00{tuple(t.shape)}\x00".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def part_fingerprints(path: str | Path) -> dict[str, str]:
+    """`encoder` and one entry per adapter: what a reader compares to see which parts two checkpoints share."""
+    path = Path(path)
+    cfg = read_config(path)
+    sd, _ = tensors(path)
+    within = lambda prefix: {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}  # noqa: E731
+    out = {"encoder": part_fingerprint(cfg["encoder"], within("encoder."))}
+    for name, entry in cfg["models"].items():
+        out[name] = part_fingerprint(entry, within(f"adapter.{name}."))
+    return out
+
+
+def shared_parts(child: str | Path, parent: str | Path) -> list[str]:
+    """The parts (encoder, adapters) of `parent` that `child` holds unchanged."""
+    a, b = part_fingerprints(child), part_fingerprints(parent)
+    return [k for k in b if a.get(k) == b[k]]

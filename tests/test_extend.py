@@ -19,7 +19,7 @@ from latentwire.protocol import Ask, decode_frame
 from latentwire.receivers.adapter import load_adapter
 from latentwire.receivers.receiver import Receiver
 from latentwire.sender.process import Sender
-from latentwire.trainer.extend import ExtendRecipe, _tensors, extend, part_fingerprints, shared_parts
+from latentwire.trainer.extend import ExtendRecipe, extend
 from latentwire.trainer.pipeline import load_checkpoint
 from latentwire.trainer.sharer_recipe import SharerRecipe, build
 
@@ -123,7 +123,7 @@ def test_folded_embedding_scale_keeps_logits(gemma):
 
 def test_extension_keeps_the_parent_byte_for_byte(parent, child):
     ckpt, _ = parent
-    old_sd, new_sd = _tensors(ckpt)[0], _tensors(child)[0]
+    old_sd, new_sd = checkpoint.tensors(ckpt)[0], checkpoint.tensors(child)[0]
     assert set(new_sd) - set(old_sd) == {"adapter.tiny-gemma.log_tau"}
     for k, v in old_sd.items():
         assert new_sd[k].dtype == v.dtype and new_sd[k].numpy().tobytes() == v.numpy().tobytes()
@@ -132,8 +132,8 @@ def test_extension_keeps_the_parent_byte_for_byte(parent, child):
         assert new[k] == v or k == "models"
     assert all(new["models"][n] == e for n, e in old["models"].items())
     assert new["parent"] == checkpoint.fingerprint(ckpt) != checkpoint.fingerprint(child)
-    assert new["adapter_fingerprints"] == part_fingerprints(child)
-    assert shared_parts(child, ckpt) == ["encoder", "tiny-llama", "tiny-qwen"]
+    assert new["adapter_fingerprints"] == checkpoint.part_fingerprints(child)
+    assert checkpoint.shared_parts(child, ckpt) == ["encoder", "tiny-llama", "tiny-qwen"]
     ext = new["extensions"][-1]
     assert (
         ext["model"] == "tiny-gemma"
@@ -150,6 +150,7 @@ def test_extension_keeps_the_parent_byte_for_byte(parent, child):
 
 def test_old_receivers_answer_the_same(parent, child, dev3):
     ckpt, llms = parent
+    keys: list[str] = []
     for name, llm in llms.items():
         preds = []
         for path in (ckpt, child):
@@ -165,7 +166,12 @@ def test_old_receivers_answer_the_same(parent, child, dev3):
                 max_new_tokens=6,
             )
             preds.append([(r["raw"], r["score"]) for r in res["rows"]])
+            keys.append(wire.path_fingerprint("latent", name))
         assert preds[0] == preds[1]
+        # so their measured latent rows stay valid: the cache key is the encoder's and their adapter's, not the
+        # whole checkpoint's (which the extension changed)
+        assert keys[-2] == keys[-1] and wire.fingerprint != checkpoint.fingerprint(ckpt)
+    assert keys[0] != keys[2]  # another receiver's adapter, another key
 
 
 def test_new_receiver_serves(parent, child, gemma, dev3):

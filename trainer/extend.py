@@ -18,14 +18,12 @@ temperature and candidate count on `val` within a time budget (the only "trainin
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from latentwire import checkpoint
@@ -60,47 +58,10 @@ class ExtendRecipe:
         return {"recipe": "extend", **asdict(self)}
 
 
-def _tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str] | None]:
-    """Every tensor of a checkpoint's weights file, and the file's metadata (both kept as they are)."""
-    try:
-        with safe_open(str(path / checkpoint.WEIGHTS), framework="pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()  # noqa: SIM118 - not a dict
-    except FileNotFoundError:
-        raise checkpoint.CheckpointError(f"{path} is not a LatentWire checkpoint: weights are missing") from None
-
-
-def part_fingerprint(entry: dict, tensors: dict[str, torch.Tensor]) -> str:
-    """sha256 of one part: its config entry (canonical JSON) and its tensors (names, dtypes, shapes, bytes)."""
-    h = hashlib.sha256(json.dumps(entry, sort_keys=True).encode())
-    for k in sorted(tensors):
-        t = tensors[k].contiguous()
-        h.update(f"\x00{k}\x00{t.dtype}\x00{tuple(t.shape)}\x00".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
-def part_fingerprints(path: str | Path) -> dict[str, str]:
-    """`encoder` and one entry per adapter: what a reader compares to see which parts two checkpoints share."""
-    path = Path(path)
-    cfg = checkpoint.read_config(path)
-    sd, _ = _tensors(path)
-    within = lambda prefix: {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}  # noqa: E731
-    out = {"encoder": part_fingerprint(cfg["encoder"], within("encoder."))}
-    for name, entry in cfg["models"].items():
-        out[name] = part_fingerprint(entry, within(f"adapter.{name}."))
-    return out
-
-
-def shared_parts(child: str | Path, parent: str | Path) -> list[str]:
-    """The parts (encoder, adapters) of `parent` that `child` holds unchanged."""
-    a, b = part_fingerprints(child), part_fingerprints(parent)
-    return [k for k in b if a.get(k) == b[k]]
-
-
 def _write(parent: Path, out: Path, name: str, entry: dict, adapter: CodebookAdapter, extension: dict) -> str:
     """The child checkpoint: the parent's tensors and config entries unchanged, plus the new receiver."""
     cfg = checkpoint.read_config(parent)
-    sd, meta = _tensors(parent)
+    sd, meta = checkpoint.tensors(parent)
     new = {f"adapter.{name}.{k}": v.detach().float().cpu().contiguous() for k, v in adapter.state_dict().items()}
     cfg["models"][name] = entry
     cfg["parent"] = checkpoint.fingerprint(parent)
@@ -113,7 +74,7 @@ def _write(parent: Path, out: Path, name: str, entry: dict, adapter: CodebookAda
         json.dumps({"format": checkpoint.FORMAT_VERSION, **cfg}, indent=2, sort_keys=True) + "\n"
     )
     # the map is written last, over the parts as they lie on disk
-    cfg["adapter_fingerprints"] = part_fingerprints(out)
+    cfg["adapter_fingerprints"] = checkpoint.part_fingerprints(out)
     (out / checkpoint.CONFIG).write_text(
         json.dumps({"format": checkpoint.FORMAT_VERSION, **cfg}, indent=2, sort_keys=True) + "\n"
     )
@@ -212,6 +173,6 @@ def extend(
         "tried": tried,
     }
     fp = _write(parent, out, name, entry(calibration), adapter, ext)
-    kept = shared_parts(out, parent)
+    kept = checkpoint.shared_parts(out, parent)
     log(f"{out}: fingerprint {fp[:12]}, parent {ext['parent'][:12]}; unchanged from the parent: {', '.join(kept)}")
     return out

@@ -12,6 +12,7 @@ import hashlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -55,9 +56,18 @@ class Wire:
     def m(self) -> int:
         return int(self.config["encoder"]["m"])
 
-    def path_fingerprint(self, mode: str) -> str:
+    @cached_property
+    def parts(self) -> dict[str, str]:
+        """The fingerprint of each part (the encoder, each adapter): `checkpoint.part_fingerprints`."""
+        return checkpoint.part_fingerprints(self.path)
+
+    def path_fingerprint(self, mode: str, name: str | None = None) -> str:
         """What a sender path's answers depend on: the selection (evidence), the sharer's reading (relay), the
-        whole checkpoint (latent). Cached rows of evidence and relay survive a change of the latent's knobs."""
+        encoder and receiver `name`'s adapter (latent; the whole checkpoint without a name). Cached rows of
+        evidence and relay survive a change of the latent's knobs, and a receiver's latent rows survive the
+        checkpoint's extension by another receiver."""
+        if mode == "latent" and name is not None:
+            return "latent:" + hashlib.sha256(f"{self.parts['encoder']}:{self.parts[name]}".encode()).hexdigest()[:24]
         if mode == "evidence":
             return (
                 "evidence:"
