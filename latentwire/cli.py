@@ -194,7 +194,10 @@ def train(
     temperature: Annotated[float, typer.Option(help="llm backbone: < 1 sharpens the sharer's distribution")] = 1.0,
     tau: Annotated[float, typer.Option(help="llm backbone: receivers' snapping temperature")] = 20.0,
     nearest: Annotated[int, typer.Option(help="llm backbone: receiver tokens mixed per row")] = 4,
-    evidence_paragraphs: Annotated[int, typer.Option(help="llm backbone: paragraphs the selector keeps")] = 4,
+    evidence_paragraphs: Annotated[int, typer.Option(help="llm backbone: paragraphs the selector keeps")] = 2,
+    evidence_order: Annotated[
+        str, typer.Option(help="llm backbone: reading order of the selection: score (best first) or source")
+    ] = "score",
     m: Annotated[int, typer.Option("--soft-tokens", "-M", help="soft tokens M")] = 8,
     d_z: Annotated[int, typer.Option(help="latent width")] = 256,
     context: Annotated[Context, typer.Option()] = Context.distractor,
@@ -249,6 +252,7 @@ def train(
             tokens_per_row=tokens_per_row,
             min_cos=min_cos,
             evidence_paragraphs=evidence_paragraphs,
+            evidence_order=evidence_order,
             tau=tau,
             nearest=nearest,
             context=context.value,

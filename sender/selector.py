@@ -60,6 +60,9 @@ class SelectorConfig:
     """The budget and the fitted weights (standardisation included): all a sender needs to select."""
 
     paragraphs: int = 4  # budget: paragraphs selected (the best pair, then the best partners of those chosen)
+    # reading order of the selection: "score" puts the best pair first, its better-scoring paragraph (the one the
+    # question names) before the bridge, then further picks in pick order; "source" keeps the context's order
+    order: str = "source"
     single: list[float] = field(default_factory=list)  # logistic weights over SINGLE_FEATURES (+ bias), standardised
     single_mu: list[float] = field(default_factory=list)
     single_sd: list[float] = field(default_factory=list)
@@ -74,7 +77,7 @@ class SelectorConfig:
 
 @dataclass
 class Selection:
-    indices: list[int]  # selected paragraphs, in source order
+    indices: list[int]  # selected paragraphs, in reading order (`SelectorConfig.order`)
     pair: tuple[int, int]  # the best pair
 
     def text(self, paragraphs: Sequence[Paragraph]) -> str:
@@ -158,23 +161,27 @@ class Selector:
         if budget < 1:
             raise ValueError(f"the evidence budget must be at least one paragraph, not {budget}")
         n = len(paragraphs)
-        if n <= 2 or budget == 1:
-            s = self.single_scores(question, paragraphs)
-            order = [int(i) for i in np.argsort(-s, kind="stable")]
-            keep = sorted(order[:budget])
-            return Selection(keep, (order[0], order[min(1, n - 1)]))
         s = self.single_scores(question, paragraphs)
+        if n <= 2 or budget == 1:
+            order = [int(i) for i in np.argsort(-s, kind="stable")]
+            return Selection(self._ordered(order[:budget]), (order[0], order[min(1, n - 1)]))
         pairs, pf = pair_features(question, paragraphs, s)
         logits = _logit(pf, self.cfg.pair, self.cfg.pair_mu, self.cfg.pair_sd)
         joint = np.full((n, n), -np.inf)
         for (i, j), v in zip(pairs, logits, strict=True):
             joint[i, j] = joint[j, i] = v
         best = pairs[int(np.argmax(logits))]
-        chosen = list(best)
+        chosen = sorted(best, key=lambda i: -s[i])[:budget]  # the question's own paragraph, then its bridge
         while len(chosen) < min(budget, n):  # each further pick: the best partner of what is already chosen
             rest = [c for c in range(n) if c not in chosen]
             chosen.append(max(rest, key=lambda c: joint[c, chosen].max()))
-        return Selection(sorted(chosen), best)
+        return Selection(self._ordered(chosen), best)
+
+    def _ordered(self, picks: list[int]) -> list[int]:
+        """The picks (best first) in the configured reading order."""
+        if self.cfg.order not in ("score", "source"):
+            raise ValueError(f"unknown selection order {self.cfg.order!r}; choose score or source")
+        return [int(i) for i in picks] if self.cfg.order == "score" else sorted(int(i) for i in picks)
 
     def single_scores(self, question: str, paragraphs: Sequence[Paragraph]) -> np.ndarray:
         c = self.cfg
@@ -184,7 +191,7 @@ class Selector:
         return self.select(ex.question, ex.paragraphs, budget).text(ex.paragraphs)
 
     @classmethod
-    def fit(cls, rows: Sequence[Example], paragraphs: int = 4, l2: float = 1e-3) -> Selector:
+    def fit(cls, rows: Sequence[Example], paragraphs: int = 4, l2: float = 1e-3, order: str = "source") -> Selector:
         """Fit both regressions on examples with gold paragraphs (seconds on `train`)."""
         rows = [ex for ex in rows if len(ex.gold_indices) == 2 and len(ex.paragraphs) > 2]
         if not rows:
@@ -201,7 +208,7 @@ class Selector:
             xp.append(pf)
             yp.append(np.asarray([float(p == gold) for p in pairs]))
         w2, mu2, sd2 = _fit_logistic(np.concatenate(xp), np.concatenate(yp), l2)
-        return cls(SelectorConfig(paragraphs, w1, mu1, sd1, w2, mu2, sd2))
+        return cls(SelectorConfig(paragraphs, order, w1, mu1, sd1, w2, mu2, sd2))
 
 
 def _fit_logistic(x: np.ndarray, y: np.ndarray, l2: float) -> tuple[list[float], list[float], list[float]]:

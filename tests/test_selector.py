@@ -52,3 +52,22 @@ def test_config_round_trips_through_json(selector):
     assert Selector(cfg).select(ex.question, ex.paragraphs) == selector.select(ex.question, ex.paragraphs)
     with pytest.raises(ValueError, match="no weights"):
         Selector(SelectorConfig())
+
+
+def test_score_order_reads_the_best_pair_first(selector):
+    """`order="score"`: the same paragraphs, the best pair first (the question's own paragraph before its bridge),
+    further picks after it; `source` keeps the context's order. Old checkpoints (no `order`) read in source order."""
+    ranked = Selector(SelectorConfig(**{**selector.cfg.to_dict(), "order": "score"}))
+    for ex in load_split("val", limit=20):
+        a, b = selector.select(ex.question, ex.paragraphs, 4), ranked.select(ex.question, ex.paragraphs, 4)
+        assert sorted(b.indices) == a.indices and a.pair == b.pair
+        assert set(b.indices[:2]) == set(b.pair)
+        s = ranked.single_scores(ex.question, ex.paragraphs)
+        assert s[b.indices[0]] >= s[b.indices[1]]
+        first = ranked.select(ex.question, ex.paragraphs, 2).indices[0]  # what the sharer reads first
+        assert first == b.indices[0] and ranked.evidence(ex, 2).split("\n")[0] == ex.paragraphs[first].render()
+    cfg = selector.cfg.to_dict()
+    cfg.pop("order")
+    assert SelectorConfig(**cfg).order == "source"
+    with pytest.raises(ValueError, match="selection order"):
+        Selector(SelectorConfig(**{**selector.cfg.to_dict(), "order": "random"})).select("Q?", ex.paragraphs)
