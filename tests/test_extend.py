@@ -225,3 +225,15 @@ def test_gemma_is_embedded_with_a_chat_template(gemma, tmp_path):
         "bos_token": "<bos>",
         "chat_template": GEMMA_CHAT_TEMPLATE,
     }
+
+
+def test_sender_path_keys_follow_what_the_answers_depend_on(parent):
+    """Cached rows are reused only where the answers cannot differ: relay and evidence follow the selection
+    (the sharer reads what it selects), the latent follows the encoder and the receiver's own adapter."""
+    ckpt, llms = parent
+    wire = load_checkpoint(ckpt, llms=llms, reading_cache=False)
+    before = {m: wire.path_fingerprint(m, "tiny-llama") for m in ("evidence", "relay", "latent")}
+    wire.encoder.selector.cfg.paragraphs += 1
+    after = {m: wire.path_fingerprint(m, "tiny-llama") for m in ("evidence", "relay")}
+    assert before["evidence"] != after["evidence"] and before["relay"] != after["relay"]
+    assert before["latent"] != wire.path_fingerprint("latent", "tiny-qwen")

@@ -35,6 +35,10 @@ def docs_of(examples: Sequence[Example], context: str) -> list[tuple[str, tuple]
     return [(ex.question, parse_context(ex.context(context))) for ex in examples]
 
 
+def _short(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
 @dataclass
 class Wire:
     path: Path
@@ -62,21 +66,17 @@ class Wire:
         return checkpoint.part_fingerprints(self.path)
 
     def path_fingerprint(self, mode: str, name: str | None = None) -> str:
-        """What a sender path's answers depend on: the selection (evidence), the sharer's reading (relay), the
-        encoder and receiver `name`'s adapter (latent; the whole checkpoint without a name). Cached rows of
-        evidence and relay survive a change of the latent's knobs, and a receiver's latent rows survive the
-        checkpoint's extension by another receiver."""
+        """What a sender path's answers depend on: the selection (evidence), the selection and the sharer's
+        reading of it (relay), the encoder and receiver `name`'s adapter (latent; the whole checkpoint without a
+        name). Cached rows of evidence and relay survive a change of the latent's knobs, and a receiver's latent
+        rows survive the checkpoint's extension by another receiver."""
         if mode == "latent" and name is not None:
-            return "latent:" + hashlib.sha256(f"{self.parts['encoder']}:{self.parts[name]}".encode()).hexdigest()[:24]
+            return "latent:" + _short(f"{self.parts['encoder']}:{self.parts[name]}")
+        selection = _short(json.dumps(self.encoder.selector.cfg.to_dict(), sort_keys=True)) if self.has_sharer else ""
         if mode == "evidence":
-            return (
-                "evidence:"
-                + hashlib.sha256(json.dumps(self.encoder.selector.cfg.to_dict(), sort_keys=True).encode()).hexdigest()[
-                    :20
-                ]
-            )
+            return "evidence:" + selection
         if mode == "relay":
-            return "relay:" + self.encoder.cfg.reading_key(self.encoder.llm.fingerprint)
+            return "relay:" + self.encoder.cfg.reading_key(self.encoder.llm.fingerprint) + ":" + selection
         return self.fingerprint
 
     @torch.no_grad()
