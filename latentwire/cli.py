@@ -119,7 +119,7 @@ def eval_(
                         context=context.value,
                         split=split.value,
                         slot_fn=wire.slot_fn(name, mode.value, context.value),
-                        slot_fingerprint=wire.path_fingerprint(mode.value),
+                        slot_fingerprint=wire.path_fingerprint(mode.value, name),
                         batch_size=batch_size,
                     )
                 )
