@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Sequence
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ from latentwire.protocol import (
 )
 
 log = logging.getLogger("latentwire.sender")
+MAX_BATCH = 8  # asks read together by the sharer (those that queued while it read the last batch)
 
 
 @dataclass
@@ -48,11 +50,57 @@ class Sender:
 
     def build(self, ask: Ask) -> tuple[bytes, dict[str, float]]:
         """(frame, durations); raises ProtocolError when the request cannot be expressed (e.g. fp16 overflow)."""
+        out = self.build_many([ask])[0]
+        if isinstance(out, Exception):
+            raise out
+        return out
+
+    def build_many(self, asks: Sequence[Ask]) -> list[tuple[bytes, dict[str, float]] | Exception]:
+        """Frames for asks that arrived together: the sharer reads all of their evidence in one batch (its greedy
+        steps cost about what one question's do), the rest is per ask. Each item is (frame, durations) or the
+        exception that ask alone raised (a ProtocolError when it cannot be expressed)."""
+        import torch
+
+        from latentwire.data import parse_context
+
+        t0 = time.perf_counter()
+        reads = getattr(self.encoder, "read", None)
+        shared = [i for i, a in enumerate(asks) if a.mode in ("latent", "relay") and reads is not None]
+        readings: dict[int, object] = {}
+        if shared:
+            docs = []
+            for i in shared:
+                try:
+                    docs.append((i, (asks[i].question, parse_context(asks[i].context))))
+                except Exception as e:  # noqa: BLE001 - built alone below, where the error is its own
+                    readings[i] = e
+            try:
+                with torch.no_grad():
+                    got = reads([d for _, d in docs], batch_size=max(1, len(docs)))
+                readings.update({i: r for (i, _), r in zip(docs, got, strict=True)})
+            except Exception:  # noqa: BLE001 - one bad ask must not fail the batch: read each alone instead
+                log.exception("batched reading failed; reading one at a time")
+        shared_s = (time.perf_counter() - t0) / max(1, len(shared))
+        out: list[tuple[bytes, dict[str, float]] | Exception] = []
+        for i, ask in enumerate(asks):
+            try:
+                frame, durations = self._build_one(ask, readings.get(i))
+                if i in readings and not isinstance(readings[i], Exception):
+                    durations["encode_s"] += shared_s  # its share of the batched reading
+                out.append((frame, durations))
+            except Exception as e:  # noqa: BLE001 - reported per ask by the caller
+                out.append(e)
+        return out
+
+    def _build_one(self, ask: Ask, reading: object | None = None) -> tuple[bytes, dict[str, float]]:
+        """One ask's frame; `reading` is the sharer's reading of it when the batch already read it."""
         import torch
 
         from latentwire.data import parse_context
         from latentwire.prompts import slot_text
 
+        if isinstance(reading, Exception):
+            raise reading
         t0 = time.perf_counter()
         durations: dict[str, float] = {}
         msg: Message
@@ -65,7 +113,7 @@ class Sender:
                 if ask.mode == "evidence":
                     text = slot_text(ask.question, self.encoder.evidence(doc))
                 elif reads is not None:
-                    reading = reads([doc])[0]
+                    reading = reading if reading is not None else reads([doc])[0]
                     text = reading.answer
                     z = self.encoder.latents([reading])[0].float().cpu().numpy()
                 else:
@@ -111,8 +159,9 @@ def serve(
     curve_dir: str | None = None,
     device: str = "cpu",
     stop: net.StopFlag | None = None,
+    max_batch: int = MAX_BATCH,
 ) -> None:
-    """Run a sender until SIGINT/SIGTERM (the request being encoded is finished and reported first)."""
+    """Run a sender until SIGINT/SIGTERM (the requests being encoded are finished and reported first)."""
     from latentwire import checkpoint
 
     from .encoder import load_encoder
@@ -159,10 +208,14 @@ def serve(
                 # a sharer reads for seconds: the work runs on a worker thread (the PUSH sockets go with it, one
                 # request at a time) while this thread keeps the heartbeats going, so the arbiter never takes a
                 # busy sender for a dead one and re-sends its request
-                job = worker.submit(_handle, sender, dealer.recv(), pushes)
+                batch = [dealer.recv()]
+                while len(batch) < max(1, max_batch) and dealer.poll(0):  # what queued meanwhile is read together
+                    batch.append(dealer.recv())
+                job = worker.submit(_handle_many, sender, batch, pushes)
                 while not futures.wait([job], timeout=net.HEARTBEAT_S / 2).done:
                     last_beat = _beat(dealer, alive, last_beat)
-                dealer.send(encode_frame(job.result()))
+                for reply in job.result():
+                    dealer.send(encode_frame(reply))
             last_beat = _beat(dealer, alive, last_beat)
     finally:
         worker.shutdown(wait=True)
@@ -185,19 +238,41 @@ def _beat(dealer: zmq.Socket, alive: bytes, last: float) -> float:
     return time.monotonic()
 
 
-def _handle(sender: Sender, data: bytes, pushes: list[zmq.Socket]) -> Heartbeat | ErrorReply:
-    """One Ask from the arbiter -> fan-out -> the report (never raises)."""
-    try:
-        ask = decode_frame(data)
+def _handle_many(sender: Sender, batch: Sequence[bytes], pushes: list[zmq.Socket]) -> list[Heartbeat | ErrorReply]:
+    """Asks from the arbiter -> fan-out -> one report each (never raises; one bad ask fails alone)."""
+    replies: list[Heartbeat | ErrorReply | None] = [None] * len(batch)
+    asks: list[tuple[int, Ask]] = []
+    for i, data in enumerate(batch):
+        try:
+            ask = decode_frame(data)
+        except ProtocolError as e:
+            replies[i] = error_reply(peek_rid(data), sender.pid, "bad_request", str(e))
+            continue
         if not isinstance(ask, Ask):
             why = f"a sender takes ask frames, not {type(ask).__name__}"
-            return error_reply(ask.rid, sender.pid, "unexpected_kind", why)
-        frame, durations = sender.build(ask)
-    except ProtocolError as e:
-        return error_reply(peek_rid(data), sender.pid, "bad_request", str(e))
-    except Exception as e:  # noqa: BLE001 - a failed encode answers this request only
-        log.exception("encode failed")
-        return error_reply(peek_rid(data), sender.pid, "internal", f"{type(e).__name__}: {e}")
+            replies[i] = error_reply(ask.rid, sender.pid, "unexpected_kind", why)
+        else:
+            asks.append((i, ask))
+    built = sender.build_many([a for _, a in asks]) if asks else []
+    for (i, ask), result in zip(asks, built, strict=True):
+        if isinstance(result, ProtocolError):
+            replies[i] = error_reply(ask.rid, sender.pid, "bad_request", str(result))
+        elif isinstance(result, Exception):
+            log.error("encode failed: %s: %s", type(result).__name__, result)
+            replies[i] = error_reply(ask.rid, sender.pid, "internal", f"{type(result).__name__}: {result}")
+        else:
+            replies[i] = _fan_out(sender, ask, *result, pushes)
+    return [r for r in replies if r is not None]
+
+
+def _handle(sender: Sender, data: bytes, pushes: list[zmq.Socket]) -> Heartbeat | ErrorReply:
+    """One Ask from the arbiter -> fan-out -> the report (never raises)."""
+    return _handle_many(sender, [data], pushes)[0]
+
+
+def _fan_out(
+    sender: Sender, ask: Ask, frame: bytes, durations: dict[str, float], pushes: list[zmq.Socket]
+) -> Heartbeat:
     reached = 0
     for s in pushes:
         try:

@@ -8,7 +8,7 @@ import torch
 
 from latentwire import checkpoint
 from latentwire.data import load_split
-from latentwire.protocol import Ask, LatentRequest, TextRequest, decode_frame
+from latentwire.protocol import Ask, LatentRequest, TextRequest, decode_frame, encode_frame
 from latentwire.sender.process import Sender
 from latentwire.sender.selector import Selector
 from latentwire.sender.sharer import READ_K, ReadingCache, SharerConfig, SharerEncoder
@@ -107,3 +107,39 @@ def test_hidden_states_are_cached_in_fp16(tiny_qwen, selector, dev3, tmp_path):
     assert first.hidden.shape[0] in (len(first.topk_ids), len(first.topk_ids) + 1)  # + the step that stopped
     again = SharerEncoder(cfg, llm=tiny_qwen).use_cache(tmp_path).read(docs_of(dev3[:1], "gold"))[0]
     assert torch.allclose(again.hidden, first.hidden, atol=1e-2, rtol=1e-2)
+
+
+def test_sender_reads_asks_that_arrive_together_in_one_batch(tiny_llama, tiny_qwen, tmp_path, dev3):
+    """Frames built for a batch are the frames built one at a time; a garbage frame in the batch fails alone."""
+    import zmq
+
+    from latentwire.sender.process import _handle_many
+
+    llms = {"tiny-llama": tiny_llama, "tiny-qwen": tiny_qwen}
+    recipe = SharerRecipe(models=list(llms), sharer="tiny-qwen", m=4, d_z=32, eval_n=4, train_limit=60)
+    wire = load_checkpoint(build(recipe, tmp_path / "run", llms=llms, progress=False), llms=llms, reading_cache=False)
+    sender = Sender(wire.encoder, wire.fingerprint, 4, "s-test")
+    modes = ("latent", "relay", "latent", "evidence")
+    asks = [
+        Ask(f"r-{i}", "c", ex.question, ex.context(), mode=mode, quant="int8")
+        for i, (ex, mode) in enumerate(zip([*dev3, dev3[0]], modes, strict=True))
+    ]
+    calls = []
+    read = wire.encoder.read
+    wire.encoder.read = lambda docs, **kw: calls.append(len(docs)) or read(docs, **kw)  # count the sharer's batches
+    together = sender.build_many(asks)
+    assert calls == [3]  # latent, relay, latent: one reading batch; evidence needs none
+    alone = [sender.build(a)[0] for a in asks]
+    assert [t[0] for t in together] == alone
+    ctx = zmq.Context.instance()
+    pull, push = ctx.socket(zmq.PULL), ctx.socket(zmq.PUSH)
+    port = pull.bind_to_random_port("tcp://127.0.0.1")
+    push.connect(f"tcp://127.0.0.1:{port}")
+    try:
+        replies = _handle_many(sender, [encode_frame(asks[0]), b"\x00garbage", encode_frame(asks[1])], [push])
+        assert [type(r).__name__ for r in replies] == ["Heartbeat", "ErrorReply", "Heartbeat"]
+        assert replies[1].code in ("bad_request", "bad_frame") and replies[2].rid == "r-1"
+        assert [decode_frame(pull.recv()).rid for _ in range(2)] == ["r-0", "r-1"]
+    finally:
+        pull.close(0)
+        push.close(0)
