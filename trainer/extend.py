@@ -17,7 +17,6 @@ temperature and candidate count on `val` within a time budget (the only "trainin
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Sequence
@@ -29,6 +28,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from latentwire import checkpoint
+from latentwire.checkpoint import part_fingerprints, shared_parts
 from latentwire.data import Example, load_split
 from latentwire.evaluate import evaluate
 from latentwire.models import LLM, load_llm
@@ -68,34 +68,6 @@ def _tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str] | None
             return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()  # noqa: SIM118 - not a dict
     except FileNotFoundError:
         raise checkpoint.CheckpointError(f"{path} is not a LatentWire checkpoint: weights are missing") from None
-
-
-def part_fingerprint(entry: dict, tensors: dict[str, torch.Tensor]) -> str:
-    """sha256 of one part: its config entry (canonical JSON) and its tensors (names, dtypes, shapes, bytes)."""
-    h = hashlib.sha256(json.dumps(entry, sort_keys=True).encode())
-    for k in sorted(tensors):
-        t = tensors[k].contiguous()
-        h.update(f"\x00{k}\x00{t.dtype}\x00{tuple(t.shape)}\x00".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
-def part_fingerprints(path: str | Path) -> dict[str, str]:
-    """`encoder` and one entry per adapter: what a reader compares to see which parts two checkpoints share."""
-    path = Path(path)
-    cfg = checkpoint.read_config(path)
-    sd, _ = _tensors(path)
-    within = lambda prefix: {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}  # noqa: E731
-    out = {"encoder": part_fingerprint(cfg["encoder"], within("encoder."))}
-    for name, entry in cfg["models"].items():
-        out[name] = part_fingerprint(entry, within(f"adapter.{name}."))
-    return out
-
-
-def shared_parts(child: str | Path, parent: str | Path) -> list[str]:
-    """The parts (encoder, adapters) of `parent` that `child` holds unchanged."""
-    a, b = part_fingerprints(child), part_fingerprints(parent)
-    return [k for k in b if a.get(k) == b[k]]
 
 
 def _write(parent: Path, out: Path, name: str, entry: dict, adapter: CodebookAdapter, extension: dict) -> str:
