@@ -6,7 +6,7 @@ code 2. `OneLineErrors` does it once for the whole app; `latentwire --debug ...`
 traceback instead. Nothing here imports torch, so `latentwire ask` starts fast.
 
 `recipe_options` turns a recipe dataclass's fields into a command's options, so a new recipe field is a new option
-without a hand copy in the command.
+without a hand copy in the command; `--config recipe.json|yaml` sets any of them from a file.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import functools
 import importlib
 import importlib.util
 import inspect
+import json
 import os
 import sys
 import types
@@ -207,6 +208,27 @@ def _plain(value: Any) -> Any:
     return value.value if isinstance(value, Enum) else list(value) if isinstance(value, tuple) else value
 
 
+CONFIG_PARAM, CONTEXT_PARAM = "recipe_config", "recipe_ctx"
+_FROM_DEFAULT = ("DEFAULT", "DEFAULT_MAP")  # click's ParameterSource names: not given on the command line
+
+
+def _read_recipe_file(path: Path) -> dict[str, Any]:
+    """A recipe file's fields: a JSON object, or a YAML mapping (.yaml, .yml)."""
+    try:
+        text = path.read_text()
+        if path.suffix in (".yaml", ".yml"):
+            import yaml  # a dependency of transformers; only needed here
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except (OSError, ValueError) as e:  # yaml's and json's errors are ValueErrors
+        raise CliError(f"{path}: unreadable recipe file ({' '.join(str(e).split())})") from None
+    if not isinstance(data, dict):
+        raise CliError(f"{path}: a recipe file holds one mapping of field names to values")
+    return data
+
+
 def recipe_options(
     recipe: str | type,
     *,
@@ -220,7 +242,8 @@ def recipe_options(
     Each field becomes `--field-name` with the field's type and default; its help is `help_text[field]`, else the
     field's own. A parameter the command declares itself under a field's name (or `rename[field]`) keeps the
     command's declaration (option names, type, help) and is passed to it as well as into the recipe. Fields whose
-    type no option carries (lists, nested configs) keep their dataclass defaults unless the command declares them.
+    type no option carries (lists, nested configs) keep their dataclass defaults unless the command declares them
+    or a file sets them: `--config FILE` (JSON or YAML) sets any field; an option given on the command line wins.
     """
     helps, rename, skip = dict(help_text or {}), dict(rename or {}), set(exclude)
 
@@ -228,11 +251,9 @@ def recipe_options(
         sig = inspect.signature(fn, eval_str=True)
         own = [p for p in sig.parameters.values() if p.name != param]
         declared = {p.name for p in own}
-        fields = [
-            f
-            for f in recipe_fields(recipe)
-            if f.name not in skip and (f.is_option or rename.get(f.name, f.name) in declared)
-        ]
+        every = [f for f in recipe_fields(recipe) if f.name not in skip]
+        fields = [f for f in every if f.is_option or rename.get(f.name, f.name) in declared]
+        file_only = {f.name for f in every} - {f.name for f in fields}  # lists, nested configs: from a file only
         added = [
             inspect.Parameter(
                 f.name,
@@ -244,13 +265,37 @@ def recipe_options(
             if rename.get(f.name, f.name) not in declared
         ]
 
+        config = inspect.Parameter(
+            CONFIG_PARAM,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=None,
+            annotation=Annotated[
+                Path | None,
+                typer.Option("--config", help="recipe fields from a JSON or YAML file (the command line wins)"),
+            ],
+        )
+
+        context = inspect.Parameter(CONTEXT_PARAM, inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)
+
         @functools.wraps(fn)
         def command(**kw: Any) -> Any:
+            path, ctx, extra = kw.pop(CONFIG_PARAM, None), kw.pop(CONTEXT_PARAM), {}
+            if path is not None:
+                for name, value in _read_recipe_file(path).items():
+                    if name in file_only:
+                        extra[name] = value
+                        continue
+                    key = rename.get(name, name)
+                    if key not in kw or name in skip:
+                        known = ", ".join(f.name for f in every)
+                        raise CliError(f"{path}: unknown recipe field {name!r} (known: {known})")
+                    if getattr(ctx.get_parameter_source(key), "name", None) in _FROM_DEFAULT:
+                        kw[key] = type(kw[key])(value) if isinstance(kw[key], Enum) else value
             values = {f.name: _plain(kw[rename.get(f.name, f.name)]) for f in fields}
             mine = {k: v for k, v in kw.items() if k in declared}
-            return fn(**mine, **{param: _resolve(recipe)(**values)})
+            return fn(**mine, **{param: _resolve(recipe)(**values, **extra)})
 
-        params = [*own, *added]
+        params = [*own, *added, config, context]
         command.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
         command.__annotations__ = {p.name: p.annotation for p in params}
         return command

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import subprocess
 import sys
 import textwrap
@@ -116,3 +117,37 @@ def test_the_cli_starts_without_torch() -> None:
     code = "import sys, typer, latentwire.cli as c; typer.main.get_command(c.app); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert out.stdout.strip() == "False"
+
+
+def test_a_config_file_sets_fields_and_the_command_line_wins(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "recipe_cfg.py").write_text(textwrap.dedent(RECIPE_V1))
+    cfg = tmp_path / "r.json"
+    cfg.write_text(json.dumps({"steps": 9, "name": "y", "grid": [1, 2]}))
+    cmd, seen = _app_for("recipe_cfg:Recipe")
+    res = CliRunner().invoke(cmd, ["--config", str(cfg), "--steps", "4"])
+    assert res.exit_code == 0, res.output
+    assert [(r.steps, r.name, r.grid) for r in seen] == [(4, "y", [1, 2])]
+
+
+def test_train_reads_a_yaml_recipe(monkeypatch, tmp_path: Path) -> None:
+    from latentwire.trainer import sharer_recipe
+
+    got: list = []
+    monkeypatch.setattr(sharer_recipe, "build", lambda recipe, out: got.append(recipe) or out / "ckpt")
+    cfg = tmp_path / "recipe.yaml"
+    cfg.write_text("context: gold\nm: 6\ntau: 7.5\nmodels: [a]\ntrain_limit: 3\n")
+    res = CliRunner().invoke(app, ["train", "--out", str(tmp_path), "--config", str(cfg), "--no-dev-eval", "-M", "5"])
+    assert res.exit_code == 0, res.output
+    assert got == [sharer_recipe.SharerRecipe(models=["a"], context="gold", m=5, tau=7.5, train_limit=3)]
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [('{"bogus": 1}', "unknown recipe field 'bogus'"), ("[1]", "one mapping"), ("{", "unreadable recipe file")],
+)
+def test_a_bad_config_file_is_one_line(tmp_path: Path, text: str, says: str) -> None:
+    cfg = tmp_path / "bad.json"
+    cfg.write_text(text)
+    res = CliRunner().invoke(app, ["train-adapter", "--config", str(cfg)])
+    assert res.exit_code == 2 and res.stderr.startswith(f"error: {cfg}: ") and says in res.stderr, res.output
