@@ -98,12 +98,10 @@ def load_config(path: str | Path) -> CheckpointConfig:
     return CheckpointConfig.from_dict(read_config(path), path)
 
 
-def _get(d: dict, key: str, kind: type | tuple[type, ...], where: str, required: bool = True) -> Any:
+def _get(d: dict, key: str, kind: type | tuple[type, ...], where: str) -> Any:
     """d[key] checked against `kind`; a missing or wrongly typed field is one CheckpointError line naming it."""
     if key not in d:
-        if required:
-            raise CheckpointError(f"{where}: {key} is missing")
-        return None
+        raise CheckpointError(f"{where}: {key} is missing")
     value = d[key]
     kinds = kind if isinstance(kind, tuple) else (kind,)
     if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
@@ -131,14 +129,13 @@ class ModelEntry:
             raise CheckpointError(f"{where} must be an object, not {type(d).__name__}")
         adapter = _get(d, "adapter", dict, where)
         _get(adapter, "kind", str, f"{where}.adapter")
+        calibration = _get(d, "calibration", dict, where) if d.get("calibration") is not None else None
         return cls(
             spec=_get(d, "spec", str, where),
             fingerprint=_get(d, "fingerprint", str, where),
             hidden_size=_get(d, "hidden_size", int, where),
             adapter=adapter,
-            calibration=_get(d, "calibration", dict, where, required=False)
-            if d.get("calibration") is not None
-            else None,
+            calibration=calibration,
             extra={k: v for k, v in d.items() if k not in cls.FIELDS or v is None},
         )
 
