@@ -28,7 +28,6 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from latentwire import checkpoint
-from latentwire.checkpoint import part_fingerprints, shared_parts
 from latentwire.data import Example, load_split
 from latentwire.evaluate import evaluate
 from latentwire.models import LLM, load_llm
@@ -86,7 +85,7 @@ def _write(parent: Path, out: Path, name: str, entry: dict, adapter: CodebookAda
         json.dumps({"format": checkpoint.FORMAT_VERSION, **cfg}, indent=2, sort_keys=True) + "\n"
     )
     # the map is written last, over the parts as they lie on disk
-    cfg["adapter_fingerprints"] = part_fingerprints(out)
+    cfg["adapter_fingerprints"] = checkpoint.part_fingerprints(out)
     (out / checkpoint.CONFIG).write_text(
         json.dumps({"format": checkpoint.FORMAT_VERSION, **cfg}, indent=2, sort_keys=True) + "\n"
     )
@@ -195,6 +194,6 @@ def extend(
         "tried": tried,
     }
     fp = _write(parent, out, name, entry(calibration), adapter, ext)
-    kept = shared_parts(out, parent)
+    kept = checkpoint.shared_parts(out, parent)
     log(f"{out}: fingerprint {fp[:12]}, parent {ext['parent'][:12]}; unchanged from the parent: {', '.join(kept)}")
     return out

@@ -18,7 +18,7 @@ from latentwire.protocol import Ask, decode_frame
 from latentwire.receivers.adapter import load_adapter
 from latentwire.receivers.receiver import Receiver
 from latentwire.sender.process import Sender
-from latentwire.trainer.extend import ExtendRecipe, _tensors, extend, part_fingerprints, shared_parts
+from latentwire.trainer.extend import ExtendRecipe, _tensors, extend
 from latentwire.trainer.pipeline import load_checkpoint
 from latentwire.trainer.sharer_recipe import SharerRecipe, build
 
@@ -129,8 +129,8 @@ def test_extension_keeps_the_parent_byte_for_byte(parent, child):
         assert new[k] == v or k == "models"
     assert all(new["models"][n] == e for n, e in old["models"].items())
     assert new["parent"] == checkpoint.fingerprint(ckpt) != checkpoint.fingerprint(child)
-    assert new["adapter_fingerprints"] == part_fingerprints(child)
-    assert shared_parts(child, ckpt) == ["encoder", "tiny-llama", "tiny-qwen"]
+    assert new["adapter_fingerprints"] == checkpoint.part_fingerprints(child)
+    assert checkpoint.shared_parts(child, ckpt) == ["encoder", "tiny-llama", "tiny-qwen"]
     ext = new["extensions"][-1]
     assert (
         ext["model"] == "tiny-gemma"
