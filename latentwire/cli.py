@@ -10,11 +10,11 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from .cli_base import DEBUG_ENV, Context, Mode, OneLineErrors, Split
+from .cli_base import DEBUG_ENV, Context, Mode, OneLineErrors, Split, recipe_options
 from .proc_cli import app as processes
 
 app = typer.Typer(
@@ -178,8 +178,30 @@ def demo(
                 typer.echo(f"   {name:6s} {r['answer']!r} score {r['score']:.2f} calibrated {r['calibrated']:.2f}")
 
 
+# help for the sharer recipe's own options of `train` (`--backbone llm`); every other SharerRecipe field that
+# `train` does not declare itself is an option too, with its comment as help
+SHARER_HELP = {
+    "sharer": "llm backbone: the frozen LLM that reads in the sender",
+    "topk": "llm backbone: sharer tokens mixed per answer step",
+    "tokens_per_row": "llm backbone: answer steps bound into one latent row",
+    "min_cos": "llm backbone: receivers drop rows matching no token better",
+    "temperature": "llm backbone: < 1 sharpens the sharer's distribution",
+    "tau": "llm backbone: receivers' snapping temperature",
+    "nearest": "llm backbone: receiver tokens mixed per row",
+    "evidence_paragraphs": "llm backbone: paragraphs the selector keeps",
+    "max_new_tokens": "llm backbone: answer tokens the receivers generate on val",
+}
+
+
 @app.command()
+@recipe_options(
+    "latentwire.trainer.sharer_recipe:SharerRecipe",
+    param="sharer_recipe",
+    help_text=SHARER_HELP,
+    rename={"train_limit": "limit_train"},
+)
 def train(
+    sharer_recipe: Any,
     out: Annotated[Path, typer.Option(help="run folder: ckpt/, log.jsonl, state.pt (resumed if present)")] = Path(
         "runs/default"
     ),
@@ -187,17 +209,6 @@ def train(
     backbone: Annotated[
         str, typer.Option(help="sender backbone: llm (a frozen sharer LLM reads selected evidence), minilm or bytes")
     ] = "llm",
-    sharer: Annotated[str, typer.Option(help="llm backbone: the frozen LLM that reads in the sender")] = "qwen",
-    topk: Annotated[int, typer.Option(help="llm backbone: sharer tokens mixed per answer step")] = 1,
-    tokens_per_row: Annotated[int, typer.Option(help="llm backbone: answer steps bound into one latent row")] = 2,
-    min_cos: Annotated[float, typer.Option(help="llm backbone: receivers drop rows matching no token better")] = 0.45,
-    temperature: Annotated[float, typer.Option(help="llm backbone: < 1 sharpens the sharer's distribution")] = 1.0,
-    tau: Annotated[float, typer.Option(help="llm backbone: receivers' snapping temperature")] = 20.0,
-    nearest: Annotated[int, typer.Option(help="llm backbone: receiver tokens mixed per row")] = 4,
-    evidence_paragraphs: Annotated[int, typer.Option(help="llm backbone: paragraphs the selector keeps")] = 2,
-    evidence_order: Annotated[
-        str, typer.Option(help="llm backbone: reading order of the selection: score (best first) or source")
-    ] = "score",
     m: Annotated[int, typer.Option("--soft-tokens", "-M", help="soft tokens M")] = 8,
     d_z: Annotated[int, typer.Option(help="latent width")] = 256,
     context: Annotated[Context, typer.Option()] = Context.distractor,
@@ -240,28 +251,9 @@ def train(
 
     set_threads(threads)
     if backbone == "llm":
-        from .trainer.sharer_recipe import SharerRecipe, build
+        from .trainer.sharer_recipe import build
 
-        recipe = SharerRecipe(
-            models=models,
-            sharer=sharer,
-            m=m,
-            d_z=d_z,
-            topk=topk,
-            temperature=temperature,
-            tokens_per_row=tokens_per_row,
-            min_cos=min_cos,
-            evidence_paragraphs=evidence_paragraphs,
-            evidence_order=evidence_order,
-            tau=tau,
-            nearest=nearest,
-            context=context.value,
-            eval_n=eval_n,
-            train_limit=limit_train,
-            device=device,
-            dtype=dtype,
-        )
-        ckpt = build(recipe, out)
+        ckpt = build(sharer_recipe, out)
         typer.echo(f"checkpoint: {ckpt}")
         if dev_eval:
             for mode in (Mode.relay, Mode.latent):
@@ -384,19 +376,28 @@ def main() -> None:  # pragma: no cover - console entry point
     app(sys.argv[1:])
 
 
+# help for train-adapter's options; every other ExtendRecipe field is an option too, with its comment as help
+EXTEND_HELP = {
+    "model": "the new receiver's model: gemma, a .gguf, a folder or a HF id",
+    "name": "the receiver's name in the checkpoint (default: --model)",
+    "tau": "snapping temperature (default: the parent's)",
+    "nearest": "receiver tokens mixed per row (default: the parent's)",
+    "min_cos": "receivers drop rows matching no token better (default: the parent's)",
+    "tune": "pick tau and nearest on val (else: the zero-shot fit only)",
+    "eval_n": "validation questions for tuning and calibration",
+    "time_budget": "seconds of tuning at most",
+    "context": "the validation questions' context: distractor or gold",
+}
+
+
 @app.command("train-adapter")
+@recipe_options("latentwire.trainer.extend:ExtendRecipe", help_text=EXTEND_HELP)
 def train_adapter(
-    model: Annotated[str, typer.Option(help="the new receiver's model: gemma, a .gguf, a folder or a HF id")] = "gemma",
+    recipe: Any,
     ckpt: Annotated[Path | None, typer.Option(help="the checkpoint to extend (default: the committed default)")] = None,
     out: Annotated[Path, typer.Option(help="the extended checkpoint's folder (the parent is left as it is)")] = Path(
         "runs/extended/ckpt"
     ),
-    name: Annotated[str | None, typer.Option(help="the receiver's name in the checkpoint (default: --model)")] = None,
-    tau: Annotated[float | None, typer.Option(help="snapping temperature (default: the parent's)")] = None,
-    nearest: Annotated[int | None, typer.Option(help="receiver tokens mixed per row (default: the parent's)")] = None,
-    tune: Annotated[bool, typer.Option(help="pick tau and nearest on val (else: the zero-shot fit only)")] = True,
-    eval_n: Annotated[int, typer.Option(help="validation questions for tuning and calibration")] = 100,
-    time_budget: Annotated[float, typer.Option(help="seconds of tuning at most")] = 1200.0,
     device: Device = "auto",
     dtype: Dtype = "auto",
     threads: Threads = None,
@@ -406,20 +407,9 @@ def train_adapter(
     from .checkpoint import DEFAULT_CKPT, CheckpointError
     from .device import set_threads
     from .models import ModelNotFound
-    from .trainer.extend import ExtendRecipe, extend
+    from .trainer.extend import extend
 
     set_threads(threads)
-    recipe = ExtendRecipe(
-        model=model,
-        name=name,
-        tau=tau,
-        nearest=nearest,
-        tune=tune,
-        eval_n=eval_n,
-        time_budget=time_budget,
-        device=device,
-        dtype=dtype,
-    )
     try:
         path = extend(recipe, ckpt or DEFAULT_CKPT, out, log=typer.echo)
     except (ModelNotFound, CheckpointError, ValueError) as e:

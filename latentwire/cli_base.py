@@ -4,14 +4,28 @@ A failure the user can fix (a missing or garbled checkpoint, an unknown model, b
 refuses, a file that cannot be read) ends any command with one line `error: ...` that names the file, and exit
 code 2. `OneLineErrors` does it once for the whole app; `latentwire --debug ...` or LATENTWIRE_DEBUG=1 shows the
 traceback instead. Nothing here imports torch, so `latentwire ask` starts fast.
+
+`recipe_options` turns a recipe dataclass's fields into a command's options, so a new recipe field is a new option
+without a hand copy in the command; `--config recipe.json|yaml` sets any of them from a file.
 """
 
 from __future__ import annotations
 
+import ast
+import dataclasses
+import functools
+import importlib
+import importlib.util
+import inspect
+import json
 import os
 import sys
+import types
+import typing
+from collections.abc import Callable, Iterable, Mapping
 from enum import Enum
-from typing import Any
+from pathlib import Path
+from typing import Annotated, Any
 
 import click
 import typer
@@ -97,3 +111,193 @@ class OneLineErrors(TyperGroup):
                 raise
             click.secho(f"error: {' '.join(line.split())}", err=True, fg="red")
             raise typer.Exit(2) from None
+
+
+_SCALARS: dict[str, Any] = {"int": int, "float": float, "str": str, "bool": bool, "None": None}
+
+
+@dataclasses.dataclass(frozen=True)
+class FieldOption:
+    """One recipe field: its name, option type (int, float, str, bool, or one of them | None; None when no option
+    carries it), default (MISSING for a default_factory) and help."""
+
+    name: str
+    type: Any
+    default: Any
+    help: str = ""
+
+    @property
+    def is_option(self) -> bool:
+        return self.type is not None and self.default is not dataclasses.MISSING
+
+
+def _option_type(annotation: Any) -> Any | None:
+    """`annotation` when an option can carry it (a scalar or an optional scalar), else None."""
+    if isinstance(annotation, str):
+        try:
+            annotation = eval(annotation, {"__builtins__": {}}, dict(_SCALARS))  # names of scalars only
+        except Exception:
+            return None
+    scalars = (int, float, str, bool)
+    if annotation in scalars:
+        return annotation
+    args = typing.get_args(annotation)
+    is_union = isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union
+    if is_union and len(args) == 2 and type(None) in args and all(a in scalars for a in args if a is not type(None)):
+        return annotation
+    return None
+
+
+def _static_fields(target: str) -> list[FieldOption]:
+    """The fields of `module:Class`, read from its source without importing the module.
+
+    The recipes live beside torch code; reading them statically keeps the CLI's start free of torch. The default
+    is a field's literal value (`field(default=..., metadata={"help": ...})` too); the help is
+    `metadata["help"]` or the field's end-of-line comment.
+    """
+    module, _, name = target.partition(":")
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        raise ImportError(f"no module {module!r}")
+    source = Path(spec.origin).read_text()
+    lines = source.splitlines()
+    cls = next(n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.ClassDef) and n.name == name)
+    out = []
+    for node in cls.body:
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None):
+            continue
+        kind = _option_type(ast.unparse(node.annotation))
+        value, help_ = node.value, ""
+        if isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and value.func.id == "field":
+            kw = {k.arg: k.value for k in value.keywords}
+            meta = ast.literal_eval(kw["metadata"]) if "metadata" in kw else {}
+            value, help_ = kw.get("default"), str(meta.get("help", ""))  # no default: a default_factory
+        try:
+            default = ast.literal_eval(value) if value is not None else dataclasses.MISSING
+        except ValueError:
+            default = dataclasses.MISSING  # computed: not an option
+        tail = lines[node.end_lineno - 1][node.end_col_offset :].strip()  # type: ignore[operator]
+        if not help_ and tail.startswith("#"):
+            help_ = tail.lstrip("#").strip()
+        out.append(FieldOption(node.target.id, kind, default, help_))
+    return out
+
+
+def _live_fields(cls: type) -> list[FieldOption]:
+    """The fields of an imported dataclass."""
+    hints = typing.get_type_hints(cls)
+    return [
+        FieldOption(f.name, _option_type(hints[f.name]), f.default, str(f.metadata.get("help", "")))
+        for f in dataclasses.fields(cls)
+    ]
+
+
+def recipe_fields(recipe: str | type) -> list[FieldOption]:
+    """The fields of a recipe dataclass (a class, or `"module:Class"` read without importing it) as options."""
+    return _static_fields(recipe) if isinstance(recipe, str) else _live_fields(recipe)
+
+
+def _resolve(recipe: str | type) -> type:
+    if not isinstance(recipe, str):
+        return recipe
+    module, _, name = recipe.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _plain(value: Any) -> Any:
+    return value.value if isinstance(value, Enum) else list(value) if isinstance(value, tuple) else value
+
+
+CONFIG_PARAM, CONTEXT_PARAM = "recipe_config", "recipe_ctx"
+_FROM_DEFAULT = ("DEFAULT", "DEFAULT_MAP")  # click's ParameterSource names: not given on the command line
+
+
+def _read_recipe_file(path: Path) -> dict[str, Any]:
+    """A recipe file's fields: a JSON object, or a YAML mapping (.yaml, .yml)."""
+    try:
+        text = path.read_text()
+        if path.suffix in (".yaml", ".yml"):
+            import yaml  # a dependency of transformers; only needed here
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except (OSError, ValueError) as e:  # yaml's and json's errors are ValueErrors
+        raise CliError(f"{path}: unreadable recipe file ({' '.join(str(e).split())})") from None
+    if not isinstance(data, dict):
+        raise CliError(f"{path}: a recipe file holds one mapping of field names to values")
+    return data
+
+
+def recipe_options(
+    recipe: str | type,
+    *,
+    param: str = "recipe",
+    help_text: Mapping[str, str] | None = None,
+    rename: Mapping[str, str] | None = None,
+    exclude: Iterable[str] = (),
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Give a typer command one option per field of `recipe` and call it with the built recipe as `param`.
+
+    Each field becomes `--field-name` with the field's type and default; its help is `help_text[field]`, else the
+    field's own. A parameter the command declares itself under a field's name (or `rename[field]`) keeps the
+    command's declaration (option names, type, help) and is passed to it as well as into the recipe. Fields whose
+    type no option carries (lists, nested configs) keep their dataclass defaults unless the command declares them
+    or a file sets them: `--config FILE` (JSON or YAML) sets any field; an option given on the command line wins.
+    """
+    helps, rename, skip = dict(help_text or {}), dict(rename or {}), set(exclude)
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        sig = inspect.signature(fn, eval_str=True)
+        own = [p for p in sig.parameters.values() if p.name != param]
+        declared = {p.name for p in own}
+        every = [f for f in recipe_fields(recipe) if f.name not in skip]
+        fields = [f for f in every if f.is_option or rename.get(f.name, f.name) in declared]
+        file_only = {f.name for f in every} - {f.name for f in fields}  # lists, nested configs: from a file only
+        added = [
+            inspect.Parameter(
+                f.name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=f.default,
+                annotation=Annotated[f.type, typer.Option(help=helps.get(f.name, f.help))],
+            )
+            for f in fields
+            if rename.get(f.name, f.name) not in declared
+        ]
+
+        config = inspect.Parameter(
+            CONFIG_PARAM,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=None,
+            annotation=Annotated[
+                Path | None,
+                typer.Option("--config", help="recipe fields from a JSON or YAML file (the command line wins)"),
+            ],
+        )
+
+        context = inspect.Parameter(CONTEXT_PARAM, inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)
+
+        @functools.wraps(fn)
+        def command(**kw: Any) -> Any:
+            path, ctx, extra = kw.pop(CONFIG_PARAM, None), kw.pop(CONTEXT_PARAM), {}
+            if path is not None:
+                for name, value in _read_recipe_file(path).items():
+                    if name in file_only:
+                        extra[name] = value
+                        continue
+                    key = rename.get(name, name)
+                    if key not in kw or name in skip:
+                        known = ", ".join(f.name for f in every)
+                        raise CliError(f"{path}: unknown recipe field {name!r} (known: {known})")
+                    if getattr(ctx.get_parameter_source(key), "name", None) in _FROM_DEFAULT:
+                        kw[key] = type(kw[key])(value) if isinstance(kw[key], Enum) else value
+            values = {f.name: _plain(kw[rename.get(f.name, f.name)]) for f in fields}
+            mine = {k: v for k, v in kw.items() if k in declared}
+            return fn(**mine, **{param: _resolve(recipe)(**values, **extra)})
+
+        params = [*own, *added, config, context]
+        command.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        return command
+
+    return decorate

@@ -316,9 +316,9 @@ def _receivers(items: list[str], llama: str | None = None, qwen: str | None = No
 
 def _check_receivers_in(ckpt: Path, receivers: dict[str, str]) -> None:
     """Refuse a receiver whose model has no adapter in the checkpoint (it would crash, restart, crash...)."""
-    from latentwire.checkpoint import read_config  # torch
+    from latentwire.checkpoint import load_config  # torch
 
-    have = list(read_config(ckpt)["models"])
+    have = list(load_config(ckpt).models)
     for name, spec in receivers.items():
         if spec not in have:
             raise CliError(

@@ -1,7 +1,9 @@
 """`latentwire smoke`: random latent -> adapter -> inputs_embeds -> a few greedy tokens, for every family.
 
 Validates the soft-prefix decoding path with no trained checkpoint (tiny random models by default, the embedded
-pretrained ones with `--real`). Any failing step raises, so the command exits non-zero.
+pretrained ones with `--real`). Any failing step raises, so the command exits non-zero. A whole-system check,
+it sits with the command-line entry points (pyproject's import contract), the only core-side modules that may
+import a role (here the receivers' adapter).
 """
 
 from __future__ import annotations

@@ -35,7 +35,24 @@ class AdapterConfig:
         return asdict(self)
 
 
-class Adapter(nn.Module):
+class FromPretrained:
+    """`Kind.from_pretrained(ckpt, name, llm)`: `load_adapter`, refusing an adapter of another kind.
+
+    Writing is the checkpoint's (`latentwire.checkpoint.save`): an adapter is one part of a checkpoint, whose
+    fingerprint covers all of them, so there is no per-adapter `save_pretrained`.
+    """
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, name: str, llm: Any) -> nn.Module:
+        ad = load_adapter(path, name, llm)
+        if not isinstance(ad, cls):
+            raise checkpoint.CheckpointError(
+                f"{path}: adapter {name!r} is a {ad.cfg.kind!r} adapter, not a {cls.__name__}"
+            )
+        return ad
+
+
+class Adapter(FromPretrained, nn.Module):
     def __init__(self, cfg: AdapterConfig, llm: Any = None):
         super().__init__()
         self.cfg = cfg
@@ -75,7 +92,7 @@ class CodebookAdapterConfig:
         return asdict(self)
 
 
-class CodebookAdapter(nn.Module):
+class CodebookAdapter(FromPretrained, nn.Module):
     """Snap each latent row onto this model's own embeddings (see the module docstring)."""
 
     def __init__(self, cfg: CodebookAdapterConfig, llm: Any):

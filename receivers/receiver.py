@@ -195,7 +195,7 @@ def load_receiver(model: str, ckpt: str | Path, name: str | None, pid: str, devi
     llm = load_llm(model, device=device, dtype=dtype)
     name = name or model
     adapter = load_adapter(ckpt, name, llm)
-    m = checkpoint.read_config(ckpt).get("encoder", {}).get("m")
+    m = checkpoint.load_config(ckpt).encoder.get("m")
     m = m if isinstance(m, int) and not isinstance(m, bool) else None  # unknown: accept any M
     rx = Receiver(llm, adapter, name, checkpoint.fingerprint(ckpt), pid, m=m)
     rx.max_slot_tokens = slot_cap(llm)
@@ -259,10 +259,9 @@ def serve(
     t0 = time.perf_counter()
     try:
         rx = load_receiver(model, ckpt, name, pid, device, dtype)
-        from latentwire.checkpoint import read_config
+        from latentwire.checkpoint import load_config
 
-        entry = read_config(ckpt)["models"][rx.name]
-        cals = {"latent": entry.get("calibration") or {}, **(entry.get("calibration_by_path") or {})}
+        cals = load_config(ckpt).models[rx.name].calibrations()
     except BaseException:
         pull.close(0)
         out.close(0)

@@ -255,7 +255,7 @@ ENCODERS: dict[str, Callable[..., nn.Module]] = {
 def load_encoder(path: str | Path, device: str = "cpu", llm=None) -> nn.Module:
     """The sender's half of a checkpoint, in eval mode; `llm` reuses an already loaded sharer."""
     path = Path(path)
-    cfg = checkpoint.read_config(path)["encoder"]
+    cfg = checkpoint.load_config(path).encoder
     kind = cfg.get("backbone", "minilm")
     if kind not in ENCODERS:
         raise checkpoint.CheckpointError(f"{path}: unknown encoder backbone {kind!r} (known: {', '.join(ENCODERS)})")

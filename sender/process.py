@@ -170,8 +170,8 @@ def serve(
     pid = net.process_id("sender")
     curve = net.Curve.from_env("sender", curve_dir)
     t0 = time.perf_counter()
-    cfg = checkpoint.read_config(ckpt)
-    sender = Sender(load_encoder(ckpt, device), checkpoint.fingerprint(ckpt), int(cfg["encoder"]["m"]), pid)
+    cfg = checkpoint.load_config(ckpt)
+    sender = Sender(load_encoder(ckpt, device), checkpoint.fingerprint(ckpt), int(cfg.encoder["m"]), pid)
     load_s = time.perf_counter() - t0
     stop = stop if stop is not None else net.StopFlag()  # a signal while loading just ends the process
 
@@ -192,9 +192,9 @@ def serve(
     info: dict[str, str | int | float] = {
         "fingerprint": sender.fingerprint,
         "m": sender.m,
-        "d_z": int(cfg["encoder"]["d_z"]),
+        "d_z": int(cfg.encoder["d_z"]),
         "receivers": len(pushes),
-        "models": ",".join(sorted(cfg["models"]))[:1000],  # receivers must serve these (checked at readiness)
+        "models": ",".join(sorted(cfg.models))[:1000],  # receivers must serve these (checked at readiness)
         "load_s": round(load_s, 3),
     }
     dealer.send(encode_frame(Heartbeat("", pid, "sender", "ready", info)))

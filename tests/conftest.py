@@ -1,10 +1,22 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 
 os.environ.setdefault("LATENTWIRE_THREADS", "2")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _torch_threads_per_module():
+    """Each test module starts at the default thread count, whatever the one before it set (some fixtures pin
+    torch to one thread): float results, and so the overfit checks, then do not depend on which tests ran first."""
+    if "torch" in sys.modules:
+        from latentwire.device import set_threads
+
+        set_threads()
+    yield
 
 
 @pytest.fixture(scope="session")

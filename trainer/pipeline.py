@@ -120,18 +120,19 @@ def load_checkpoint(
     A sharer that is also a receiver (the default: Qwen reads and answers) is loaded once.
     """
     path = Path(path)
-    cfg = checkpoint.read_config(path)
-    names = list(models or cfg["models"])
+    cfg = checkpoint.read_config(path)  # kept as read for `Wire.config`
+    typed = checkpoint.CheckpointConfig.from_dict(cfg, path)
+    names = list(models or typed.models)
     llms = dict(llms or {})
     for name in names:
-        if name not in cfg["models"]:
+        if name not in typed.models:
             raise checkpoint.CheckpointError(
-                f"{path} has no adapter for model {name!r} (it has: {', '.join(cfg['models'])})"
+                f"{path} has no adapter for model {name!r} (it has: {', '.join(typed.models)})"
             )
         if name not in llms:
-            llms[name] = load_llm(cfg["models"][name]["spec"], device=device, dtype=dtype)
+            llms[name] = load_llm(typed.models[name].spec, device=device, dtype=dtype)
     adapters = {n: load_adapter(path, n, llms[n]) for n in names}
-    sharer_spec = cfg["encoder"].get("sharer")
+    sharer_spec = typed.encoder.get("sharer")
     shared = next((llm for llm in llms.values() if llm.spec == sharer_spec), None)
     enc = load_encoder(path, device=str(next(iter(llms.values())).device), llm=shared)
     if isinstance(enc, SharerEncoder) and reading_cache:

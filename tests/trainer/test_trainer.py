@@ -13,7 +13,7 @@ from latentwire.data import Example, Paragraph
 from latentwire.evaluate import evaluate
 from latentwire.lm import assemble
 from latentwire.prompts import example_slot
-from latentwire.receivers.adapter import Adapter, AdapterConfig, load_adapter
+from latentwire.receivers.adapter import Adapter, AdapterConfig, CodebookAdapter, load_adapter
 from latentwire.receivers.calibration import fit_platt
 from latentwire.sender.encoder import EncoderConfig, LatentEncoder, load_encoder
 from latentwire.tiny import tiny_llm
@@ -108,6 +108,15 @@ def test_mismatched_model_is_refused(trained):
         load_adapter(ckpt, "tiny-llama", other)
     with pytest.raises(checkpoint.CheckpointError, match="no adapter for model"):
         load_adapter(ckpt, "llama", other)
+
+
+def test_adapter_from_pretrained_is_load_adapter_of_its_kind(trained, llms):
+    _, ckpt = trained
+    ad = Adapter.from_pretrained(ckpt, "tiny-llama", llms["tiny-llama"])
+    ref = load_adapter(ckpt, "tiny-llama", llms["tiny-llama"])
+    assert all(torch.equal(a, b) for a, b in zip(ad.state_dict().values(), ref.state_dict().values(), strict=True))
+    with pytest.raises(checkpoint.CheckpointError, match="'mlp' adapter, not a CodebookAdapter"):
+        CodebookAdapter.from_pretrained(ckpt, "tiny-llama", llms["tiny-llama"])
 
 
 def test_tampered_checkpoint_changes_fingerprint_and_bad_config_refused(trained, tmp_path):

@@ -18,7 +18,7 @@ from latentwire.data import Example, Paragraph
 from latentwire.proc_cli import scored_row
 from latentwire.protocol import Ask, ErrorReply, JointReply
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 # ---- the process list ----
