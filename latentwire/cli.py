@@ -189,6 +189,7 @@ SHARER_HELP = {
     "tau": "llm backbone: receivers' snapping temperature",
     "nearest": "llm backbone: receiver tokens mixed per row",
     "evidence_paragraphs": "llm backbone: paragraphs the selector keeps",
+    "evidence_order": "llm backbone: reading order of the selection: score (best pair first) or source",
     "max_new_tokens": "llm backbone: answer tokens the receivers generate on val",
 }
 
