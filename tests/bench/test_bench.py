@@ -12,6 +12,7 @@ from latentwire.sender.encoder import EncoderConfig
 from latentwire.tiny import tiny_llm
 from latentwire.trainer.config import TrainConfig
 from latentwire.trainer.pipeline import load_checkpoint
+from latentwire.trainer.sharer_recipe import SharerRecipe
 from latentwire.trainer.train import build_wire, checkpoint_config
 
 
@@ -62,7 +63,7 @@ def test_bench_sharer_checkpoint_measures_every_path(dev3, tmp_path, monkeypatch
     assert q["sharer"]["n"] == 3 and q["sharer"]["model"] == "tiny-qwen"
     sel = res["selection"]
     assert {"split", "n", "pair_recall", "sentence_recall", "tokens", "ms_per_question"} <= set(sel)
-    assert sel["n"] == 3 and sel["budget_paragraphs"] == 4
+    assert sel["n"] == 3 and sel["budget_paragraphs"] == SharerRecipe().evidence_paragraphs == 2
     eff = res["efficiency"]["token_compression"]["tiny-llama"]
     assert eff["prompt_ratio"] > 1 and eff["slot_ratio"] > 1
     report = (tmp_path / "out" / "report.md").read_text()
