@@ -64,48 +64,49 @@ class Sender:
         from latentwire.data import parse_context
 
         t0 = time.perf_counter()
+        docs: dict[int, tuple | Exception] = {}  # each sender path's (question, paragraphs), parsed once
+        for i, a in enumerate(asks):
+            if a.mode in ("latent", "relay", "evidence"):
+                try:
+                    docs[i] = (a.question, parse_context(a.context))
+                except Exception as e:  # noqa: BLE001 - this ask alone fails with it
+                    docs[i] = e
         reads = getattr(self.encoder, "read", None)
-        shared = [i for i, a in enumerate(asks) if a.mode in ("latent", "relay") and reads is not None]
+        shared = [i for i, d in docs.items() if asks[i].mode != "evidence" and reads and not isinstance(d, Exception)]
         readings: dict[int, object] = {}
         if shared:
-            docs = []
-            for i in shared:
-                try:
-                    docs.append((i, (asks[i].question, parse_context(asks[i].context))))
-                except Exception as e:  # noqa: BLE001 - built alone below, where the error is its own
-                    readings[i] = e
             try:
                 with torch.no_grad():
-                    got = reads([d for _, d in docs], batch_size=max(1, len(docs)))
-                readings.update({i: r for (i, _), r in zip(docs, got, strict=True)})
+                    got = reads([docs[i] for i in shared], batch_size=len(shared))
+                readings = dict(zip(shared, got, strict=True))
             except Exception:  # noqa: BLE001 - one bad ask must not fail the batch: read each alone instead
                 log.exception("batched reading failed; reading one at a time")
         shared_s = (time.perf_counter() - t0) / max(1, len(shared))
         out: list[tuple[bytes, dict[str, float]] | Exception] = []
         for i, ask in enumerate(asks):
             try:
-                frame, durations = self._build_one(ask, readings.get(i))
-                if i in readings and not isinstance(readings[i], Exception):
+                frame, durations = self._build_one(ask, docs.get(i), readings.get(i))
+                if i in readings:
                     durations["encode_s"] += shared_s  # its share of the batched reading
                 out.append((frame, durations))
             except Exception as e:  # noqa: BLE001 - reported per ask by the caller
                 out.append(e)
         return out
 
-    def _build_one(self, ask: Ask, reading: object | None = None) -> tuple[bytes, dict[str, float]]:
-        """One ask's frame; `reading` is the sharer's reading of it when the batch already read it."""
+    def _build_one(
+        self, ask: Ask, doc: tuple | Exception | None, reading: object | None = None
+    ) -> tuple[bytes, dict[str, float]]:
+        """One ask's frame from its parsed `doc` (sender paths); `reading` is the sharer's when the batch read it."""
         import torch
 
-        from latentwire.data import parse_context
         from latentwire.prompts import slot_text
 
-        if isinstance(reading, Exception):
-            raise reading
+        if isinstance(doc, Exception):
+            raise doc
         t0 = time.perf_counter()
         durations: dict[str, float] = {}
         msg: Message
-        if ask.mode in ("latent", "relay", "evidence"):
-            doc = (ask.question, parse_context(ask.context))
+        if doc is not None:
             reads = getattr(self.encoder, "read", None)
             if ask.mode != "latent" and reads is None:
                 raise ProtocolError(f"mode: {ask.mode!r} needs a checkpoint whose sender reads with a sharer LLM")
