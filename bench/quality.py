@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from latentwire.checkpoint import ModelEntry
 from latentwire.data import Example
 from latentwire.evaluate import evaluate
 from latentwire.metrics import exact_match, f1_score, summarize
@@ -58,8 +59,7 @@ def path_calibrations(wire: Wire, path: str) -> dict[str, Calibration]:
     """Each receiver's score calibration for a path, fitted on `val` by the recipe; raw scores where none was."""
     out = {}
     for n in wire.model_names:
-        m = wire.config["models"][n]
-        cal = m.get("calibration_by_path", {}).get(path) or (m.get("calibration") if path == "latent" else None)
+        cal = ModelEntry.from_dict(wire.config["models"][n], n).calibrations().get(path)
         if cal:
             out[n] = Calibration(**cal)
     return out
