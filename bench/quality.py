@@ -65,11 +65,6 @@ def path_calibrations(wire: Wire, path: str) -> dict[str, Calibration]:
     return out
 
 
-def paths_of(wire: Wire) -> tuple[str, ...]:
-    """The paths a checkpoint can be measured on: evidence and relay need a sharer in the sender."""
-    return ("text", "token-budget", *(("evidence", "relay") if wire.has_sharer else ()), "latent")
-
-
 def quality(
     wire: Wire,
     examples: Sequence[Example],
@@ -83,7 +78,7 @@ def quality(
 ) -> dict:
     """Every quality figure of the report, per context mode; `path_limits` measures a path on the first N
     questions only (every receiver the same N, so the joint pick compares the same questions)."""
-    paths = tuple(paths or paths_of(wire))
+    paths = tuple(paths or wire.paths)
     cals = {path: path_calibrations(wire, path) for path in paths}
     out: dict = {}
     for ctx in contexts:
@@ -108,11 +103,10 @@ def quality(
                     mode,
                     context=ctx,
                     split=split,
-                    budget=wire.m,
                     return_rows=True,
                     progress=progress,
                     batch_size=text_batch if mode in ("text", "evidence") else None,
-                    **_sender_path(wire, name, mode, ctx),
+                    **wire.eval_args(name, mode, ctx),
                 )
                 method_rows[mode][name] = r.pop("rows")
                 per[mode] = {k: r[k] for k in SUMMARY_KEYS if k in r}
@@ -127,7 +121,7 @@ def quality(
                         split=split,
                         return_rows=True,
                         progress=progress,
-                        **_sender_path(wire, name, "latent", ctx, scheme),
+                        **wire.eval_args(name, "latent", ctx, scheme),
                     )
                     rows = r.pop("rows")
                     same = [a["pred"] == b["pred"] for a, b in zip(rows, method_rows["latent"][name], strict=True)]
@@ -137,14 +131,6 @@ def quality(
         res["joint"] = {mode: joint(rows, cals[mode]) for mode, rows in method_rows.items()}
         out[ctx] = res
     return out
-
-
-def _sender_path(wire: Wire, name: str, mode: str, ctx: str, scheme: str | None = None) -> dict:
-    """evaluate() arguments of a path that goes through the sender; the text paths need none."""
-    if mode in ("text", "token-budget"):
-        return {}
-    tag = wire.path_fingerprint(mode, name) + (f":{scheme}" if scheme is not None else "")
-    return {"slot_fn": wire.slot_fn(name, mode, ctx, scheme), "slot_fingerprint": tag}
 
 
 def wire_bytes(m: int, d_z: int, schemes: Sequence[str] = ("fp32", "fp16", "int8", "int4")) -> dict[str, dict]:

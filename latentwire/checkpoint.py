@@ -270,8 +270,15 @@ def tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str] |
         raise CheckpointError(f"{path} is not a LatentWire checkpoint: weights are missing") from None
 
 
+# entry keys no answer depends on: the score calibrations change which receiver the joint pick prefers, never what
+# a receiver answers, so recalibrating a checkpoint keeps its parts (and the rows measured on them)
+NOT_IN_PART = ("calibration", "calibration_by_path")
+
+
 def part_fingerprint(entry: dict, tensors: dict[str, torch.Tensor]) -> str:
-    """sha256 of one part: its config entry (canonical JSON) and its tensors (names, dtypes, shapes, bytes)."""
+    """sha256 of one part: its config entry (canonical JSON, less `NOT_IN_PART`) and its tensors (names, dtypes,
+    shapes, bytes)."""
+    entry = {k: v for k, v in entry.items() if k not in NOT_IN_PART}
     h = hashlib.sha256(json.dumps(entry, sort_keys=True).encode())
     for k in sorted(tensors):
         t = tensors[k].contiguous()

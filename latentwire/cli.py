@@ -354,10 +354,7 @@ def bench(
     contexts = tuple(c.value for c in context)
     paths = tuple(p.value for p in path) or None
     schemes = tuple(quant) or ("fp16", "int8", "int4")
-    try:
-        path_limits = {k: int(v) for k, v in (item.split("=", 1) for item in limit_path)}
-    except ValueError:
-        _fail(f"--limit-path takes PATH=N, not {limit_path}")
+    path_limits = _path_limits(limit_path)
     res = run_bench(
         ckpt,
         out=out,
@@ -371,6 +368,61 @@ def bench(
         live_options={"quants": tuple(live_quant) or QUANTS, "text_n": live_text, "throughput_n": throughput},
     )
     typer.echo(f"wrote {out / 'results.json'} and {out / 'report.md'} ({res['meta']['wall_s']} s)")
+
+
+def _path_limits(items: list[str]) -> dict[str, int]:
+    """`--limit-path PATH=N` items as {path: N}."""
+    try:
+        limits = {k: int(v) for k, v in (item.split("=", 1) for item in items)}
+    except ValueError:
+        _fail(f"--limit-path takes PATH=N, not {items}")
+    if bad := [k for k in limits if k not in {m.value for m in Mode}]:
+        _fail(f"--limit-path: unknown path {bad[0]!r}; choose from {', '.join(m.value for m in Mode)}")
+    return limits
+
+
+@app.command()
+def calibrate(
+    ckpt: Annotated[Path | None, typer.Option(help="checkpoint, calibrated in place (default: ours)")] = None,
+    path: Annotated[
+        list[Mode], typer.Option(help="paths to calibrate (repeat; default: every path the checkpoint has)")
+    ] = [],  # noqa: B006 - typer needs a literal default
+    n: Annotated[int, typer.Option(help="validation questions")] = 200,
+    limit_path: Annotated[
+        list[str], typer.Option(help="PATH=N: that path on the first N validation questions only (repeat)")
+    ] = [],  # noqa: B006 - typer needs a literal default
+    context: Annotated[Context, typer.Option()] = Context.distractor,
+    data_dir: DataDir = None,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+    threads: Threads = None,
+) -> None:
+    """Fit each receiver's score calibration on `val` for the given paths and write it into the checkpoint's
+    config: the arbiter's joint pick then compares P(right) instead of raw log-probabilities. Rows are cached,
+    so an interrupted run resumes; the weights are untouched."""
+    from .checkpoint import DEFAULT_CKPT, CheckpointError
+    from .device import set_threads
+    from .models import ModelNotFound
+    from .trainer.calibrate import calibrate as run
+
+    set_threads(threads)
+    ckpt = ckpt or DEFAULT_CKPT
+    limits = _path_limits(limit_path)
+    try:
+        fitted = run(
+            ckpt,
+            tuple(p.value for p in path) or None,
+            n=n,
+            limits=limits,
+            context=context.value,
+            data_dir=data_dir,
+            device=device,
+            dtype=dtype,
+            log=typer.echo,
+        )
+    except (ModelNotFound, CheckpointError, ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    typer.echo(f"calibrated {', '.join(sorted(fitted))} in {ckpt}")
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, fields, replace
 import zmq
 
 from latentwire import net
+from latentwire.prompts import MODES
 from latentwire.protocol import (
     DEFAULT_LIMITS,
     Ask,
@@ -37,7 +38,7 @@ from latentwire.protocol import (
     peek_rid,
 )
 from latentwire.protocol.base import INT32_MAX, INT64_MAX
-from latentwire.receivers.calibration import CALIBRATED_PATHS, Calibration, agreement
+from latentwire.receivers.calibration import Calibration, agreement
 from latentwire.receivers.calibration import pick as pick_answer
 
 log = logging.getLogger("latentwire.arbiter")
@@ -196,7 +197,7 @@ class Board:
         fp = hb.info.get("fingerprint")
         peer.fingerprint = fp if isinstance(fp, str) else ""
         if hb.role == "receiver":
-            peer.calibrations = {path: calibration_from_info(hb.info, path) for path in CALIBRATED_PATHS}
+            peer.calibrations = {path: calibration_from_info(hb.info, path) for path in MODES}
         else:
             models = hb.info.get("models")
             peer.models = tuple(sorted(m for m in models.split(",") if m)) if isinstance(models, str) else ()

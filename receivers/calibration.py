@@ -13,7 +13,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-CALIBRATED_PATHS = ("latent", "relay")  # the sender's paths each receiver's scores are calibrated on (val)
+# the paths the recipe and `extend` calibrate each receiver on (val, cheap); `latentwire calibrate` fits any other
+CALIBRATED_PATHS = ("latent", "relay")
 
 
 @dataclass(frozen=True)

@@ -1,18 +1,22 @@
-"""Each receiver's score calibration, fitted on `val` per sender path: what the joint pick compares.
+"""Each receiver's score calibration, fitted on `val` per path: what the joint pick compares.
 
-The sharer recipe calibrates every receiver it builds; `extend` calibrates the one it adds, with this same code,
-so a receiver that joins later is compared on the same footing as the first ones.
+The sharer recipe calibrates every receiver it builds on the latent and relay; `extend` calibrates the one it
+adds with this same code, so a receiver that joins later is compared on the same footing as the first ones.
+`calibrate` fits any path of an existing checkpoint (text and token-budget too) and writes the maps into its
+config; the weights, and so every part fingerprint and cached row, stay as they are.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
-from latentwire.data import Example
+from latentwire import checkpoint
+from latentwire.data import Example, load_split
 from latentwire.evaluate import evaluate
 from latentwire.receivers.calibration import CALIBRATED_PATHS, fit_platt
 
-from .pipeline import Wire
+from .pipeline import Wire, load_checkpoint
 
 
 def validate(
@@ -23,21 +27,28 @@ def validate(
     max_new_tokens: int,
     paths: Sequence[str] = CALIBRATED_PATHS,
     progress: bool = True,
+    limits: dict[str, int] | None = None,
+    use_cache: bool = False,
 ) -> dict[str, dict[str, dict]]:
-    """`{path: {receiver: result with per-question rows}}` on the validation rows (never cached: val is tuning)."""
+    """`{path: {receiver: result with per-question rows}}` on the validation rows.
+
+    Uncached by default: the recipe and `extend` validate adapters that are still being tuned in memory.
+    `calibrate` caches, since it validates a checkpoint as it lies on disk (rows key on its part fingerprints).
+    `limits` measures a path on its first N rows only (text costs seconds per question on a CPU).
+    """
     return {
         path: {
             name: evaluate(
                 wire.llms[name],
-                rows,
+                rows[: (limits or {}).get(path)],
                 path,
                 context=context,
                 split="val",
-                slot_fn=wire.slot_fn(name, path, context),
-                use_cache=False,
+                use_cache=use_cache,
                 progress=progress,
                 return_rows=True,
                 max_new_tokens=max_new_tokens,
+                **wire.eval_args(name, path, context),
             )
             for name in names
         }
@@ -53,3 +64,43 @@ def fit(val: dict[str, dict[str, dict]]) -> dict[str, dict[str, dict]]:
             rows = res["rows"]
             out.setdefault(name, {})[path] = fit_platt([r["score"] for r in rows], [r["f1"] for r in rows]).to_dict()
     return out
+
+
+def calibrate(
+    ckpt: str | Path,
+    paths: Sequence[str] | None = None,
+    *,
+    n: int = 200,
+    limits: dict[str, int] | None = None,
+    context: str = "distractor",
+    max_new_tokens: int = 16,
+    data_dir: str | Path | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, dict[str, dict]]:
+    """Fit every receiver of `ckpt` on `paths` (default: all it has) on the first `n` of `val`; write the maps
+    into its config in place.
+
+    Returns `{receiver: {path: map}}`. Paths not named keep their maps; the checkpoint's fingerprint changes
+    (its config does), its parts do not (`checkpoint.NOT_IN_PART`).
+    """
+    wire = load_checkpoint(ckpt, device=device, dtype=dtype)
+    paths = tuple(paths or wire.paths)
+    unknown = [p for p in paths if p not in wire.paths]
+    if unknown:
+        raise ValueError(f"{ckpt} cannot be measured on {', '.join(unknown)}: choose from {', '.join(wire.paths)}")
+    rows = load_split("val", data_dir=data_dir, limit=n)
+    val = validate(wire, wire.model_names, rows, context, max_new_tokens, paths, progress, limits, use_cache=True)
+    fitted = fit(val)
+    cfg = checkpoint.load_config(ckpt)
+    for name, by_path in fitted.items():
+        entry = cfg.models[name]
+        entry.calibration_by_path = {**(entry.calibration_by_path or {}), **by_path}
+        if "latent" in by_path:
+            entry.calibration = by_path["latent"]
+        for path, res in ((p, val[p][name]) for p in by_path):
+            log(f"{name:8s} {path:13s} val F1 {res['f1']:.3f} (n {res['n']}): {by_path[path]}")
+    checkpoint.write_config(ckpt, cfg)
+    return fitted

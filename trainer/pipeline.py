@@ -79,6 +79,21 @@ class Wire:
             return "relay:" + self.encoder.cfg.reading_key(self.encoder.llm.fingerprint) + ":" + selection
         return self.fingerprint
 
+    @property
+    def paths(self) -> tuple[str, ...]:
+        """The paths this checkpoint can be measured on: evidence and relay need a sharer in the sender."""
+        return ("text", "token-budget", *(("evidence", "relay") if self.has_sharer else ()), "latent")
+
+    def eval_args(self, name: str, mode: str, context: str = "distractor", scheme: str | None = None) -> dict:
+        """`evaluate()` arguments for receiver `name` on a path: the token budget M (token-budget), or the
+        sender's slot function and the fingerprint its cached rows are keyed by (evidence, relay, latent)."""
+        if mode == "text":
+            return {}
+        if mode == "token-budget":
+            return {"budget": self.m}
+        tag = self.path_fingerprint(mode, name) + (f":{scheme}" if scheme is not None else "")
+        return {"slot_fn": self.slot_fn(name, mode, context, scheme), "slot_fingerprint": tag}
+
     @torch.no_grad()
     def encode(self, examples: Sequence[Example], context: str = "distractor") -> torch.Tensor:
         """(B, M, d_z) float latents, as the sender computes them."""
