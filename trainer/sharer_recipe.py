@@ -1,12 +1,12 @@
 """The sharer recipe (the default): a frozen LLM reads selected evidence; the latent carries its answer.
 
-Nothing here needs gradient steps: the selector is two logistic regressions fitted on `train`'s supporting
-facts (seconds), the sharer and the receivers are frozen, the codes are derived from each vocabulary
-(`latentwire.codebook`). The run fits the selector, writes the checkpoint, reads the validation questions
-once (the sharer's readings are cached on disk, resumable) to fit each receiver's score calibration on the
-latent and relay paths (the joint pick's learned prior), and
-writes the final checkpoint with its validation figures. Knobs (k, temperature, tau, the evidence budget) are
-chosen on `val` (docs/EXPERIMENTS.md).
+Nothing of the wire trains by gradient: the selector (a logistic regression and a small pair MLP) is fitted on
+`train`'s supporting facts (seconds), the sharer and the receivers are frozen, the codes are derived from each
+vocabulary (`latentwire.codebook`). The run fits the selector, writes the checkpoint, reads the validation
+questions once (the sharer's readings are cached on disk, resumable) to fit each receiver's score calibration
+on the latent and relay paths (the joint pick's learned prior), and writes the final checkpoint with its
+validation figures. Knobs (k, temperature, tau, the evidence budget) are chosen on `val` (docs/EXPERIMENTS.md).
+`latentwire calibrate` adds the other paths' calibrations afterwards.
 """
 
 from __future__ import annotations

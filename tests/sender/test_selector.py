@@ -4,10 +4,22 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from latentwire.data import Paragraph, load_split
-from latentwire.sender.selector import Selector, SelectorConfig, selection_report
+from latentwire.sender.selector import (
+    PAIR_FEATURES,
+    PAIR_FEATURES_V2,
+    SINGLE_FEATURES,
+    Selector,
+    SelectorConfig,
+    _fit_listwise_mlp,
+    _mlp,
+    pair_features,
+    selection_report,
+    single_features,
+)
 
 
 @pytest.fixture(scope="module")
@@ -71,3 +83,48 @@ def test_score_order_reads_the_best_pair_first(selector):
     assert SelectorConfig(**cfg).order == "source"
     with pytest.raises(ValueError, match="selection order"):
         Selector(SelectorConfig(**{**selector.cfg.to_dict(), "order": "random"})).select("Q?", ex.paragraphs)
+
+
+def test_pair_features_carry_both_paragraphs_singles_higher_first(selector):
+    ex = load_split("val", limit=1)[0]
+    x1 = single_features(ex.question, ex.paragraphs)
+    s = selector.single_scores(ex.question, ex.paragraphs)
+    pairs, pf = pair_features(ex.question, ex.paragraphs, s)
+    assert pf.shape == (len(pairs), len(PAIR_FEATURES_V2))
+    k = len(SINGLE_FEATURES)
+    for (i, j), row in zip(pairs, pf, strict=True):
+        hi, lo = (i, j) if s[i] >= s[j] else (j, i)
+        assert np.allclose(row[-2 * k : -k], x1[hi]) and np.allclose(row[-k:], x1[lo])
+    assert pair_features(ex.question, ex.paragraphs, s, version=1)[1].shape == (len(pairs), len(PAIR_FEATURES))
+
+
+def test_listwise_mlp_ranks_what_no_linear_scorer_can():
+    """Per question, the gold item is the one whose two features agree in sign (an XOR): no weighted sum ranks
+    it first in every question, the listwise MLP does."""
+    rng = np.random.default_rng(0)
+    xs, ys = [], []
+    for _ in range(200):
+        x = rng.uniform(-1, 1, (6, 2))
+        x[0] = rng.choice([-1, 1]) * rng.uniform(0.3, 1, 2)  # same sign
+        x[1:, 1] = -np.sign(x[1:, 0]) * np.abs(x[1:, 1])  # opposite signs
+        perm = rng.permutation(6)
+        xs.append(x[perm])
+        ys.append((perm == 0).astype(float))
+    flat, mu, sd = _fit_listwise_mlp(xs, ys, hidden=8, l2=1e-4)
+    hits = [y[np.argmax(_mlp(x, flat, 8, mu, sd))] for x, y in zip(xs, ys, strict=True)]
+    assert np.mean(hits) > 0.95
+    with pytest.raises(ValueError, match="hidden units"):
+        _mlp(xs[0], flat, 4, mu, sd)
+
+
+def test_version_1_configs_still_select(selector):
+    """A checkpoint written before the pair MLP (linear pair weights, `version` 1) selects with its own scorer."""
+    c = selector.cfg
+    n = len(PAIR_FEATURES)
+    w = [0.0] * n + [0.0]
+    w[PAIR_FEATURES.index("single_sum")] = 1.0  # the best pair = the two best single paragraphs
+    v1 = Selector(SelectorConfig(2, "source", c.single, c.single_mu, c.single_sd, w, [0.0] * n, [1.0] * n))
+    assert v1.cfg.version == 1 and v1.cfg.pair_hidden == 0
+    for ex in load_split("val", limit=5):
+        s = v1.single_scores(ex.question, ex.paragraphs)
+        assert v1.select(ex.question, ex.paragraphs).indices == sorted(int(i) for i in np.argsort(-s)[:2])
