@@ -14,6 +14,7 @@ from pathlib import Path
 from latentwire import checkpoint
 from latentwire.data import Example, load_split
 from latentwire.evaluate import evaluate
+from latentwire.models import LLM
 from latentwire.receivers.calibration import CALIBRATED_PATHS, fit_platt
 
 from .pipeline import Wire, load_checkpoint
@@ -79,6 +80,7 @@ def calibrate(
     dtype: str = "auto",
     progress: bool = True,
     log: Callable[[str], None] = print,
+    llms: dict[str, LLM] | None = None,
 ) -> dict[str, dict[str, dict]]:
     """Fit every receiver of `ckpt` on `paths` (default: all it has) on the first `n` of `val`; write the maps
     into its config in place.
@@ -86,7 +88,7 @@ def calibrate(
     Returns `{receiver: {path: map}}`. Paths not named keep their maps; the checkpoint's fingerprint changes
     (its config does), its parts do not (`checkpoint.NOT_IN_PART`).
     """
-    wire = load_checkpoint(ckpt, device=device, dtype=dtype)
+    wire = load_checkpoint(ckpt, device=device, dtype=dtype, llms=llms)
     paths = tuple(paths or wire.paths)
     unknown = [p for p in paths if p not in wire.paths]
     if unknown:

@@ -1,0 +1,56 @@
+"""`latentwire calibrate`: any path's score calibration is fitted on `val` and written into the checkpoint, the
+parts (and so the rows measured on them) stay, and receivers announce the new maps to the arbiter."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from latentwire import checkpoint
+from latentwire.receivers.arbiter import calibration_from_info
+from latentwire.receivers.calibration import Calibration
+from latentwire.trainer.calibrate import calibrate
+from latentwire.trainer.sharer_recipe import SharerRecipe, build
+
+
+@pytest.fixture(scope="module")
+def built(tiny_llama, tiny_qwen, tmp_path_factory):
+    llms = {"tiny-llama": tiny_llama, "tiny-qwen": tiny_qwen}
+    recipe = SharerRecipe(models=list(llms), sharer="tiny-qwen", m=4, d_z=32, eval_n=4, train_limit=60)
+    return build(recipe, tmp_path_factory.mktemp("cal") / "run", llms=llms, progress=False), llms
+
+
+def test_calibrate_adds_paths_and_keeps_the_parts(built, tmp_path, monkeypatch):
+    monkeypatch.setenv("LATENTWIRE_CACHE", str(tmp_path / "cache"))
+    src, llms = built
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(src, ckpt)
+    before, parts, fp = checkpoint.load_config(ckpt), checkpoint.part_fingerprints(ckpt), checkpoint.fingerprint(ckpt)
+    fitted = calibrate(ckpt, ("text", "token-budget"), n=4, limits={"text": 2}, llms=llms, progress=False, log=print)
+    after = checkpoint.load_config(ckpt)
+    assert set(fitted) == {"tiny-llama", "tiny-qwen"}
+    for name in fitted:
+        cals = after.models[name].calibrations()
+        assert cals["text"]["n"] == 2 and cals["token-budget"]["n"] == 4
+        for kept in ("latent", "relay"):  # paths not named keep their maps
+            assert cals[kept] == before.models[name].calibrations()[kept]
+    assert checkpoint.part_fingerprints(ckpt) == parts  # what answers depend on is unchanged
+    assert checkpoint.fingerprint(ckpt) != fp  # the checkpoint itself is not
+    # a second run reads its rows from the cache and fits the same maps
+    assert calibrate(ckpt, ("text", "token-budget"), n=4, limits={"text": 2}, llms=llms, progress=False) == fitted
+
+
+def test_receivers_announce_every_path_and_the_arbiter_reads_it():
+    info = {"cal.text.a": 2.0, "cal.text.b": -1.0, "cal.text.n": 50, "cal.latent.a": 3.0, "cal.latent.b": 0.5}
+    assert calibration_from_info(info, "text") == Calibration(2.0, -1.0, 50, 0)
+    assert calibration_from_info(info, "latent").a == 3.0
+    assert calibration_from_info(info, "evidence") == Calibration()  # none announced: raw scores
+
+
+def test_unknown_paths_are_refused(built, tmp_path):
+    src, llms = built
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(src, ckpt)
+    with pytest.raises(ValueError, match="cannot be measured on telepathy"):
+        calibrate(ckpt, ("telepathy",), n=2, llms=llms, progress=False)
