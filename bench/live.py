@@ -35,6 +35,23 @@ def overhead_s(row: dict) -> float:
     return max(0.0, row["e2e_s"] - encode - model)
 
 
+def stages(rows: Sequence[dict]) -> dict[str, float]:
+    """Where a path's end-to-end time goes (p50 s over answered rows): the sender's reading and encoding, the
+    slowest receiver's adapter + generation, and the rest (messaging, `overhead_s`)."""
+    ok = [r for r in rows if r["ok"]]
+    if not ok:
+        return {}
+    model = [
+        max(x["durations"].get("adapt", 0.0) + x["durations"].get("generate", 0.0) for x in r["receivers"].values())
+        for r in ok
+    ]
+    return {
+        "sender_encode_p50_s": float(np.percentile([r["durations"].get("sender.encode", 0.0) for r in ok], 50)),
+        "slowest_receiver_model_p50_s": float(np.percentile(model, 50)),
+        "overhead_p50_s": float(np.percentile([overhead_s(r) for r in ok], 50)),
+    }
+
+
 def checkpoint_receivers(ckpt: Path) -> dict[str, str]:
     """One receiver per model of the checkpoint: {process name: model}, the model being its name in the checkpoint
     (what the receiver loads and finds its adapter by)."""
@@ -83,7 +100,7 @@ def live_latency(
             rows = _ask(
                 client, subset, context, gold, label, progress, mode=mode, **({"quant": quant} if quant else {})
             )
-            out["paths"][label] = summarize_answers(rows)
+            out["paths"][label] = {**summarize_answers(rows), "stages": stages(rows)}
             if mode == "latent":
                 overheads += [overhead_s(r) for r in rows if r["ok"]]
         if throughput_n and quants:

@@ -148,15 +148,19 @@ def write_report(results: dict, out: Path) -> Path:
             "",
             "## Live system latency (end to end, seconds)",
             "",
-            "| path | n | answered | joint EM | joint F1 | p50 | p95 | bytes/request | degraded |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| path | n | answered | joint EM | joint F1 | p50 | p95 | sender p50 | receiver p50 | bytes/request "
+            "| degraded |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for path, r in live["paths"].items():
+            st = r.get("stages") or {}
             lines.append(
                 f"| {path} | {r['n']} | {r.get('n_answered', r['n'])} | {_num(r.get('em'))} | {_num(r.get('f1'))} | "
-                f"{r['latency_p50_s']:.3f} | {r['latency_p95_s']:.3f} | {r['fanout_bytes_per_request']:.0f} | "
+                f"{r['latency_p50_s']:.3f} | {r['latency_p95_s']:.3f} | {_num(st.get('sender_encode_p50_s'))} | "
+                f"{_num(st.get('slowest_receiver_model_p50_s'))} | {r['fanout_bytes_per_request']:.0f} | "
                 f"{r['degraded']} |"
             )
+        lines += ["", "Sender p50: its reading and encoding; receiver p50: the slowest receiver's model work."]
         t = live.get("throughput")
         if t:
             lines += ["", f"Throughput on `{t['path']}` ({t['n']} questions):", ""]
