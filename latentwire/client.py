@@ -174,11 +174,8 @@ class Client:
         self._events()
         if self.refused or not self._sock.poll(max(0, int(timeout_s * 1000))):
             return
-        while True:
-            try:
-                data = self._sock.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
+        while self._sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:  # cheaper than raising zmq.Again
+            data = self._sock.recv(zmq.NOBLOCK)
             try:
                 msg = decode_frame(data)
             except ProtocolError:

@@ -303,11 +303,8 @@ def serve(
             if not pull.poll(200):
                 continue
             frames = [pull.recv()]
-            while len(frames) < max(1, max_batch):  # what queued meanwhile is decoded together
-                try:
-                    frames.append(pull.recv(zmq.NOBLOCK))
-                except zmq.Again:
-                    break
+            while len(frames) < max(1, max_batch) and pull.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                frames.append(pull.recv(zmq.NOBLOCK))  # what queued meanwhile is decoded together
             for reply in rx.handle_many(frames):
                 out.send(encode_frame(reply))
         while pull.poll(0):  # explicit failures for everything already queued here
