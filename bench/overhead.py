@@ -4,7 +4,8 @@ Runs `LocalSystem` on the tiny random models and a tiny checkpoint, asks `n` lat
 prints JSON: the overhead as `latentwire bench` computes it (end to end minus the encoder and the slowest
 receiver's adapter + generation, `bench.live.overhead_s`), and where it goes, from the timings every reply
 carries: client <-> arbiter, the arbiter after the last reply, the hops arbiter -> sender -> receiver ->
-arbiter (sender and receiver work excluded), the sender's framing, and the receiver's own work around the model.
+arbiter (sender and receiver work excluded), the sender's framing, and the receiver's own work around the model;
+then each role's CPU time per request.
 """
 
 from __future__ import annotations
@@ -49,7 +50,26 @@ def breakdown(rows: list[dict]) -> dict[str, Any]:
     return {k: _pct(v) for k, v in parts.items()}
 
 
+def _cpu_seconds() -> dict[str, float]:
+    """CPU seconds (user + system) so far of this process (the client) and of each role it started."""
+    import psutil
+
+    me = psutil.Process()
+    out = {"client": sum(me.cpu_times()[:2])}
+    for child in me.children(recursive=True):
+        try:
+            cmd, t = child.cmdline(), child.cpu_times()
+        except psutil.Error:  # gone meanwhile
+            continue
+        role = next((r for r in ("sender", "receiver", "arbiter") if r in cmd), None)
+        if role:
+            out[role] = out.get(role, 0.0) + t.user + t.system
+    return out
+
+
 def run(n: int = 200, warmup: int = 10, quant: str = "int8") -> dict[str, Any]:
+    """The breakdown over `n` asks, and each role's CPU milliseconds per request (receivers summed; the sender's
+    include its encoder, the receivers' their models): where the processes themselves spend time."""
     from latentwire.bench.socket_fuzz import tiny_checkpoint
     from latentwire.up import LocalSystem
 
@@ -58,9 +78,12 @@ def run(n: int = 200, warmup: int = 10, quant: str = "int8") -> dict[str, Any]:
         with LocalSystem(ckpt, llama="tiny-llama", qwen="tiny-qwen", timeout=30) as system, system.client() as c:
             items = [(i, f"Who wrote book {i}?", f"Book {i} was written by Ada Lovelace.") for i in range(n + warmup)]
             list(c.ask_many(items[:warmup], window=1, quant=quant, max_new_tokens=4))
+            before = _cpu_seconds()
             rows = [a.to_row() for a in c.ask_many(items[warmup:], window=1, quant=quant, max_new_tokens=4)]
+            after = _cpu_seconds()
     ok = [r for r in rows if r["ok"]]
-    return {"n": len(ok), "failed": len(rows) - len(ok), "quant": quant, **breakdown(ok)}
+    cpu = {k: round((after[k] - before.get(k, 0.0)) / max(1, len(rows)) * 1e3, 3) for k in after}
+    return {"n": len(ok), "failed": len(rows) - len(ok), "quant": quant, **breakdown(ok), "cpu_ms_per_request": cpu}
 
 
 def main() -> None:
