@@ -96,6 +96,7 @@ def calibrate(
     rows = load_split("val", data_dir=data_dir, limit=n)
     val = validate(wire, wire.model_names, rows, context, max_new_tokens, paths, progress, limits, use_cache=True)
     fitted = fit(val)
+    _report_joint(val, fitted, log)
     cfg = checkpoint.load_config(ckpt)
     for name, by_path in fitted.items():
         entry = cfg.models[name]
@@ -106,3 +107,21 @@ def calibrate(
             log(f"{name:8s} {path:13s} val F1 {res['f1']:.3f} (n {res['n']}): {by_path[path]}")
     checkpoint.write_config(ckpt, cfg)
     return fitted
+
+
+def _report_joint(val: dict[str, dict[str, dict]], fitted: dict[str, dict[str, dict]], log: Callable) -> None:
+    """Per path on the validation rows: the joint pick with the new maps against the best single receiver (in
+    sample: the maps were fitted on these rows) and the oracle."""
+    from latentwire.bench.quality import joint
+    from latentwire.receivers.calibration import Calibration
+
+    for path, by_name in val.items():
+        if len(by_name) < 2:
+            continue
+        n = min(len(r["rows"]) for r in by_name.values())
+        j = joint({m: r["rows"][:n] for m, r in by_name.items()}, {m: Calibration(**fitted[m][path]) for m in by_name})
+        best = max(by_name, key=lambda m: by_name[m]["f1"])
+        log(
+            f"{path:13s} val joint F1 {j['joint']['f1']:.3f}, best single {best} {by_name[best]['f1']:.3f}, "
+            f"oracle {j['oracle']['f1']:.3f} (n {n})"
+        )
