@@ -110,7 +110,13 @@ def write_report(results: dict, out: Path) -> Path:
             f"Default budget {sel['budget_paragraphs']} paragraphs on {sel['split']} ({sel['n']} questions): both "
             f"supporting paragraphs selected for {sel['pair_recall']:.1%}, supporting-sentence recall "
             f"{sel['sentence_recall']:.3f}, {sel.get('tokens', float('nan')):.0f} sharer tokens, "
-            f"{sel['ms_per_question']:.1f} ms per question.",
+            f"{sel['ms_per_question']:.1f} ms per question."
+            + (
+                f" The sharer's own F1 reading the selection: {sel['sharer_f1']:.3f}, reading the gold paragraphs: "
+                f"{sel['sharer_f1_gold']:.3f} (the selection costs it {sel['sharer_gap']:.3f})."
+                if "sharer_gap" in sel
+                else ""
+            ),
             "",
             "| paragraphs | pair recall | sentence recall | tokens | ms/question |",
             "|---|---|---|---|---|",

@@ -17,7 +17,7 @@ import numpy as np
 
 from latentwire.data import load_split
 from latentwire.prompts import example_slot
-from latentwire.trainer.pipeline import Wire, load_checkpoint
+from latentwire.trainer.pipeline import Wire, docs_of, load_checkpoint
 
 from .quality import quality, wire_bytes
 from .report import write_report
@@ -61,14 +61,30 @@ def efficiency(wire: Wire, q: dict, examples) -> dict:
     return {"m": m, "d_z": d_z, "slot_bytes": slot_bytes, "frame_bytes": wire_bytes(m, d_z), "token_compression": comp}
 
 
-def selection(wire: Wire, examples, split: str) -> dict:
-    """The sender's evidence selection on the bench's questions: the default budget and the curve around it."""
+def selection(wire: Wire, examples, split: str, progress: bool = False) -> dict:
+    """The sender's evidence selection on the bench's questions: the default budget and the curve around it, and
+    what it costs the sharer: its own F1 reading the selection (distractor context) against reading the gold
+    paragraphs (cached readings: the quality run has read the selection already)."""
+    from latentwire.metrics import f1_score
     from latentwire.sender.selector import selection_report
 
     sel = wire.encoder.selector
     budget = sel.cfg.paragraphs
     rep = selection_report(sel, examples, sorted({1, 2, 3, 4, 5, 6, budget}), tokenizer=wire.encoder.llm.tokenizer)
-    return {"split": split, "n": rep["n"], "budget_paragraphs": budget, **rep["by_budget"][budget], "curve": rep}
+    sharer = {}
+    for ctx in ("distractor", "gold"):
+        reads = wire.encoder.read(docs_of(examples, ctx), progress=progress)
+        sharer[ctx] = float(np.mean([f1_score(r.answer, ex.answer) for r, ex in zip(reads, examples, strict=True)]))
+    return {
+        "split": split,
+        "n": rep["n"],
+        "budget_paragraphs": budget,
+        **rep["by_budget"][budget],
+        "sharer_f1": sharer["distractor"],
+        "sharer_f1_gold": sharer["gold"],
+        "sharer_gap": sharer["gold"] - sharer["distractor"],
+        "curve": rep,
+    }
 
 
 def _shown(path: Path) -> str:
@@ -129,7 +145,7 @@ def run_bench(
         "training": wire.config.get("summary", {}),
     }
     if wire.has_sharer:
-        results["selection"] = selection(wire, examples, split)
+        results["selection"] = selection(wire, examples, split, progress)
     if live_n:
         from .live import live_latency
 
