@@ -9,7 +9,7 @@ second pick conditioned on the first), trained listwise: a softmax over each que
 to rank the gold pair first rather than to score pairs one by one (`val`: gold pair first 0.905 against 0.695
 for a linear pairwise scorer; docs/EXPERIMENTS.md E14). Both fit on the supporting facts of `train` in seconds.
 The selection is the best pair, then, up to the budget, the paragraph that pairs best with one already chosen.
-Everything is lexical, so a question costs a few milliseconds on one thread; the weights (~500 floats) are
+Everything is lexical, so a question costs a few milliseconds on one thread; the weights (~1,000 floats) are
 saved in the checkpoint's config with the budget.
 """
 
