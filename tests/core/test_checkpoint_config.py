@@ -26,7 +26,8 @@ def test_default_config_round_trips(raw: dict) -> None:
     assert cfg.encoder["backbone"] == "llm" and cfg.train["recipe"] == "sharer"
     # each calibrated path's map, typed (the latent's is also the entry's `calibration`)
     cals = cfg.models["qwen"].calibrations()
-    assert set(cals) == {"latent", "relay"} and cals["latent"] == raw["models"]["qwen"]["calibration"]
+    assert set(cals) == {"text", "token-budget", "evidence", "relay", "latent"}  # `latentwire calibrate`: all five
+    assert cals["latent"] == raw["models"]["qwen"]["calibration"]
     assert "calibration_by_path" not in cfg.models["qwen"].extra
 
 
