@@ -25,14 +25,17 @@ from latentwire.up import LocalSystem, receiver_name
 QUANTS = ("fp16", "int8", "int4")
 
 
-def overhead_s(row: dict) -> float:
-    """End to end minus the model work: the sender's encoder and the slowest receiver's adapter + generation."""
-    encode = row["durations"].get("sender.encode", 0.0)
-    model = max(
+def receiver_model_s(row: dict) -> float:
+    """The slowest receiver's model work (adapter + generation) for one answered row."""
+    return max(
         (r["durations"].get("adapt", 0.0) + r["durations"].get("generate", 0.0) for r in row["receivers"].values()),
         default=0.0,
     )
-    return max(0.0, row["e2e_s"] - encode - model)
+
+
+def overhead_s(row: dict) -> float:
+    """End to end minus the model work: the sender's encoder and the slowest receiver's adapter + generation."""
+    return max(0.0, row["e2e_s"] - row["durations"].get("sender.encode", 0.0) - receiver_model_s(row))
 
 
 def stages(rows: Sequence[dict]) -> dict[str, float]:
@@ -41,13 +44,9 @@ def stages(rows: Sequence[dict]) -> dict[str, float]:
     ok = [r for r in rows if r["ok"]]
     if not ok:
         return {}
-    model = [
-        max(x["durations"].get("adapt", 0.0) + x["durations"].get("generate", 0.0) for x in r["receivers"].values())
-        for r in ok
-    ]
     return {
         "sender_encode_p50_s": float(np.percentile([r["durations"].get("sender.encode", 0.0) for r in ok], 50)),
-        "slowest_receiver_model_p50_s": float(np.percentile(model, 50)),
+        "slowest_receiver_model_p50_s": float(np.percentile([receiver_model_s(r) for r in ok], 50)),
         "overhead_p50_s": float(np.percentile([overhead_s(r) for r in ok], 50)),
     }
 

@@ -227,11 +227,12 @@ class Selector:
         if budget < 1:
             raise ValueError(f"the evidence budget must be at least one paragraph, not {budget}")
         n = len(paragraphs)
-        s = self.single_scores(question, paragraphs)
+        x = single_features(question, paragraphs)  # once: the single scores and the pair features both use them
+        s = _logit(x, self.cfg.single, self.cfg.single_mu, self.cfg.single_sd)
         if n <= 2 or budget == 1:
             order = [int(i) for i in np.argsort(-s, kind="stable")]
             return Selection(self._ordered(order[:budget]), (order[0], order[min(1, n - 1)]))
-        pairs, logits = self.pair_scores(question, paragraphs, s)
+        pairs, logits = self.pair_scores(question, paragraphs, s, x)
         joint = np.full((n, n), -np.inf)
         for (i, j), v in zip(pairs, logits, strict=True):
             joint[i, j] = joint[j, i] = v
@@ -253,11 +254,11 @@ class Selector:
         return _logit(single_features(question, paragraphs), c.single, c.single_mu, c.single_sd)
 
     def pair_scores(
-        self, question: str, paragraphs: Sequence[Paragraph], single: np.ndarray
+        self, question: str, paragraphs: Sequence[Paragraph], single: np.ndarray, single_x: np.ndarray | None = None
     ) -> tuple[list[tuple[int, int]], np.ndarray]:
         """Every unordered pair and its score (higher: more likely the two the question needs)."""
         c = self.cfg
-        pairs, pf = pair_features(question, paragraphs, single, c.version)
+        pairs, pf = pair_features(question, paragraphs, single, c.version, single_x)
         if c.pair_hidden:
             return pairs, _mlp(pf, c.pair, c.pair_hidden, c.pair_mu, c.pair_sd)
         return pairs, _logit(pf, c.pair, c.pair_mu, c.pair_sd)
