@@ -107,7 +107,14 @@ def write_report(results: dict, out: Path) -> Path:
         lines += [
             "## Evidence selection",
             "",
-            f"Default budget {sel['budget_paragraphs']} paragraphs on {sel['split']} ({sel['n']} questions): both "
+            f"Default budget {sel['budget_paragraphs']} paragraphs"
+            + (
+                f", one more where the best pair's share of the pair softmax is under {sel['unsure_below']:g}"
+                f" ({sel['paragraphs']:.2f} on average)"
+                if sel.get("unsure_below")
+                else ""
+            )
+            + f" on {sel['split']} ({sel['n']} questions): both "
             f"supporting paragraphs selected for {sel['pair_recall']:.1%}, supporting-sentence recall "
             f"{sel['sentence_recall']:.3f}, {sel.get('tokens', float('nan')):.0f} sharer tokens, "
             f"{sel['ms_per_question']:.1f} ms per question."
@@ -254,6 +261,8 @@ def plot_all(results: dict, out: Path) -> None:
         ax.plot(budgets, [curve[b]["pair_recall"] for b in curve], "o-", label="both supporting paragraphs")
         ax.plot(budgets, [curve[b]["sentence_recall"] for b in curve], "s-", label="supporting sentences")
         ax.axvline(sel["budget_paragraphs"], color="grey", ls=":", label="default budget")
+        if sel.get("unsure_below"):
+            ax.plot([sel["paragraphs"]], [sel["pair_recall"]], "r*", ms=12, label="default, +1 when unsure")
         ax.set_xlabel("paragraphs selected (of ~10)")
         ax.set_ylabel("recall")
         ax.set_ylim(0, 1.02)

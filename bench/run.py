@@ -62,7 +62,8 @@ def efficiency(wire: Wire, q: dict, examples) -> dict:
 
 
 def selection(wire: Wire, examples, split: str, progress: bool = False) -> dict:
-    """The sender's evidence selection on the bench's questions: the default budget and the curve around it, and
+    """The sender's evidence selection on the bench's questions: the default budget (as the sender selects, one
+    paragraph more where the scorer is unsure) and the fixed-budget curve around it, and
     what it costs the sharer: its own F1 reading the selection (distractor context) against reading the gold
     paragraphs (cached readings: the quality run has read the selection already)."""
     from latentwire.metrics import f1_score
@@ -79,7 +80,8 @@ def selection(wire: Wire, examples, split: str, progress: bool = False) -> dict:
         "split": split,
         "n": rep["n"],
         "budget_paragraphs": budget,
-        **rep["by_budget"][budget],
+        "unsure_below": sel.cfg.unsure_below,
+        **rep["default"],
         "sharer_f1": sharer["distractor"],
         "sharer_f1_gold": sharer["gold"],
         "sharer_gap": sharer["gold"] - sharer["distractor"],

@@ -190,6 +190,7 @@ SHARER_HELP = {
     "nearest": "llm backbone: receiver tokens mixed per row",
     "evidence_paragraphs": "llm backbone: paragraphs the selector keeps",
     "evidence_order": "llm backbone: reading order of the selection: score (best pair first) or source",
+    "evidence_unsure_below": "llm backbone: one paragraph more where the best pair's softmax share is below this",
     "max_new_tokens": "llm backbone: answer tokens the receivers generate on val",
 }
 

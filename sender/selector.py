@@ -16,6 +16,7 @@ saved in the checkpoint's config with the budget.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from itertools import combinations
@@ -90,15 +91,24 @@ class SelectorConfig:
     pair_sd: list[float] = field(default_factory=list)
     version: int = 1  # bumps when features change: cached evidence and readings key on it
     pair_hidden: int = 0  # the pair MLP's width (version 2); 0: the linear pair scorer of version 1
+    # the budget grows by one paragraph when the scorer is unsure: when the best pair's share of the softmax
+    # over all pairs (what the listwise MLP is trained on) is below this; 0 keeps the budget fixed
+    unsure_below: float = 0.0
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields; `unsure_below` only when set, so configs written before it keep their fingerprints (and
+        their cached evidence, readings and rows)."""
+        d = asdict(self)
+        if not d["unsure_below"]:
+            del d["unsure_below"]
+        return d
 
 
 @dataclass
 class Selection:
     indices: list[int]  # selected paragraphs, in reading order (`SelectorConfig.order`)
     pair: tuple[int, int]  # the best pair
+    confidence: float = 1.0  # the best pair's share of the softmax over all pairs
 
     def text(self, paragraphs: Sequence[Paragraph]) -> str:
         return render_paragraphs([paragraphs[i] for i in self.indices])
@@ -223,6 +233,9 @@ class Selector:
         self.cfg = cfg
 
     def select(self, question: str, paragraphs: Sequence[Paragraph], budget: int | None = None) -> Selection:
+        """The configured budget (one paragraph more when the scorer is unsure: `unsure_below`), or exactly
+        `budget` paragraphs when given."""
+        adaptive = budget is None and self.cfg.unsure_below > 0
         budget = self.cfg.paragraphs if budget is None else budget
         if budget < 1:
             raise ValueError(f"the evidence budget must be at least one paragraph, not {budget}")
@@ -237,11 +250,15 @@ class Selector:
         for (i, j), v in zip(pairs, logits, strict=True):
             joint[i, j] = joint[j, i] = v
         best = pairs[int(np.argmax(logits))]
+        share = np.exp(logits - logits.max())
+        confidence = float(1.0 / share.sum())  # the best pair's softmax share
+        if adaptive and confidence < self.cfg.unsure_below:
+            budget += 1
         chosen = sorted(best, key=lambda i: -s[i])[:budget]  # the question's own paragraph, then its bridge
         while len(chosen) < min(budget, n):  # each further pick: the best partner of what is already chosen
             rest = [c for c in range(n) if c not in chosen]
             chosen.append(max(rest, key=lambda c: joint[c, chosen].max()))
-        return Selection(self._ordered(chosen), best)
+        return Selection(self._ordered(chosen), best, confidence)
 
     def _ordered(self, picks: list[int]) -> list[int]:
         """The picks (best first) in the configured reading order."""
@@ -274,6 +291,7 @@ class Selector:
         l2: float = 1e-3,
         order: str = "source",
         hidden: int = PAIR_HIDDEN,
+        unsure_below: float = 0.0,
     ) -> Selector:
         """Fit both scorers on examples with gold paragraphs (seconds on `train`)."""
         rows = [ex for ex in rows if len(ex.gold_indices) == 2 and len(ex.paragraphs) > 2]
@@ -291,7 +309,8 @@ class Selector:
             xp.append(pf)
             yp.append(np.asarray([float(p == gold) for p in pairs]))
         w2, mu2, sd2 = _fit_listwise_mlp(xp, yp, hidden, l2)
-        return cls(SelectorConfig(paragraphs, order, w1, mu1, sd1, w2, mu2, sd2, version=2, pair_hidden=hidden))
+        cfg = SelectorConfig(paragraphs, order, w1, mu1, sd1, w2, mu2, sd2, 2, hidden, unsure_below)
+        return cls(cfg)
 
 
 def _fit_logistic(x: np.ndarray, y: np.ndarray, l2: float) -> tuple[list[float], list[float], list[float]]:
@@ -369,32 +388,39 @@ def _lbfgs(x: np.ndarray, y: np.ndarray, l2: float) -> tuple[list[float], list[f
 def selection_report(
     selector: Selector, rows: Sequence[Example], budgets: Sequence[int] = (1, 2, 3, 4, 5), tokenizer=None
 ) -> dict:
-    """Pair recall (both gold paragraphs selected) and supporting-sentence recall by budget, size, speed.
+    """Pair recall (both gold paragraphs selected) and supporting-sentence recall by budget, size, speed; under
+    `default`, the same for the configured budget as the sender selects (one more paragraph when unsure).
 
-    Size is in words, and in tokens of `tokenizer` (the sharer's) when given; speed is the median per question.
+    Size is in paragraphs, words, and tokens of `tokenizer` (the sharer's) when given; speed is the median per
+    question.
     """
-    import time
+    return {
+        "n": len(rows),
+        "default": _report_budget(selector, rows, None, tokenizer),
+        "by_budget": {b: _report_budget(selector, rows, b, tokenizer) for b in budgets},
+    }
 
-    out: dict = {"n": len(rows), "by_budget": {}}
-    for b in budgets:
-        pair_hits, sent_recall, n_words, n_tokens, secs = [], [], [], [], []
-        for ex in rows:
-            t0 = time.perf_counter()
-            sel = selector.select(ex.question, ex.paragraphs, b)
-            secs.append(time.perf_counter() - t0)
-            chosen = set(sel.indices)
-            pair_hits.append(float(set(ex.gold_indices) <= chosen))
-            if ex.supporting:
-                sent_recall.append(sum(p in chosen for p, _ in ex.supporting) / len(ex.supporting))
-            text = sel.text(ex.paragraphs)
-            n_words.append(len(text.split()))
-            if tokenizer is not None:
-                n_tokens.append(len(tokenizer(text, add_special_tokens=False)["input_ids"]))
-        out["by_budget"][b] = {
-            "pair_recall": float(np.mean(pair_hits)),
-            "sentence_recall": float(np.mean(sent_recall)) if sent_recall else None,
-            "words": float(np.mean(n_words)),
-            **({"tokens": float(np.mean(n_tokens))} if n_tokens else {}),
-            "ms_per_question": 1000 * float(np.median(secs)),
-        }
-    return out
+
+def _report_budget(selector: Selector, rows: Sequence[Example], budget: int | None, tokenizer) -> dict:
+    hits, sent_recall, n_paragraphs, n_words, n_tokens, secs = [], [], [], [], [], []
+    for ex in rows:
+        t0 = time.perf_counter()
+        sel = selector.select(ex.question, ex.paragraphs, budget)
+        secs.append(time.perf_counter() - t0)
+        chosen = set(sel.indices)
+        hits.append(float(set(ex.gold_indices) <= chosen))
+        if ex.supporting:
+            sent_recall.append(sum(p in chosen for p, _ in ex.supporting) / len(ex.supporting))
+        text = sel.text(ex.paragraphs)
+        n_paragraphs.append(len(chosen))
+        n_words.append(len(text.split()))
+        if tokenizer is not None:
+            n_tokens.append(len(tokenizer(text, add_special_tokens=False)["input_ids"]))
+    return {
+        "pair_recall": float(np.mean(hits)),
+        "sentence_recall": float(np.mean(sent_recall)) if sent_recall else None,
+        "paragraphs": float(np.mean(n_paragraphs)),
+        "words": float(np.mean(n_words)),
+        **({"tokens": float(np.mean(n_tokens))} if n_tokens else {}),
+        "ms_per_question": 1000 * float(np.median(secs)),
+    }

@@ -58,6 +58,30 @@ def test_recall_beats_chance_and_grows_with_budget(selector):
     assert rep[2]["words"] < rep[4]["words"]
 
 
+def test_one_more_paragraph_where_the_scorer_is_unsure(selector):
+    """`unsure_below`: the default budget grows by one exactly where the best pair's softmax share is under it;
+    an explicit budget stays exact; the report's `default` entry is what the sender selects."""
+    rows = load_split("val", limit=40)
+    sharp = Selector(SelectorConfig(**{**selector.cfg.to_dict(), "paragraphs": 2, "unsure_below": 0.9}))
+    grew = 0
+    for ex in rows:
+        sel = sharp.select(ex.question, ex.paragraphs)
+        assert 0.0 < sel.confidence <= 1.0
+        assert len(sel.indices) == (3 if sel.confidence < 0.9 else 2)
+        assert set(sharp.select(ex.question, ex.paragraphs, 2).indices) <= set(sel.indices)  # the same best pair
+        assert len(sharp.select(ex.question, ex.paragraphs, 2).indices) == 2
+        grew += len(sel.indices) == 3
+    assert 0 < grew < len(rows)  # the threshold splits these questions: the test can tell both branches apart
+    rep = selection_report(sharp, rows, (2, 3))
+    assert rep["default"]["paragraphs"] == 2 + grew / len(rows)
+    assert rep["by_budget"][2]["pair_recall"] <= rep["default"]["pair_recall"] <= rep["by_budget"][3]["pair_recall"]
+    assert "unsure_below" not in selector.cfg.to_dict()  # configs written before it keep their fingerprints
+    assert sharp.cfg.to_dict()["unsure_below"] == 0.9
+    fixed = selection_report(Selector(SelectorConfig(**{**sharp.cfg.to_dict(), "unsure_below": 0.0})), rows, (2,))
+    for key in ("pair_recall", "sentence_recall", "paragraphs", "words"):
+        assert fixed["default"][key] == fixed["by_budget"][2][key]
+
+
 def test_config_round_trips_through_json(selector):
     cfg = SelectorConfig(**json.loads(json.dumps(selector.cfg.to_dict())))
     ex = load_split("dev", limit=1)[0]
