@@ -42,7 +42,7 @@ class SharerRecipe:
     evidence_order: str = "score"
     # one paragraph more where the pair scorer is unsure (the best pair's softmax share below this; 0: never).
     # val at 0.8: pair recall 0.905 -> 0.945, 12.5% of questions read 3 paragraphs, sharer F1 0.254 -> 0.248 (E16)
-    evidence_unsure_below: float = 0.0
+    evidence_unsure_below: float = 0.8
     tau: float = 20.0  # receivers' snapping temperature
     nearest: int = 4
     min_cos: float = 0.45  # two steps share a row: each keeps cosine ~0.7 with its code, chance stays < 0.35
