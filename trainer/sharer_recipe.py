@@ -133,7 +133,7 @@ def build(recipe: SharerRecipe, out: str | Path, llms: dict[str, LLM] | None = N
             path: {n: {k: r[k] for k in ("n", "em", "f1", "nll_per_token")} for n, r in res.items()}
             for path, res in val.items()
         },
-        "selection_val": selection_report(selector, load_split("val"), (selector.cfg.paragraphs,))["default"],
+        "selection_val": selection_report(selector, load_split("val"), budgets=())["default"],
     }
     checkpoint.save(
         ckpt, enc, adapters, config_dict(recipe, enc, adapters, llms, {"calibration": calibration, "summary": summary})
