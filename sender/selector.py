@@ -98,12 +98,13 @@ class SelectorConfig:
     unsure_below: float = 0.0
 
     def to_dict(self) -> dict:
-        """The fields; `unsure_below` only when set, so configs written before it keep their fingerprints (and
-        their cached evidence, readings and rows)."""
-        d = asdict(self)
-        if not d["unsure_below"]:
-            del d["unsure_below"]
-        return d
+        """The fields; those added after configs were first written (`_LATER`) only when set, so older configs
+        keep their fingerprints (and their cached evidence, readings and rows)."""
+        return {k: v for k, v in asdict(self).items() if k not in _LATER or v != _LATER[k]}
+
+
+# fields added to SelectorConfig after checkpoints were written, with the value that means "as before"
+_LATER = {"unsure_below": 0.0}
 
 
 @dataclass
