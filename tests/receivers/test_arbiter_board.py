@@ -4,8 +4,8 @@ answers are flagged degraded whenever fewer receivers answered than are configur
 from __future__ import annotations
 
 from latentwire.protocol import Ask, ErrorReply, Heartbeat, JointReply, Reply, encode_frame
-from latentwire.receivers import arbiter
-from latentwire.receivers.arbiter import Board
+from latentwire.receivers import board
+from latentwire.receivers.board import Board
 
 FP = "f" * 64
 SENDER_INFO = {"fingerprint": FP, "models": "llama,qwen", "receivers": 2}
@@ -75,10 +75,10 @@ def test_peers_and_counters_stay_bounded() -> None:
         b.heartbeat(Heartbeat("", f"y{i}", "sender", "alive"), t, route=b"y", role="sender")
         b.heartbeat(Heartbeat("", f"z{i}", f"role{i}", "alive"), t, role="receiver")
         b.on_receiver(ErrorReply(f"nope{i}", f"x{i}", f"code{i}", "x"), 10, t)
-    assert len(b.peers) <= 2 * arbiter.MAX_PEERS
+    assert len(b.peers) <= 2 * board.MAX_PEERS
     assert len(b.stats) < 20, sorted(b.stats)
     assert b.stats["error.other"] == 5_000 and b.stats["bad_role"] == 5_000
-    b.expire(10.0 + 50.0 + arbiter.PEER_MEMORY_S + 1)
+    b.expire(10.0 + 50.0 + board.PEER_MEMORY_S + 1)
     assert b.peers == {}
 
 
@@ -135,8 +135,8 @@ def test_request_waits_for_a_restarting_sender_then_fails_clearly() -> None:
     b.peers["s1"].last_seen = 0.0  # the sender went silent (it is restarting); receivers are fine
     p, sender = b.open((b"c",), Ask("c-1", "client", "Q?"), 10, 5.0)
     assert sender is None and p.failure is None and b.waiting() == [p]
-    (late,) = b.due(5.0 + arbiter.SENDER_WAIT_S)
-    e = b.finish(late, 5.0 + arbiter.SENDER_WAIT_S)
+    (late,) = b.due(5.0 + board.SENDER_WAIT_S)
+    e = b.finish(late, 5.0 + board.SENDER_WAIT_S)
     assert isinstance(e, ErrorReply) and e.code == "no_sender"
 
 

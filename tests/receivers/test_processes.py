@@ -31,7 +31,7 @@ from latentwire.protocol import (
     encode_frame,
     latent_request,
 )
-from latentwire.receivers.arbiter import Board, agree, calibration_from_info, pick
+from latentwire.receivers.board import Board, agree, calibration_from_info, pick
 from latentwire.receivers.calibration import Calibration
 from latentwire.receivers.calibration import pick as calibration_pick
 

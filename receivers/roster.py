@@ -1,0 +1,170 @@
+"""The arbiter's roster: the senders and receivers it has heard from, and which of them can serve.
+
+Peers announce themselves with heartbeats (`hb` frames): a sender on the backend socket, a receiver on the replies
+socket, each refused on the other's. A peer is alive while it is not `stopping` and was heard within `dead_after`
+seconds; it is forgotten after PEER_MEMORY_S of silence. At most MAX_PEERS peers per role are kept. A receiver
+serves the system when its model is one of the checkpoint's and it announced the sender's fingerprint (the
+sender most recently heard defines the checkpoint). Socket-free: time is passed in. `Board` builds on it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field, fields
+
+from latentwire import net
+from latentwire.prompts import MODES
+from latentwire.protocol import Heartbeat
+from latentwire.protocol.base import INT32_MAX
+from latentwire.receivers.calibration import Calibration
+
+log = logging.getLogger("latentwire.arbiter")
+PEER_MEMORY_S = 600.0  # a peer silent this long is forgotten (its name still explains a degraded answer until then)
+MAX_PEERS = 64  # per role: heartbeats with ever new ids cannot grow the arbiter without bound
+ROLES = ("sender", "receiver")  # who may announce itself, each on its own socket
+
+
+def calibration_from_info(info: dict, path: str = "latent") -> Calibration:
+    """The Platt map a receiver announced for a sender path (`cal.<path>.a`, ...; a bare `cal.a` is the
+    latent's); identity when it announced none for that path."""
+    known = {f.name for f in fields(Calibration)}
+    prefixes = (f"cal.{path}.", "cal.") if path == "latent" else (f"cal.{path}.",)
+    for prefix in prefixes:
+        d = {
+            k[len(prefix) :]: float(v)
+            for k, v in info.items()
+            if k.startswith(prefix) and k[len(prefix) :] in known and is_num(v)
+        }
+        if d:
+            break
+    for k in ("n", "positives"):
+        if k in d:
+            d[k] = int(max(0.0, min(d[k], INT32_MAX)))
+    return Calibration(**d)
+
+
+def is_num(v: object) -> bool:
+    return isinstance(v, (int, float))  # heartbeat info may also hold str: never trust its type
+
+
+def bounded_count(v: object, hi: int) -> int | None:
+    """An announced byte or receiver count, if it is an int in 0..hi (None otherwise: never trusted blindly)."""
+    return v if isinstance(v, int) and 0 <= v <= hi else None
+
+
+@dataclass
+class Peer:
+    """A sender or receiver the arbiter has heard from."""
+
+    pid: str
+    role: str
+    name: str  # model name for receivers, the pid for senders
+    last_seen: float
+    status: str = "ready"
+    route: bytes = b""  # ROUTER identity (senders)
+    calibrations: dict[str, Calibration] = field(default_factory=dict)  # receivers: per sender path
+    inflight: int = 0
+    fingerprint: str = ""  # checkpoint it serves (announced)
+    models: tuple[str, ...] = ()  # senders: the checkpoint's receiver models
+    fanout: int = 0  # senders: receivers it is configured to fan out to
+
+
+class Roster:
+    """Peers by process id, with the counters the arbiter reports (shared with the join)."""
+
+    def __init__(self, dead_after: float = net.DEAD_AFTER_S) -> None:
+        self.dead_after = dead_after
+        self.peers: dict[str, Peer] = {}
+        self.stats: Counter = Counter()
+
+    def heartbeat(self, hb: Heartbeat, now: float, route: bytes = b"", role: str | None = None) -> Peer | None:
+        """Note a peer's heartbeat; refused (None) when its role is not the one its socket serves."""
+        if hb.role not in ROLES or (role is not None and hb.role != role):
+            self.stats["bad_role"] += 1
+            return None
+        peer = self.peers.get(hb.sender)
+        if peer is not None and peer.role != hb.role:
+            self.stats["bad_role"] += 1
+            return None
+        if peer is None:
+            if not self._room(hb.role, now):
+                self.stats["peers_full"] += 1
+                return None
+            name = str(hb.info.get("model", hb.sender)) if hb.role == "receiver" else hb.sender
+            peer = self.peers[hb.sender] = Peer(hb.sender, hb.role, name or hb.sender, now)
+            self.stats[f"joined.{hb.role}"] += 1
+            log.info("%s %s joined (%s)", hb.role, peer.name, hb.sender)
+        if hb.status == "stopping" and peer.status != "stopping":
+            log.info("%s %s is stopping", hb.role, peer.name)
+        peer.last_seen, peer.status = now, "stopping" if hb.status == "stopping" else "ready"
+        peer.route = route or peer.route
+        fp = hb.info.get("fingerprint")
+        peer.fingerprint = fp if isinstance(fp, str) else ""
+        if hb.role == "receiver":
+            peer.calibrations = {path: calibration_from_info(hb.info, path) for path in MODES}
+        else:
+            models = hb.info.get("models")
+            peer.models = tuple(sorted(m for m in models.split(",") if m)) if isinstance(models, str) else ()
+            peer.fanout = bounded_count(hb.info.get("receivers"), net.MAX_FANOUT) or 0
+        return peer
+
+    def _room(self, role: str, now: float) -> bool:
+        """Whether one more peer of `role` fits, forgetting the longest-silent dead one if it must."""
+        same = [p for p in self.peers.values() if p.role == role]
+        if len(same) < MAX_PEERS:
+            return True
+        dead = [p for p in same if not self._alive(p, now) and not p.inflight]
+        if not dead:
+            return False
+        del self.peers[min(dead, key=lambda p: p.last_seen).pid]
+        return True
+
+    def expire(self, now: float) -> None:
+        """Forget peers silent for PEER_MEMORY_S (a restarted process comes back under a new id)."""
+        for pid in [p.pid for p in self.peers.values() if now - p.last_seen > PEER_MEMORY_S and not p.inflight]:
+            del self.peers[pid]
+
+    def _alive(self, p: Peer, now: float) -> bool:
+        return p.status != "stopping" and now - p.last_seen <= self.dead_after
+
+    def alive(self, role: str, now: float) -> list[Peer]:
+        return [p for p in self.peers.values() if p.role == role and self._alive(p, now)]
+
+    def _checkpoint(self, now: float) -> Peer | None:
+        """The sender most recently heard, live or not (a restarting sender keeps the system's configuration):
+        its checkpoint is the one receivers must serve, its fan-out the receivers the system is configured with."""
+        senders = [p for p in self.peers.values() if p.role == "sender"]
+        live = [p for p in senders if self._alive(p, now)]
+        return max(live or senders, key=lambda p: p.last_seen) if senders else None
+
+    def mismatch(self, peer: Peer, sender: Peer | None) -> str:
+        """Why receiver `peer` cannot serve `sender`'s checkpoint ("" when it can, or when nothing is known)."""
+        if sender is None:
+            return ""
+        if sender.models and peer.name not in sender.models:
+            return f"{peer.name}: not a model of checkpoint {sender.fingerprint[:12]} ({','.join(sender.models)})"
+        if sender.fingerprint and peer.fingerprint and peer.fingerprint != sender.fingerprint:
+            return f"{peer.name}: serves checkpoint {peer.fingerprint[:12]}, the sender {sender.fingerprint[:12]}"
+        return ""
+
+    def receivers(self, now: float) -> tuple[list[Peer], list[str]]:
+        """Live receivers that serve the sender's checkpoint, and why the other live ones do not."""
+        sender = self._checkpoint(now)
+        ok, bad = [], []
+        for p in self.alive("receiver", now):
+            why = self.mismatch(p, sender)
+            (bad.append(why) if why else ok.append(p))
+        return ok, sorted(set(bad))
+
+    def calibration(self, model: str, path: str = "latent") -> Calibration:
+        """The calibration for `path` the most recently heard receiver of `model` announced (identity if none)."""
+        peers = [p for p in self.peers.values() if p.role == "receiver" and p.name == model]
+        return max(peers, key=lambda p: p.last_seen).calibrations.get(path, Calibration()) if peers else Calibration()
+
+    def configured(self, now: float, expected: int) -> tuple[int, tuple[str, ...]]:
+        """How many receivers the system is configured with, and the checkpoint's models (from the sender)."""
+        sender = self._checkpoint(now)
+        if sender is None:
+            return expected, ()
+        return max(expected, sender.fanout), sender.models
