@@ -1,8 +1,6 @@
-"""The multi-process system: arbiter join logic (no sockets), receiver frame handling, then real processes.
-
-End-to-end tests start `latentwire up` on free loopback ports with tiny random models and a tiny checkpoint
-made here, and talk to it with the Python client; one more runs a receiver in its own network namespace
-(root only) with CURVE, to exercise the cross-host path.
+"""The system live: the real arbiter loop in a thread with the test playing its peers, then `latentwire up` on
+free loopback ports with tiny random models and the tiny checkpoint (talked to with the Python client), and a
+receiver in its own network namespace (root only) with CURVE, to exercise the cross-host path.
 """
 
 from __future__ import annotations
@@ -16,181 +14,19 @@ import time
 import uuid
 from pathlib import Path
 
-import msgpack
-import numpy as np
 import pytest
 
 from latentwire import net
-from latentwire.protocol import (
-    Ask,
-    ErrorReply,
-    Heartbeat,
-    JointReply,
-    Reply,
-    TextRequest,
-    encode_frame,
-    latent_request,
-)
-from latentwire.receivers.board import Board, agree, calibration_from_info, pick
-from latentwire.receivers.calibration import Calibration
-from latentwire.receivers.calibration import pick as calibration_pick
+from latentwire.protocol import Ask, Heartbeat, encode_frame
 
 LATENTWIRE = str(Path(sys.executable).parent / "latentwire")
 
 
-# ---- arbiter logic, no sockets ----
+def _hb(pid: str, role: str, model: str = "", status: str = "ready") -> Heartbeat:
+    return Heartbeat("", pid, role, status, {"model": model} if role == "receiver" else {})
 
 
-def _hb(pid: str, role: str, model: str = "", status: str = "ready", **cal: float) -> Heartbeat:
-    info = {"model": model, **{f"cal.{k}": v for k, v in cal.items()}} if role == "receiver" else {}
-    return Heartbeat("", pid, role, status, info)
-
-
-def _board(timeout: float = 10.0, **cals: dict) -> Board:
-    b = Board("arb", timeout=timeout, dead_after=4.0)
-    b.heartbeat(_hb("s1", "sender"), 0.0, route=b"s1")
-    for name in ("llama", "qwen"):
-        b.heartbeat(_hb(f"r-{name}", "receiver", name, **cals.get(name, {})), 0.0)
-    return b
-
-
-def _open(b: Board, now: float = 0.0, rid: str = "c-1"):
-    p, sender = b.open((b"client",), Ask(rid, "client", "Who?", "Ada wrote it."), 100, now)
-    assert sender is not None and sender.pid == "s1"
-    assert b.on_sender(Heartbeat(p.rid, "s1", "sender", "sent", {"request": 150, "payload": 128, "reached": 2})) is None
-    return p
-
-
-def _reply(p, model: str, answer: str, score: float) -> Reply:
-    return Reply(p.rid, f"r-{model}", model, answer, score, {"generate": 0.1})
-
-
-def test_join_two_replies_picks_on_calibrated_score() -> None:
-    # raw scores favour llama, but qwen's calibration says it is more often right at that score
-    b = _board(llama={"a": 1.0, "b": -3.0}, qwen={"a": 1.0, "b": 0.0})
-    p = _open(b)
-    assert b.on_receiver(_reply(p, "llama", "Ada Lovelace", -0.1), 90, 0.2) is None
-    done = b.on_receiver(_reply(p, "qwen", "ada lovelace.", -0.5), 90, 0.3)
-    assert done is p
-    j = b.finish(p, 0.3)
-    assert isinstance(j, JointReply)
-    assert (j.model, j.answer, j.rid, j.degraded, j.agreement) == ("qwen", "ada lovelace.", "c-1", 0, 1)
-    assert j.score == pytest.approx(Calibration(1.0, 0.0)(-0.5))
-    assert j.nbytes == {"ask": 100, "request": 150, "payload": 128, "replies": 180}
-    assert j.durations["e2e"] == pytest.approx(0.3) and j.durations["llama.rtt"] == pytest.approx(0.2)
-    assert b.stats["served"] == 1 and not b.pending
-
-
-def test_ties_break_by_model_name_and_empty_answers_lose() -> None:
-    r = {m: Reply("x", m, m, a, -1.0, {}) for m, a in (("qwen", "Paris"), ("llama", "Rome"))}
-    assert pick(r, lambda m: Calibration())[0] == "llama"
-    r["llama"] = Reply("x", "llama", "llama", "  ", 0.0, {})  # higher score but empty
-    assert pick(r, lambda m: Calibration())[0] == "qwen"
-    assert agree(r) == 0 and agree({"qwen": r["qwen"]}) == 0
-
-
-def test_calibration_from_heartbeat_info() -> None:
-    cal = calibration_from_info({"model": "llama", "cal.a": 2.0, "cal.b": -1.0, "cal.n": 200.0, "cal.zz": 1.0})
-    assert cal == Calibration(2.0, -1.0, 200, 0)
-    assert calibration_from_info({}) == Calibration()
-    # one map per sender path; a bare `cal.*` is the latent's, and no other path falls back to it
-    info = {"cal.a": 2.0, "cal.latent.a": 3.0, "cal.relay.a": 0.5, "cal.relay.b": 1.0}
-    assert calibration_from_info(info) == Calibration(3.0, 0.0)
-    assert calibration_from_info(info, "relay") == Calibration(0.5, 1.0)
-    assert calibration_from_info({"cal.a": 2.0}, "relay") == calibration_from_info({}, "text") == Calibration()
-
-
-def test_the_arbiter_picks_with_the_calibration_of_the_request_path() -> None:
-    # for relay, qwen's calibration says its answer is the better one; for the latent, llama's does
-    b = _board(llama={"latent.b": 2.0, "relay.b": -3.0}, qwen={"latent.b": -3.0, "relay.b": 2.0})
-    for mode, winner in (("latent", "llama"), ("relay", "qwen"), ("text", "llama")):
-        p, _ = b.open((b"client",), Ask(f"c-{mode}", "client", "Who?", "Ada wrote it.", mode=mode), 100, 0.0)
-        b.on_sender(Heartbeat(p.rid, "s1", "sender", "sent", {"request": 150, "payload": 128, "reached": 2}))
-        b.on_receiver(_reply(p, "llama", "Ada", -0.5), 90, 0.1)
-        b.on_receiver(_reply(p, "qwen", "Bob", -0.6), 90, 0.1)
-        assert b.finish(p, 0.2).model == winner, mode
-
-
-def test_joint_pick_is_a_soft_vote_over_calibrated_scores() -> None:
-    cals = {m: Calibration() for m in ("gemma", "llama", "qwen")}
-    # qwen alone is the surest, but llama and gemma agree (after normalisation) and together outweigh it
-    answers = {"qwen": ("Bob", 1.0), "llama": ("Ada Lovelace", -0.2), "gemma": ("ada lovelace.", -0.3)}
-    assert calibration_pick(answers, cals) == "llama"
-    # a sure one beats a weak agreement
-    answers = {"qwen": ("Bob", 5.0), "llama": ("Ada", -3.0), "gemma": ("Ada", -3.0)}
-    assert calibration_pick(answers, cals) == "qwen"
-    # two receivers: the higher calibrated score, whatever the raw scores say
-    two = {"qwen": ("Bob", -1.0), "llama": ("Ada", -0.5)}
-    assert calibration_pick(two, {"qwen": Calibration(1.0, 3.0), "llama": Calibration()}) == "qwen"
-
-
-def test_timeout_answers_from_those_that_did_and_counts_late_and_duplicates() -> None:
-    b = _board(timeout=5.0)
-    p = _open(b)
-    assert b.on_receiver(_reply(p, "llama", "Ada", -0.2), 90, 1.0) is None
-    assert b.on_receiver(_reply(p, "llama", "Ada", -0.2), 90, 1.1) is None  # duplicate
-    for t in (2.0, 3.0):  # both receivers still alive: keep waiting until the deadline
-        b.heartbeat(_hb("r-llama", "receiver", "llama"), t)
-        b.heartbeat(_hb("r-qwen", "receiver", "qwen"), t)
-        b.heartbeat(_hb("s1", "sender"), t, route=b"s1")
-        assert b.due(t) == []
-    assert b.due(5.0) == [p]
-    j = b.finish(p, 5.0)
-    assert isinstance(j, JointReply) and j.degraded == 1 and j.answer == "Ada"
-    assert j.errors["qwen"].startswith("timeout")
-    b.on_receiver(_reply(p, "qwen", "Ada", -0.3), 90, 6.0)  # late
-    assert (b.stats["duplicate"], b.stats["late"], b.stats["degraded"]) == (1, 1, 1)
-
-
-def test_no_reply_at_all_is_an_explicit_error() -> None:
-    b = _board(timeout=5.0)
-    p = _open(b)
-    e = b.finish(p, 5.0)
-    assert isinstance(e, ErrorReply) and e.code == "no_answer" and e.rid == "c-1"
-    assert "llama: timeout" in e.message and "qwen: timeout" in e.message
-
-
-def test_receiver_errors_degrade_or_fail() -> None:
-    b = _board()
-    p = _open(b)
-    b.on_receiver(ErrorReply(p.rid, "r-llama", "internal", "boom"), 60, 0.1)
-    j = b.finish(b.on_receiver(_reply(p, "qwen", "Paris", -1.0), 60, 0.2), 0.2)
-    assert isinstance(j, JointReply) and j.degraded == 1 and j.errors == {"llama": "internal: boom"}
-    p = _open(b, rid="c-2")
-    b.on_receiver(ErrorReply(p.rid, "r-llama", "wrong_checkpoint", "x"), 60, 0.1)
-    e = b.finish(b.on_receiver(ErrorReply(p.rid, "r-qwen", "wrong_checkpoint", "y"), 60, 0.2), 0.2)
-    assert isinstance(e, ErrorReply) and e.code == "all_failed"
-
-
-def test_dead_or_stopping_receiver_finishes_early_and_leaves_the_expected_set() -> None:
-    b = _board(timeout=60.0)
-    p = _open(b)
-    b.on_receiver(_reply(p, "llama", "Ada", -0.2), 90, 0.5)
-    b.heartbeat(_hb("r-qwen", "receiver", "qwen", status="stopping"), 1.0)
-    assert b.due(1.0) == [p]
-    assert b.finish(p, 1.0).errors["qwen"].startswith("gone")
-    b.heartbeat(_hb("s1", "sender"), 1.0, route=b"s1")
-    b.heartbeat(_hb("r-llama", "receiver", "llama"), 1.0)
-    assert _open(b, now=1.5, rid="c-2").expected == {"llama"}
-    assert b.status(1.5).info["receivers"] == "llama"
-    assert _board().status(10.0).status == "waiting"  # nobody heard from for 10 s
-
-
-def test_open_without_processes_and_sender_failures() -> None:
-    b = Board("arb")
-    p, sender = b.open((b"c",), Ask("c-1", "client", "Q?"), 10, 0.0)
-    assert sender is None and p.failure.code == "no_receivers"
-    assert b.finish(p, 0.0).rid == "c-1"
-    b.heartbeat(_hb("r-llama", "receiver", "llama"), 0.0)
-    p, sender = b.open((b"c",), Ask("c-2", "client", "Q?"), 10, 0.0)
-    assert sender is None and p.failure.code == "no_sender"
-    b = _board()
-    p, _ = b.open((b"c",), Ask("c-3", "client", "Q?", quant="fp16"), 10, 0.0)
-    done = b.on_sender(ErrorReply(p.rid, "s1", "bad_request", "value exceeds the fp16 range"))
-    assert done is p and b.finish(p, 0.0).code == "bad_request"
-    p, _ = b.open((b"c",), Ask("c-4", "client", "Q?"), 10, 0.0)
-    assert b.on_sender(Heartbeat(p.rid, "s1", "sender", "sent", {"reached": 0})) is p
-    assert b.finish(p, 0.0).code == "no_receivers"
+# ---- the arbiter loop, the test playing sender and receiver ----
 
 
 def test_arbiter_loop_answers_in_flight_requests_on_stop() -> None:
@@ -245,128 +81,6 @@ def test_arbiter_loop_answers_in_flight_requests_on_stop() -> None:
         snd.close(0)
         rcv.close(0)
         ctx.term()
-
-
-# ---- a tiny checkpoint, and the receiver's frame handling in-process ----
-
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory) -> Path:
-    from latentwire import checkpoint
-    from latentwire.device import set_threads
-    from latentwire.models import load_llm
-    from latentwire.sender.encoder import EncoderConfig
-    from latentwire.trainer.config import TrainConfig
-    from latentwire.trainer.train import build_wire, checkpoint_config
-
-    set_threads(1)
-    llms = {"tiny-llama": load_llm("tiny-llama"), "tiny-qwen": load_llm("tiny-qwen")}
-    enc = EncoderConfig(backbone="bytes", d_model=64, d_z=32, m=4, max_bytes=512, byte_layers=1, pool_layers=1)
-    cfg = TrainConfig(models=list(llms), encoder=enc)
-    wire = build_wire(cfg, llms)
-    path = tmp_path_factory.mktemp("ckpt") / "ckpt"
-    checkpoint.save(path, wire.encoder, dict(wire.adapters), checkpoint_config(cfg, wire, llms))
-    return path
-
-
-def _frame(**changes) -> bytes:
-    """A valid latent frame (d_z = 32) with wire keys changed: what a broken or foreign sender might send."""
-    x = np.random.default_rng(0).standard_normal((4, 32)).astype(np.float32)
-    wire = msgpack.unpackb(encode_frame(latent_request("r-1", "test", "fp-test", x, "int8")), raw=False)
-    return msgpack.packb({**wire, **changes}, use_bin_type=True)
-
-
-def test_receiver_refuses_bad_frames_and_keeps_serving(tiny_ckpt: Path) -> None:
-    from latentwire import checkpoint
-    from latentwire.receivers.receiver import load_receiver
-
-    rx = load_receiver("tiny-llama", tiny_ckpt, None, "rx", "cpu", "float32")
-    fp = checkpoint.fingerprint(tiny_ckpt)
-    cases = {
-        b"\x00garbage": ("", "bad_frame"),
-        _frame(): ("r-1", "wrong_checkpoint"),
-        _frame(f=fp, v=2): ("r-1", "bad_version"),
-        _frame(f=fp, q="int2"): ("r-1", "bad_quant"),
-        _frame(f=fp, d=16, b=bytes(64), c=bytes(16)): ("r-1", "bad_frame"),  # zero scales
-        encode_frame(Heartbeat("", "x", "sender")): ("", "unexpected_kind"),
-    }
-    for data, (rid, code) in cases.items():
-        out = rx.handle(data)
-        assert isinstance(out, ErrorReply) and (out.rid, out.code) == (rid, code), out
-    good = rx.handle(_frame(f=fp))
-    assert isinstance(good, Reply) and good.model == "tiny-llama" and good.fingerprint == fp
-    assert {"decode", "adapt", "generate", "total"} <= set(good.durations)
-    text = rx.handle(encode_frame(TextRequest("t-1", "s", "Question: x\nContext: y", budget=4)))
-    assert isinstance(text, Reply) and text.fingerprint == ""
-
-
-@pytest.fixture(scope="module")
-def rx(tiny_ckpt: Path):
-    from latentwire.receivers.receiver import load_receiver
-
-    return load_receiver("tiny-llama", tiny_ckpt, None, "rx", "cpu", "float32")
-
-
-def _latent(rx, m: int = 4, scale: float = 1.0, scheme: str = "int8", seed: int = 0, rid: str = "r-1") -> bytes:
-    x = np.random.default_rng(seed).standard_normal((m, 32)).astype(np.float32) * scale
-    return encode_frame(latent_request(rid, "test", rx.fingerprint, x, scheme, max_new_tokens=6))
-
-
-def test_receiver_refuses_latents_of_another_m_and_accepts_any_when_unknown(rx) -> None:
-    assert rx.m == 4  # from the checkpoint's encoder config
-    for m in (1, 64, 256):
-        out = rx.handle(_latent(rx, m))
-        assert isinstance(out, ErrorReply) and out.code == "bad_shape" and f"{m}x32" in out.message, out
-    assert isinstance(rx.handle(_latent(rx, 4)), Reply)
-    rx.m = None
-    try:
-        assert isinstance(rx.handle(_latent(rx, 3)), Reply)
-    finally:
-        rx.m = 4
-
-
-def test_receiver_refuses_non_finite_and_extreme_latents_as_bad_frames(rx) -> None:
-    x = np.ones((4, 32), np.float32)
-    wire = msgpack.unpackb(encode_frame(latent_request("r-1", "test", rx.fingerprint, x, "fp32")), raw=False)
-    x[1, 2] = np.nan  # an encoder refuses this; a foreign or broken one may still send it
-    nan = msgpack.packb({**wire, "b": x.astype("<f4").tobytes()}, use_bin_type=True)
-    for data in (nan, _latent(rx, scale=3e37, scheme="fp32")):
-        out = rx.handle(data)
-        assert isinstance(out, ErrorReply) and out.code == "bad_frame" and "latent" in out.message, out
-
-
-def test_receiver_refuses_empty_and_oversized_text(rx) -> None:
-    cases = {
-        TextRequest("t-1", "s", ""): "bad_frame",
-        TextRequest("t-2", "s", "x" * (rx.max_slot_tokens + 10)): "too_large",
-        TextRequest("t-3", "s", "Question: x", budget=rx.max_slot_tokens + 1): "too_large",
-    }
-    for msg, code in cases.items():
-        out = rx.handle(encode_frame(msg))
-        assert isinstance(out, ErrorReply) and (out.rid, out.code) == (msg.rid, code), out
-    assert isinstance(rx.handle(encode_frame(TextRequest("t-4", "s", "x" * 50, budget=8, max_new_tokens=4))), Reply)
-
-
-def test_batched_answers_equal_one_at_a_time(rx) -> None:
-    frames = [
-        _latent(rx, seed=1, rid="a"),
-        b"garbage",
-        _latent(rx, seed=2, rid="b"),
-        encode_frame(TextRequest("c", "s", "Question: Who?\nContext: Ada wrote it.", max_new_tokens=6)),
-        _latent(rx, seed=3, rid="d"),
-        encode_frame(TextRequest("e", "s", "Question: Where?\nContext: in Paris, long ago.", max_new_tokens=6)),
-        _latent(rx, m=7, rid="f"),
-        encode_frame(TextRequest("g", "s", "Question: When?\nContext: 1843.", budget=5, max_new_tokens=6)),
-    ]
-    batched = rx.handle_many(frames)
-    alone = [rx.handle(f) for f in frames]
-    assert [type(r) for r in batched] == [type(r) for r in alone]
-    for b, a in zip(batched, alone, strict=True):
-        assert b.rid == a.rid
-        if isinstance(a, Reply):
-            assert b.answer == a.answer and b.score == pytest.approx(a.score, abs=1e-4)
-        else:
-            assert b.code == a.code
 
 
 # ---- real processes ----
@@ -427,7 +141,7 @@ def test_every_request_answered_with_bytes_counted(system) -> None:
     assert all(r["bytes"]["request"] > r["bytes"]["payload"] for r in rows)
 
 
-def test_receiver_answers_garbage_with_errors_and_keeps_serving(system) -> None:
+def test_receiver_answers_garbage_with_errors_and_keeps_serving(system, frame) -> None:
     import zmq
 
     with system.client() as c:
@@ -437,7 +151,7 @@ def test_receiver_answers_garbage_with_errors_and_keeps_serving(system) -> None:
         push.linger = 1000
         push.connect(system.env["LATENTWIRE_LLAMA"])
         push.send(b"\xc1 not a frame")
-        push.send(_frame())  # another checkpoint's fingerprint
+        push.send(frame())  # another checkpoint's fingerprint
         push.close()
         ctx.term()
         end = time.monotonic() + 20
@@ -585,7 +299,7 @@ def netns():
         subprocess.run(["ip", "link", "del", host_if], capture_output=True)
 
 
-def test_receiver_in_another_namespace_over_curve(netns, tiny_ckpt: Path, tmp_path: Path) -> None:
+def test_receiver_in_another_namespace_over_curve(netns, tiny_ckpt: Path, tmp_path: Path, frame) -> None:
     import zmq
     import zmq.auth
 
@@ -634,7 +348,7 @@ def test_receiver_in_another_namespace_over_curve(netns, tiny_ckpt: Path, tmp_pa
                 s.curve_publickey, s.curve_secretkey = public, secret
                 s.curve_serverkey = zmq.auth.load_certificate(str(keys / "receiver.key"))[0]
                 s.connect(addr["LATENTWIRE_RECEIVERS"])
-                s.send(_frame())  # answered with wrong_checkpoint if the receiver accepts the connection
+                s.send(frame())  # answered with wrong_checkpoint if the receiver accepts the connection
                 s.close()
                 ctx.term()
 

@@ -1,0 +1,308 @@
+"""The arbiter's join without sockets (`Board`): the pick on calibrated scores, timeouts and degraded answers,
+and its behaviour under hostile or failing peers: counters stay in range, state stays bounded, and only known
+peers count."""
+
+from __future__ import annotations
+
+import pytest
+
+from latentwire.protocol import Ask, ErrorReply, Heartbeat, JointReply, Reply, encode_frame
+from latentwire.receivers import board
+from latentwire.receivers.board import Board, agree, calibration_from_info, pick
+from latentwire.receivers.calibration import Calibration
+from latentwire.receivers.calibration import pick as calibration_pick
+
+FP = "f" * 64
+SENDER_INFO = {"fingerprint": FP, "models": "llama,qwen", "receivers": 2}
+
+
+def _hb(pid: str, role: str, model: str = "", status: str = "ready", **cal: float) -> Heartbeat:
+    """A heartbeat; a receiver's announces its model, the checkpoint FP and its calibration (`a`, `relay.b`...)."""
+    if role == "sender":
+        return Heartbeat("", pid, role, status, SENDER_INFO)
+    info = {"model": model, "fingerprint": FP, **{f"cal.{k}": v for k, v in cal.items()}}
+    return Heartbeat("", pid, role, status, info)
+
+
+def _board(timeout: float = 10.0, **cals: dict) -> Board:
+    """Sender s1 and receivers r-llama, r-qwen, all heard at t=0 (with `cals`: {model: calibration})."""
+    b = Board("arb", timeout=timeout, dead_after=4.0)
+    _beat(b, 0.0, cals=cals)
+    return b
+
+
+def _beat(
+    b: Board, t: float, models: tuple[str, ...] = ("llama", "qwen"), sender: str = "s1", cals: dict | None = None
+) -> None:
+    b.heartbeat(_hb(sender, "sender"), t, route=sender.encode(), role="sender")
+    for m in models:
+        b.heartbeat(_hb(f"r-{m}", "receiver", m, **(cals or {}).get(m, {})), t, role="receiver")
+
+
+def _open(b: Board, now: float = 0.0, rid: str = "c-1", report: dict | None = None, mode: str = "latent"):
+    p, sender = b.open((b"client",), Ask(rid, "client", "Who?", "Ada wrote it.", mode=mode), 100, now)
+    assert sender is not None
+    info = {"request": 150, "payload": 128, "fanout": 300, "reached": 2} if report is None else report
+    assert b.on_sender(Heartbeat(p.rid, sender.pid, "sender", "sent", info), route=sender.route) is None
+    return p
+
+
+def _reply(p, model: str, answer: str = "Ada", score: float = -0.5, sender: str | None = None) -> Reply:
+    return Reply(p.rid, sender or f"r-{model}", model, answer, score, {"generate": 0.1})
+
+
+# ---- the join and the pick ----
+
+
+def test_join_two_replies_picks_on_calibrated_score() -> None:
+    # raw scores favour llama, but qwen's calibration says it is more often right at that score
+    b = _board(llama={"a": 1.0, "b": -3.0}, qwen={"a": 1.0, "b": 0.0})
+    p = _open(b)
+    assert b.on_receiver(_reply(p, "llama", "Ada Lovelace", -0.1), 90, 0.2) is None
+    done = b.on_receiver(_reply(p, "qwen", "ada lovelace.", -0.5), 90, 0.3)
+    assert done is p
+    j = b.finish(p, 0.3)
+    assert isinstance(j, JointReply)
+    assert (j.model, j.answer, j.rid, j.degraded, j.agreement) == ("qwen", "ada lovelace.", "c-1", 0, 1)
+    assert j.score == pytest.approx(Calibration(1.0, 0.0)(-0.5))
+    assert j.nbytes == {"ask": 100, "request": 150, "payload": 128, "fanout": 300, "replies": 180}
+    assert j.durations["e2e"] == pytest.approx(0.3) and j.durations["llama.rtt"] == pytest.approx(0.2)
+    assert b.stats["served"] == 1 and not b.pending
+
+
+def test_ties_break_by_model_name_and_empty_answers_lose() -> None:
+    r = {m: Reply("x", m, m, a, -1.0, {}) for m, a in (("qwen", "Paris"), ("llama", "Rome"))}
+    assert pick(r, lambda m: Calibration())[0] == "llama"
+    r["llama"] = Reply("x", "llama", "llama", "  ", 0.0, {})  # higher score but empty
+    assert pick(r, lambda m: Calibration())[0] == "qwen"
+    assert agree(r) == 0 and agree({"qwen": r["qwen"]}) == 0
+
+
+def test_calibration_from_heartbeat_info() -> None:
+    cal = calibration_from_info({"model": "llama", "cal.a": 2.0, "cal.b": -1.0, "cal.n": 200.0, "cal.zz": 1.0})
+    assert cal == Calibration(2.0, -1.0, 200, 0)
+    assert calibration_from_info({}) == Calibration()
+    # one map per sender path; a bare `cal.*` is the latent's, and no other path falls back to it
+    info = {"cal.a": 2.0, "cal.latent.a": 3.0, "cal.relay.a": 0.5, "cal.relay.b": 1.0}
+    assert calibration_from_info(info) == Calibration(3.0, 0.0)
+    assert calibration_from_info(info, "relay") == Calibration(0.5, 1.0)
+    assert calibration_from_info({"cal.a": 2.0}, "relay") == calibration_from_info({}, "text") == Calibration()
+
+
+def test_the_arbiter_picks_with_the_calibration_of_the_request_path() -> None:
+    # for relay, qwen's calibration says its answer is the better one; for the latent, llama's does
+    b = _board(llama={"latent.b": 2.0, "relay.b": -3.0}, qwen={"latent.b": -3.0, "relay.b": 2.0})
+    for mode, winner in (("latent", "llama"), ("relay", "qwen"), ("text", "llama")):
+        p = _open(b, rid=f"c-{mode}", mode=mode)
+        b.on_receiver(_reply(p, "llama", "Ada", -0.5), 90, 0.1)
+        b.on_receiver(_reply(p, "qwen", "Bob", -0.6), 90, 0.1)
+        assert b.finish(p, 0.2).model == winner, mode
+
+
+def test_joint_pick_is_a_soft_vote_over_calibrated_scores() -> None:
+    cals = {m: Calibration() for m in ("gemma", "llama", "qwen")}
+    # qwen alone is the surest, but llama and gemma agree (after normalisation) and together outweigh it
+    answers = {"qwen": ("Bob", 1.0), "llama": ("Ada Lovelace", -0.2), "gemma": ("ada lovelace.", -0.3)}
+    assert calibration_pick(answers, cals) == "llama"
+    # a sure one beats a weak agreement
+    answers = {"qwen": ("Bob", 5.0), "llama": ("Ada", -3.0), "gemma": ("Ada", -3.0)}
+    assert calibration_pick(answers, cals) == "qwen"
+    # two receivers: the higher calibrated score, whatever the raw scores say
+    two = {"qwen": ("Bob", -1.0), "llama": ("Ada", -0.5)}
+    assert calibration_pick(two, {"qwen": Calibration(1.0, 3.0), "llama": Calibration()}) == "qwen"
+
+
+def test_timeout_answers_from_those_that_did_and_counts_late_and_duplicates() -> None:
+    b = _board(timeout=5.0)
+    p = _open(b)
+    assert b.on_receiver(_reply(p, "llama", "Ada", -0.2), 90, 1.0) is None
+    assert b.on_receiver(_reply(p, "llama", "Ada", -0.2), 90, 1.1) is None  # duplicate
+    for t in (2.0, 3.0):  # both receivers still alive: keep waiting until the deadline
+        _beat(b, t)
+        assert b.due(t) == []
+    assert b.due(5.0) == [p]
+    j = b.finish(p, 5.0)
+    assert isinstance(j, JointReply) and j.degraded == 1 and j.answer == "Ada"
+    assert j.errors["qwen"].startswith("timeout")
+    b.on_receiver(_reply(p, "qwen", "Ada", -0.3), 90, 6.0)  # late
+    assert (b.stats["duplicate"], b.stats["late"], b.stats["degraded"]) == (1, 1, 1)
+
+
+def test_no_reply_at_all_is_an_explicit_error() -> None:
+    b = _board(timeout=5.0)
+    p = _open(b)
+    e = b.finish(p, 5.0)
+    assert isinstance(e, ErrorReply) and e.code == "no_answer" and e.rid == "c-1"
+    assert "llama: timeout" in e.message and "qwen: timeout" in e.message
+
+
+def test_receiver_errors_degrade_or_fail() -> None:
+    b = _board()
+    p = _open(b)
+    b.on_receiver(ErrorReply(p.rid, "r-llama", "internal", "boom"), 60, 0.1)
+    j = b.finish(b.on_receiver(_reply(p, "qwen", "Paris", -1.0), 60, 0.2), 0.2)
+    assert isinstance(j, JointReply) and j.degraded == 1 and j.errors == {"llama": "internal: boom"}
+    p = _open(b, rid="c-2")
+    b.on_receiver(ErrorReply(p.rid, "r-llama", "wrong_checkpoint", "x"), 60, 0.1)
+    e = b.finish(b.on_receiver(ErrorReply(p.rid, "r-qwen", "wrong_checkpoint", "y"), 60, 0.2), 0.2)
+    assert isinstance(e, ErrorReply) and e.code == "all_failed"
+
+
+def test_dead_or_stopping_receiver_finishes_early_and_leaves_the_expected_set() -> None:
+    b = _board(timeout=60.0)
+    p = _open(b)
+    b.on_receiver(_reply(p, "llama", "Ada", -0.2), 90, 0.5)
+    b.heartbeat(_hb("r-qwen", "receiver", "qwen", status="stopping"), 1.0)
+    assert b.due(1.0) == [p]
+    assert b.finish(p, 1.0).errors["qwen"].startswith("gone")
+    _beat(b, 1.0, models=("llama",))
+    assert _open(b, now=1.5, rid="c-2").expected == {"llama"}
+    assert b.status(1.5).info["receivers"] == "llama"
+    assert _board().status(10.0).status == "waiting"  # nobody heard from for 10 s
+
+
+def test_open_without_processes_and_sender_failures() -> None:
+    b = Board("arb")
+    p, sender = b.open((b"c",), Ask("c-1", "client", "Q?"), 10, 0.0)
+    assert sender is None and p.failure.code == "no_receivers"
+    assert b.finish(p, 0.0).rid == "c-1"
+    b.heartbeat(_hb("r-llama", "receiver", "llama"), 0.0)
+    p, sender = b.open((b"c",), Ask("c-2", "client", "Q?"), 10, 0.0)
+    assert sender is None and p.failure.code == "no_sender"
+    b = _board()
+    p, _ = b.open((b"c",), Ask("c-3", "client", "Q?", quant="fp16"), 10, 0.0)
+    done = b.on_sender(ErrorReply(p.rid, "s1", "bad_request", "value exceeds the fp16 range"))
+    assert done is p and b.finish(p, 0.0).code == "bad_request"
+    p, _ = b.open((b"c",), Ask("c-4", "client", "Q?"), 10, 0.0)
+    assert b.on_sender(Heartbeat(p.rid, "s1", "sender", "sent", {"reached": 0})) is p
+    assert b.finish(p, 0.0).code == "no_receivers"
+
+
+# ---- hostile or failing peers ----
+
+
+def test_repeated_report_with_int64_max_bytes_is_ignored_and_the_request_answered() -> None:
+    b = _board()
+    p = _open(b)
+    huge = {"request": 2**63 - 1, "fanout": 2**63 - 1, "reached": 2}
+    assert b.on_sender(Heartbeat(p.rid, "s1", "sender", "sent", huge), route=b"s1") is None  # a second report
+    assert b.on_sender(Heartbeat(p.rid, "s2", "sender", "sent", huge), route=b"s2") is None  # not its sender
+    b.on_receiver(_reply(p, "llama"), 90, 0.1)
+    j = b.finish(b.on_receiver(_reply(p, "qwen"), 90, 0.2), 0.2)
+    assert isinstance(j, JointReply) and j.nbytes["request"] == 150 and j.degraded == 0
+    encode_frame(j)
+    assert b.stats["duplicate"] == 1 and b.stats["forged"] == 1
+
+
+def test_first_report_with_impossible_counts_keeps_the_request() -> None:
+    b = _board()
+    p = _open(b, report={"request": 2**63 - 1, "payload": -5, "reached": 2**40, "encode_s": 0.01})
+    assert b.stats["bad_report"] == 1 and "request" not in p.nbytes
+    b.on_receiver(_reply(p, "llama"), 90, 0.1)
+    j = b.finish(b.on_receiver(_reply(p, "qwen"), 90, 0.2), 0.2)
+    assert isinstance(j, JointReply) and j.durations["sender.encode"] == 0.01
+
+
+def test_finish_never_raises_it_answers_internal() -> None:
+    b = _board()
+    p = _open(b)
+    b.on_receiver(_reply(p, "llama"), 90, 0.1)
+    p.nbytes["replies"] = 2**64  # anything that cannot become a frame
+    e = b.finish(p, 0.2)
+    assert isinstance(e, ErrorReply) and e.code == "internal" and e.rid == "c-1"
+    assert b.stats["internal_error"] == 1 and not b.pending
+
+
+def test_peers_and_counters_stay_bounded() -> None:
+    b = _board()
+    for i in range(5_000):  # unique ids, unique error codes, unknown roles
+        t = 10.0 + i * 0.01
+        b.heartbeat(Heartbeat("", f"x{i}", "receiver", "alive", {"model": f"m{i}"}), t, role="receiver")
+        b.heartbeat(Heartbeat("", f"y{i}", "sender", "alive"), t, route=b"y", role="sender")
+        b.heartbeat(Heartbeat("", f"z{i}", f"role{i}", "alive"), t, role="receiver")
+        b.on_receiver(ErrorReply(f"nope{i}", f"x{i}", f"code{i}", "x"), 10, t)
+    assert len(b.peers) <= 2 * board.MAX_PEERS
+    assert len(b.stats) < 20, sorted(b.stats)
+    assert b.stats["error.other"] == 5_000 and b.stats["bad_role"] == 5_000
+    b.expire(10.0 + 50.0 + board.PEER_MEMORY_S + 1)
+    assert b.peers == {}
+
+
+def test_answers_flagged_degraded_when_fewer_receivers_than_configured() -> None:
+    b = _board()
+    _beat(b, 5.0, models=("qwen",))  # llama silent since t=0: past the liveness window at t=5
+    p = _open(b, now=5.0)
+    assert p.expected == {"qwen"}
+    j = b.finish(b.on_receiver(_reply(p, "qwen"), 90, 5.1), 5.1)
+    assert isinstance(j, JointReply) and j.degraded == 1 and j.errors["llama"].startswith("down")
+    assert b.status(5.1).info["configured"] == 2
+
+
+def test_heartbeats_only_from_their_own_socket_and_forged_replies_ignored() -> None:
+    b = _board()
+    assert b.heartbeat(Heartbeat("", "fake", "sender", "alive"), 0.0, role="receiver") is None  # on replies socket
+    assert [s.pid for s in b.alive("sender", 0.0)] == ["s1"]
+    p = _open(b)
+    assert b.on_receiver(_reply(p, "qwen", sender="stranger"), 90, 0.1) is None  # no such receiver
+    assert b.on_receiver(_reply(p, "qwen", sender="r-llama"), 90, 0.1) is None  # llama answering as qwen
+    assert b.stats["forged"] == 2 and not p.replies
+
+
+def test_receiver_outside_the_checkpoint_or_of_another_checkpoint_is_not_ready() -> None:
+    b = _board()
+    evil = {"model": "evil", "fingerprint": FP}
+    other = {"model": "llama", "fingerprint": "0" * 64}
+    b.heartbeat(Heartbeat("", "r-evil", "receiver", "alive", evil), 0.0, role="receiver")
+    b.heartbeat(Heartbeat("", "r-llama2", "receiver", "alive", other), 0.0, role="receiver")
+    st = b.status(0.0).info
+    assert st["receivers"] == "llama,qwen" and st["n_receivers"] == 2
+    assert "evil: not a model of checkpoint" in st["mismatch"] and "serves checkpoint 000000000000" in st["mismatch"]
+    p = _open(b)
+    assert p.expected == {"llama", "qwen"}
+
+
+def test_sender_vanishing_before_its_report_sends_the_request_again() -> None:
+    b = _board()
+    p, sender = b.open((b"c",), Ask("c-1", "client", "Q?"), 10, 0.0)
+    assert sender.pid == "s1"
+    _beat(b, 3.0, sender="s2")  # s1 goes silent; a restarted sender comes up under a new id
+    assert b.due(5.0) == [] and p.sender == "" and b.stats["redispatched"] == 1
+    (w,) = b.waiting()
+    assert b.assign(w, 5.0).pid == "s2"
+    b.on_sender(Heartbeat(p.rid, "s2", "sender", "sent", {"reached": 2}), route=b"s2")
+    b.on_receiver(_reply(p, "llama"), 90, 5.1)
+    j = b.finish(b.on_receiver(_reply(p, "qwen"), 90, 5.2), 5.2)
+    assert isinstance(j, JointReply) and j.degraded == 0
+
+
+def test_request_waits_for_a_restarting_sender_then_fails_clearly() -> None:
+    b = _board(timeout=100.0)
+    _beat(b, 5.0)
+    b.peers["s1"].last_seen = 0.0  # the sender went silent (it is restarting); receivers are fine
+    p, sender = b.open((b"c",), Ask("c-1", "client", "Q?"), 10, 5.0)
+    assert sender is None and p.failure is None and b.waiting() == [p]
+    (late,) = b.due(5.0 + board.SENDER_WAIT_S)
+    e = b.finish(late, 5.0 + board.SENDER_WAIT_S)
+    assert isinstance(e, ErrorReply) and e.code == "no_sender"
+
+
+def test_every_receiver_refusing_for_the_same_reason_says_which() -> None:
+    b = _board()
+    p = _open(b)
+    b.on_receiver(ErrorReply(p.rid, "r-llama", "too_large", "slot of 9000 tokens, the cap is 4096"), 60, 0.1)
+    e = b.finish(b.on_receiver(ErrorReply(p.rid, "r-qwen", "too_large", "slot of 9100 tokens"), 60, 0.2), 0.2)
+    assert isinstance(e, ErrorReply) and e.code == "too_large" and "4096" in e.message
+
+
+def test_degraded_judged_against_the_configuration_while_the_sender_restarts() -> None:
+    b = _board(timeout=100.0)
+    _beat(b, 5.0, models=("llama",))  # qwen down since t=0
+    b.peers["s1"].last_seen = 0.0  # the sender is restarting too: the request waits for it
+    p, sender = b.open((b"c",), Ask("c-1", "client", "Q?"), 10, 5.0)
+    assert sender is None and p.expected == {"llama"}
+    _beat(b, 6.0, models=("llama",), sender="s2")
+    (w,) = b.waiting()
+    assert b.assign(w, 6.0).pid == "s2"
+    b.on_sender(Heartbeat(p.rid, "s2", "sender", "sent", {"reached": 1}), route=b"s2")
+    j = b.finish(b.on_receiver(_reply(p, "llama"), 90, 6.1), 6.1)
+    assert isinstance(j, JointReply) and j.degraded == 1 and j.errors["qwen"].startswith("down")
