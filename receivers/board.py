@@ -6,8 +6,9 @@ Spec (`serve` in arbiter.py feeds it frames and the clock; tests call it directl
   system when it is alive and serves the checkpoint of the sender most recently heard.
 * Opening a request (`open`): it gets the arbiter's own id (unique across clients and arbiter restarts) and
   expects an answer from every model with a receiver that serves the system at that moment. None: it fails at
-  once with `no_receivers`. It goes to the live sender with the fewest requests in flight; with no live sender
-  but one heard before (restarting), it waits up to SENDER_WAIT_S for one, then fails with `no_sender`.
+  once with `no_receivers`, saying which checkpoint the live receivers serve if that is why. It goes to the live
+  sender with the fewest requests in flight; with no live sender but one heard before (restarting), it waits up
+  to SENDER_WAIT_S for one, then fails with `no_sender`.
 * A sender that vanishes before reporting a request gets it taken away and given to another, up to MAX_RETRIES
   dispatches. Only the sender it was given to may report it, once, with byte counts a frame can hold.
 * Joining: a request is complete when its sender reported it and every expected model answered (a reply or an
@@ -16,9 +17,10 @@ Spec (`serve` in arbiter.py feeds it frames and the clock; tests call it directl
   (`forged`) and ignored; so are duplicates, late replies and replies to unknown ids.
 * The answer (`finish`): the reply whose calibrated P(correct) wins (`calibration.pick`, with the calibration
   each receiver announced for the request's path), flagged `degraded` whenever fewer receivers answered than the
-  system is configured with (the sender's fan-out), with the missing ones named in `errors`. No reply at all:
-  an error, the receivers' common code when all refused the request for one reason. Every request is answered
-  exactly once, and `finish` never raises.
+  system is configured with (the sender's fan-out), with the missing ones named in `errors` (`down`, or
+  `wrong_checkpoint: serving another checkpoint (fingerprint ...)` when its receiver is up on another one). No
+  reply at all: an error, the receivers' common code when all refused the request for one reason. Every request
+  is answered exactly once, and `finish` never raises.
 * Everything held is bounded: peers (per role, expiring), pending requests (by the caller's max in flight),
   finished ids (FINISHED_MEMORY) and counter names (fixed sets).
 """
@@ -92,6 +94,7 @@ class Pending:
     failure: ErrorReply | None = None  # set when the request failed before reaching receivers
     configured: int = 0  # receivers the system is configured with: fewer answers means degraded
     models: tuple[str, ...] = ()  # the checkpoint's receiver models (to name the missing ones)
+    mismatched: dict[str, str] = field(default_factory=dict)  # model -> why its live receivers cannot serve
     dispatches: int = 0
     wait_until: float = 0.0  # while waiting for a sender: give up then
 
@@ -118,6 +121,11 @@ def _clip(s: str, max_bytes: int) -> str:
     """`s` cut to `max_bytes` of UTF-8 (on a character boundary), marked with "..." when cut."""
     b = s.encode("utf-8", "replace")
     return s if len(b) <= max_bytes else b[: max_bytes - 3].decode("utf-8", "ignore") + "..."
+
+
+def _explain(bad: dict[str, str]) -> str:
+    """`model: why` for each model whose live receivers cannot serve the system."""
+    return "; ".join(f"{m}: {why}" for m, why in bad.items())
 
 
 def _add(counter: Counter, key: str, n: int) -> None:
@@ -148,7 +156,7 @@ class Board(Roster):
             "inflight": len(self.pending),
             "timeout": self.timeout,
             "peers": len(self.peers),
-            **({"mismatch": "; ".join(bad)} if bad else {}),
+            **({"mismatch": _explain(bad)} if bad else {}),
             **{k: v for k, v in sorted(self.stats.items())[:40]},
         }
         limit = DEFAULT_LIMITS.max_str  # names come from peers: a status must always fit a frame
@@ -164,19 +172,27 @@ class Board(Roster):
         """
         self._seq += 1
         rid = f"{self._prefix}-{self._seq}"
-        ok, _ = self.receivers(now)
+        ok, bad = self.receivers(now)
         expected = frozenset(p.name for p in ok)
-        p = Pending(rid, client, ask, expected, now, now + self.timeout)
+        p = Pending(rid, client, ask, expected, now, now + self.timeout, mismatched=bad)
         p.configured, p.models = self.configured(now, len(expected))
         _add(p.nbytes, "ask", ask_bytes)
         self.pending[rid] = p
         if not expected:
-            p.failure = error_reply(ask.rid, self.pid, "no_receivers", "no receiver is ready (is everything up?)")
+            p.failure = error_reply(ask.rid, self.pid, "no_receivers", self._none_ready(bad, now))
             return p, None
         sender = self.assign(p, now)
         if sender is None and not any(q.role == "sender" for q in self.peers.values()):
             p.failure = error_reply(ask.rid, self.pid, "no_sender", "no sender is ready (is everything up?)")
         return p, sender
+
+    def _none_ready(self, bad: dict[str, str], now: float) -> str:
+        """Why a request finds no receiver: the live ones serve something else, or none is up."""
+        if not bad:
+            return "no receiver is ready (is everything up?)"
+        sender = self._checkpoint(now)
+        fp = f" (fingerprint {sender.fingerprint[:12]})" if sender and sender.fingerprint else ""
+        return f"no receiver serves the sender's checkpoint{fp}: {_explain(bad)}"
 
     def assign(self, p: Pending, now: float) -> Peer | None:
         """Give `p` to the live sender with the fewest requests in flight (None: it waits for one)."""
@@ -351,7 +367,9 @@ class Board(Roster):
         if degraded and len(p.replies) + len(errors) < p.configured:  # say who is missing, by name if known
             for m in p.models:
                 if m not in p.expected and m not in errors and m not in p.replies:
-                    errors[m] = "down: not ready when the request came in"
+                    # up but on another checkpoint is not down: say so, or the operator looks for a dead process
+                    why = p.mismatched.get(m)
+                    errors[m] = f"wrong_checkpoint: {why}" if why else "down: not ready when the request came in"
             if not errors:
                 errors["missing"] = f"down: {len(p.replies)} of {p.configured} configured receivers answered"
         self.stats["served"] += 1

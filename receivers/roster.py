@@ -143,19 +143,23 @@ class Roster:
         if sender is None:
             return ""
         if sender.models and peer.name not in sender.models:
-            return f"{peer.name}: not a model of checkpoint {sender.fingerprint[:12]} ({','.join(sender.models)})"
+            return f"not a model of checkpoint {sender.fingerprint[:12]} ({','.join(sender.models)})"
         if sender.fingerprint and peer.fingerprint and peer.fingerprint != sender.fingerprint:
-            return f"{peer.name}: serves checkpoint {peer.fingerprint[:12]}, the sender {sender.fingerprint[:12]}"
+            return f"serving another checkpoint (fingerprint {peer.fingerprint[:12]})"
         return ""
 
-    def receivers(self, now: float) -> tuple[list[Peer], list[str]]:
-        """Live receivers that serve the sender's checkpoint, and why the other live ones do not."""
+    def receivers(self, now: float) -> tuple[list[Peer], dict[str, str]]:
+        """Live receivers that serve the sender's checkpoint, and why the other live ones do not (by model name:
+        that is how answers and the status name receivers)."""
         sender = self._checkpoint(now)
-        ok, bad = [], []
+        ok, bad = [], {}
         for p in self.alive("receiver", now):
             why = self.mismatch(p, sender)
-            (bad.append(why) if why else ok.append(p))
-        return ok, sorted(set(bad))
+            if why:
+                bad.setdefault(p.name, set()).add(why)
+            else:
+                ok.append(p)
+        return ok, {name: "; ".join(sorted(whys)) for name, whys in sorted(bad.items())}
 
     def calibration(self, model: str, path: str = "latent") -> Calibration:
         """The calibration for `path` the most recently heard receiver of `model` announced (identity if none)."""

@@ -256,7 +256,10 @@ def test_receiver_outside_the_checkpoint_or_of_another_checkpoint_is_not_ready()
     b.heartbeat(Heartbeat("", "r-llama2", "receiver", "alive", other), 0.0, role="receiver")
     st = b.status(0.0).info
     assert st["receivers"] == "llama,qwen" and st["n_receivers"] == 2
-    assert "evil: not a model of checkpoint" in st["mismatch"] and "serves checkpoint 000000000000" in st["mismatch"]
+    assert (
+        "evil: not a model of checkpoint" in st["mismatch"]
+        and "llama: serving another checkpoint (fingerprint 000000000000)" in st["mismatch"]
+    )
     p = _open(b)
     assert p.expected == {"llama", "qwen"}
 
@@ -306,3 +309,36 @@ def test_degraded_judged_against_the_configuration_while_the_sender_restarts() -
     b.on_sender(Heartbeat(p.rid, "s2", "sender", "sent", {"reached": 1}), route=b"s2")
     j = b.finish(b.on_receiver(_reply(p, "llama"), 90, 6.1), 6.1)
     assert isinstance(j, JointReply) and j.degraded == 1 and j.errors["qwen"].startswith("down")
+
+
+# ---- what an answer says about receivers that did not take part ----
+
+OTHER_FP = "0" * 64
+
+
+def test_a_receiver_of_another_checkpoint_is_named_as_such_not_as_down() -> None:
+    b = _board()
+    other = Heartbeat("", "r-llama", "receiver", "alive", {"model": "llama", "fingerprint": OTHER_FP})
+    b.heartbeat(other, 1.0, role="receiver")  # up and beating, but restarted on another checkpoint
+    _beat(b, 1.0, models=("qwen",))
+    p = _open(b, now=1.0, mode="text")
+    assert p.expected == {"qwen"}
+    j = b.finish(b.on_receiver(_reply(p, "qwen"), 90, 1.1), 1.1)
+    assert isinstance(j, JointReply) and j.degraded == 1
+    assert "serving another checkpoint (fingerprint 000000000000)" in j.errors["llama"], j.errors
+    assert "down" not in j.errors["llama"] and "not ready" not in j.errors["llama"]
+
+
+def test_no_receivers_says_they_serve_another_checkpoint_when_all_do() -> None:
+    b = Board("arb", timeout=10.0, dead_after=4.0)
+    b.heartbeat(_hb("s1", "sender"), 0.0, route=b"s1", role="sender")
+    for m in ("llama", "qwen"):
+        info = {"model": m, "fingerprint": OTHER_FP}
+        b.heartbeat(Heartbeat("", f"r-{m}", "receiver", "alive", info), 0.0, role="receiver")
+    p, sender = b.open((b"client",), Ask("c-1", "client", "Who?", "Ada wrote it.", mode="text"), 100, 0.0)
+    assert sender is None and p.failure is not None and p.failure.code == "no_receivers"
+    msg = p.failure.message
+    assert "llama: serving another checkpoint (fingerprint 000000000000)" in msg, msg
+    assert "qwen: serving another checkpoint (fingerprint 000000000000)" in msg, msg
+    assert "is everything up" not in msg
+    assert "serving another checkpoint (fingerprint 000000000000)" in b.status(0.0).info["mismatch"]

@@ -222,11 +222,11 @@ def test_foreign_receivers_are_visible_at_readiness_and_never_awaited(system, ti
         push.close()
         ctx.term()
         end = time.monotonic() + 20
-        want = ("evil: not a model", "tiny-llama: serves checkpoint")  # heartbeats are handled one by one
+        want = ("evil: not a model", "tiny-llama: serving another checkpoint")  # heartbeats are handled one by one
         while not all(w in (st := c.status().info).get("mismatch", "") for w in want) and time.monotonic() < end:
             time.sleep(0.1)
         assert "evil: not a model of checkpoint" in st["mismatch"], st
-        assert "tiny-llama: serves checkpoint 000000000000" in st["mismatch"], st
+        assert "tiny-llama: serving another checkpoint (fingerprint 000000000000)" in st["mismatch"], st
         assert st["n_receivers"] == 2 and st["senders"] == 1 and st.get("bad_role", 0) >= 1
         answers = list(c.ask_many([(i, f"Q{i}?", "Ada.") for i in range(5)], window=5))
         assert all(a.ok and not a.degraded for a in answers), [a.error or a.reply.errors for a in answers]
