@@ -18,8 +18,13 @@ ones it was trained with is refused with a clear message.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import math
+import types
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -29,6 +34,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from .models import LLM
+from .protocol import DEFAULT_LIMITS
 
 try:  # safetensors raises its own error type for a truncated or garbled file
     from safetensors import SafetensorError
@@ -38,6 +44,8 @@ except ImportError:  # pragma: no cover - older safetensors
 WEIGHTS, CONFIG = "weights.safetensors", "config.json"
 DEFAULT_CKPT: Path = Path(__file__).resolve().parent.parent / "checkpoints" / "default"
 FORMAT_VERSION = 1
+# deeper than any config we write: a hostile file nested 100k deep would otherwise exhaust the parser's recursion
+MAX_DEPTH = 32
 
 
 class CheckpointError(ValueError):
@@ -81,34 +89,182 @@ def write_config(path: str | Path, config: dict | CheckpointConfig) -> None:
     (Path(path) / CONFIG).write_text(text)
 
 
-def read_config(path: str | Path) -> dict:
-    """config.json as a dict, validated like `load_config` (for readers that still index it by key)."""
-    path = Path(path)
+def read_json(path: str | Path) -> Any:
+    """config.json parsed but not yet validated: a missing, unreadable, non-UTF-8, malformed or too deeply nested
+    file is one CheckpointError naming it (never a UnicodeDecodeError or RecursionError traceback)."""
+    file = Path(path) / CONFIG
     try:
-        cfg = json.loads((path / CONFIG).read_text())
+        data = file.read_bytes()
     except FileNotFoundError:
         raise CheckpointError(f"{path} is not a LatentWire checkpoint: {CONFIG} is missing") from None
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path / CONFIG}: malformed JSON ({e})") from None
-    CheckpointConfig.from_dict(cfg, path)
+    except OSError as e:
+        raise CheckpointError(f"{file}: unreadable ({e.strerror or e})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"{file}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    try:
+        cfg = json.loads(text)
+    except RecursionError:
+        raise CheckpointError(f"{file}: malformed JSON (nested over {MAX_DEPTH} deep)") from None
+    except ValueError as e:  # JSONDecodeError, and ints of more digits than Python converts
+        raise CheckpointError(f"{file}: malformed JSON ({e})") from None
+    _check_depth(cfg, file)
     return cfg
 
 
-def load_config(path: str | Path) -> CheckpointConfig:
-    """config.json, typed and validated."""
-    return CheckpointConfig.from_dict(read_config(path), path)
+def _check_depth(value: Any, file: Path) -> None:
+    """Refuse nesting deeper than MAX_DEPTH (iteratively: the check itself must not recurse)."""
+    stack = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, dict | list):
+            if depth > MAX_DEPTH:
+                raise CheckpointError(f"{file}: malformed JSON (nested over {MAX_DEPTH} deep)")
+            stack.extend((c, depth + 1) for c in (v.values() if isinstance(v, dict) else v))
 
 
-def _get(d: dict, key: str, kind: type | tuple[type, ...], where: str) -> Any:
+def read_config(path: str | Path, adapters: Mapping[str, type] | None = None) -> dict:
+    """config.json as a dict, validated like `load_config` (for readers that still index it by key)."""
+    cfg = read_json(path)
+    CheckpointConfig.from_dict(cfg, path, adapters=adapters)
+    return cfg
+
+
+def load_config(path: str | Path, adapters: Mapping[str, type] | None = None) -> CheckpointConfig:
+    """config.json, typed and validated; with `adapters` (kind -> config dataclass, the receivers' registry) each
+    adapter's config is checked against its kind's fields too."""
+    return CheckpointConfig.from_dict(read_json(path), path, adapters=adapters)
+
+
+# ---- validation: every error is one line `<file>: <field>: <why>`, raised before any model loads ----
+
+
+@dataclass(frozen=True)
+class _At:
+    """Where a value sits in config.json: the file and the dotted field that an error about it names."""
+
+    file: str
+    field: str = ""
+
+    def __truediv__(self, key: object) -> _At:
+        return _At(self.file, f"{self.field}.{key}" if self.field else str(key))
+
+    def error(self, why: str) -> CheckpointError:
+        return CheckpointError(f"{self.file}: {self.field}: {why}" if self.field else f"{self.file}: {why}")
+
+
+def _kind_names(kinds: tuple[type, ...]) -> str:
+    return " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
+
+
+def _is(value: Any, kinds: tuple[type, ...]) -> bool:
+    """isinstance, except that a JSON true/false is no int or float and an int is a float."""
+    if isinstance(value, bool):
+        return bool in kinds
+    return isinstance(value, kinds) or (float in kinds and isinstance(value, int))
+
+
+def _typed(value: Any, kinds: type | tuple[type, ...], at: _At) -> Any:
+    kinds = kinds if isinstance(kinds, tuple) else (kinds,)
+    if not _is(value, kinds):
+        raise at.error(f"must be {_kind_names(kinds)}, not {type(value).__name__} ({value!r:.40})")
+    return value
+
+
+def _get(d: dict, key: str, kind: type | tuple[type, ...], at: _At) -> Any:
     """d[key] checked against `kind`; a missing or wrongly typed field is one CheckpointError line naming it."""
     if key not in d:
-        raise CheckpointError(f"{where}: {key} is missing")
-    value = d[key]
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
-        names = " or ".join(k.__name__ for k in kinds)
-        raise CheckpointError(f"{where}: {key} must be {names}, not {type(value).__name__} ({value!r:.40})")
+        raise (at / key).error("missing")
+    return _typed(d[key], kind, at / key)
+
+
+def _count(d: dict, key: str, at: _At, most: int | None = None) -> int:
+    """d[key] as a positive int (a size: of a latent, a model's hidden states), at most `most`."""
+    n = _get(d, key, int, at)
+    if n < 1:
+        raise (at / key).error(f"must be a positive int, not {n}")
+    if most is not None and n > most:
+        raise (at / key).error(f"{n} is over the protocol's limit of {most}")
+    return n
+
+
+def _finite(value: Any, at: _At) -> None:
+    """Every number in `value` finite: json reads NaN and Infinity, which would poison a score or a softmax."""
+    stack = [(value, at)]
+    while stack:
+        v, where = stack.pop()
+        if isinstance(v, float) and not math.isfinite(v):
+            raise where.error(f"{v} must be finite")
+        if isinstance(v, dict):
+            stack.extend((c, where / k) for k, c in v.items())
+        elif isinstance(v, list):
+            stack.extend((c, _At(where.file, f"{where.field}[{i}]")) for i, c in enumerate(v))
+
+
+def _nonempty_str(d: dict, key: str, at: _At) -> str:
+    value = _get(d, key, str, at)
+    if not value:
+        raise (at / key).error("must not be empty")
     return value
+
+
+def _check_encoder(enc: dict, at: _At) -> None:
+    """What every reader of the encoder needs, whatever its backbone: M and d_z (the wire's shape), sizes that a
+    frame can carry; the backbone's own fields are its builder's (sender/encoder.py)."""
+    if "backbone" in enc:
+        _typed(enc["backbone"], str, at / "backbone")
+    _count(enc, "m", at, DEFAULT_LIMITS.max_m)
+    _count(enc, "d_z", at, DEFAULT_LIMITS.max_dz)
+    if enc.get("tokens_per_row") is not None:
+        _count(enc, "tokens_per_row", at)
+    _finite(enc, at)
+
+
+def _check_calibration(cal: Any, at: _At) -> dict[str, Any]:
+    """A score calibration (receivers/calibration.py): numbers only, each finite."""
+    _typed(cal, dict, at)
+    for k, v in cal.items():
+        _typed(v, (int, float), at / k)
+    _finite(cal, at)
+    return cal
+
+
+def _option_kinds(annotation: Any) -> tuple[type, ...] | None:
+    """The JSON types a config dataclass field may hold (int, float, str, bool, optionally None); None when the
+    annotation is anything else (left to the dataclass itself)."""
+    scalars = (int, float, str, bool)
+    if annotation in scalars:
+        return (annotation,)
+    args = typing.get_args(annotation)
+    is_union = isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union
+    if is_union and all(a in scalars or a is type(None) for a in args):
+        return tuple(args)
+    return None
+
+
+def _check_adapter(adapter: dict, adapters: Mapping[str, type] | None, at: _At) -> None:
+    """`kind` names a registered adapter (when the registry is given: config.json does not know the kinds) and
+    every field fits its kind's config dataclass; the dataclass is then built, so its own checks run too."""
+    kind = _nonempty_str(adapter, "kind", at)
+    _finite(adapter, at)
+    if adapters is None:
+        return
+    if kind not in adapters:
+        raise (at / "kind").error(f"unknown adapter kind {kind!r} (known: {', '.join(adapters)})")
+    schema = adapters[kind]
+    hints = typing.get_type_hints(schema)
+    known = [f.name for f in dataclasses.fields(schema)]
+    for key, value in adapter.items():
+        if key not in known:
+            raise (at / key).error(f"not a field of a {kind!r} adapter (fields: {', '.join(known)})")
+        kinds = _option_kinds(hints[key])
+        if kinds is not None:
+            _typed(value, kinds, at / key)
+    try:
+        schema(**adapter)
+    except (TypeError, ValueError) as e:  # a missing required field, or the config's own refusal
+        raise at.error(" ".join(str(e).split())) from None
 
 
 @dataclass
@@ -137,19 +293,24 @@ class ModelEntry:
         return {"latent": self.calibration or {}, **(self.calibration_by_path or {})}
 
     @classmethod
-    def from_dict(cls, d: Any, where: str) -> ModelEntry:
-        if not isinstance(d, dict):
-            raise CheckpointError(f"{where} must be an object, not {type(d).__name__}")
-        adapter = _get(d, "adapter", dict, where)
-        _get(adapter, "kind", str, f"{where}.adapter")
-        calibration = _get(d, "calibration", dict, where) if d.get("calibration") is not None else None
-        by_path = _get(d, "calibration_by_path", dict, where) if d.get("calibration_by_path") is not None else None
-        for path in by_path or {}:
-            _get(by_path, path, dict, f"{where}.calibration_by_path")
+    def from_dict(cls, d: Any, where: str | _At, adapters: Mapping[str, type] | None = None) -> ModelEntry:
+        """Validate and type one entry; `where` is the entry's place (`_At`) or a name for errors to start with."""
+        at = where if isinstance(where, _At) else _At(where)
+        _typed(d, dict, at)
+        adapter = _get(d, "adapter", dict, at)
+        _check_adapter(adapter, adapters, at / "adapter")
+        calibration = d.get("calibration")
+        by_path = d.get("calibration_by_path")
+        if calibration is not None:
+            _check_calibration(calibration, at / "calibration")
+        if by_path is not None:
+            _typed(by_path, dict, at / "calibration_by_path")
+            for path, cal in by_path.items():
+                _check_calibration(cal, at / "calibration_by_path" / path)
         return cls(
-            spec=_get(d, "spec", str, where),
-            fingerprint=_get(d, "fingerprint", str, where),
-            hidden_size=_get(d, "hidden_size", int, where),
+            spec=_nonempty_str(d, "spec", at),
+            fingerprint=_nonempty_str(d, "fingerprint", at),
+            hidden_size=_count(d, "hidden_size", at),
             adapter=adapter,
             calibration=calibration,
             calibration_by_path=by_path,
@@ -183,18 +344,27 @@ class CheckpointConfig:
     OPTIONAL: ClassVar[tuple[str, ...]] = ("train", "summary", "parent", "extensions", "adapter_fingerprints")
 
     @classmethod
-    def from_dict(cls, d: Any, path: str | Path | None = None) -> CheckpointConfig:
-        """Validate and type a parsed config.json; `path` (the checkpoint folder) is named in every error."""
-        where = str(Path(path) / CONFIG) if path is not None else CONFIG
-        if not isinstance(d, dict) or d.get("format") != FORMAT_VERSION or "encoder" not in d or "models" not in d:
-            raise CheckpointError(f"{where}: not a LatentWire checkpoint config (format {FORMAT_VERSION})")
-        models = _get(d, "models", dict, where)
+    def from_dict(
+        cls, d: Any, path: str | Path | None = None, adapters: Mapping[str, type] | None = None
+    ) -> CheckpointConfig:
+        """Validate and type a parsed config.json; `path` (the checkpoint folder) is named in every error, with the
+        field at fault. With `adapters` (kind -> config dataclass) each adapter is checked against its kind."""
+        at = _At(str(Path(path) / CONFIG) if path is not None else CONFIG)
+        if not isinstance(d, dict):
+            raise at.error(f"not a LatentWire checkpoint config (a JSON object, not {type(d).__name__})")
+        if _get(d, "format", int, at) != FORMAT_VERSION:
+            raise (at / "format").error(f"{d['format']} is not a format this version reads ({FORMAT_VERSION})")
+        encoder = _get(d, "encoder", dict, at)
+        _check_encoder(encoder, at / "encoder")
+        models = _get(d, "models", dict, at)
+        if not models:
+            raise (at / "models").error("empty (a checkpoint serves at least one receiver)")
         kinds = {"train": dict, "summary": dict, "parent": str, "extensions": list, "adapter_fingerprints": dict}
         return cls(
-            encoder=_get(d, "encoder", dict, where),
-            models={name: ModelEntry.from_dict(e, f"{where}: models.{name}") for name, e in models.items()},
+            encoder=encoder,
+            models={name: ModelEntry.from_dict(e, at / "models" / name, adapters) for name, e in models.items()},
             format=d["format"],
-            **{k: _get(d, k, kinds[k], where) for k in cls.OPTIONAL if d.get(k) is not None},
+            **{k: _get(d, k, kinds[k], at) for k in cls.OPTIONAL if d.get(k) is not None},
             extra={k: v for k, v in d.items() if k not in ("encoder", "models", "format", *cls.OPTIONAL) or v is None},
         )
 

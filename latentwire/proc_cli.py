@@ -75,16 +75,18 @@ def _logging() -> None:
 
 
 def _ckpt(ckpt: Path | None) -> Path:
-    """The checkpoint folder, refused up front (one line naming the file) when its config or weights are unreadable:
-    a process that crashes on load would otherwise be restarted by `up` again and again."""
+    """The checkpoint folder, refused up front (one line naming the file and field) when its config or weights are
+    unreadable or its config is malformed anywhere: a process that crashes on load would otherwise be restarted by
+    `up` again and again, and would fail only after its slow model load."""
     from safetensors import SafetensorError, safe_open
 
-    from latentwire.checkpoint import CONFIG, DEFAULT_CKPT, WEIGHTS, read_config  # torch
+    from latentwire.checkpoint import CONFIG, DEFAULT_CKPT, WEIGHTS, CheckpointConfig, read_json  # torch
+    from latentwire.receivers.receiver import adapter_schemas
 
     path = ckpt or DEFAULT_CKPT
     if not (path / CONFIG).is_file():
         raise CliError(f"no checkpoint at {path}: {path / CONFIG} is missing (pass --ckpt or set $LATENTWIRE_CKPT)")
-    read_config(path)
+    raw = read_json(path)  # files that cannot be read at all are said before what a readable config gets wrong
     weights = path / WEIGHTS
     if not weights.is_file():
         raise CliError(f"{weights} is missing: not a complete LatentWire checkpoint")
@@ -93,6 +95,7 @@ def _ckpt(ckpt: Path | None) -> Path:
             pass
     except (SafetensorError, OSError) as e:
         raise CliError(f"{weights}: not a readable safetensors file ({e})") from None
+    CheckpointConfig.from_dict(raw, path, adapters=adapter_schemas())  # every field, each adapter by its kind
     return path
 
 

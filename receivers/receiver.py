@@ -185,6 +185,14 @@ class Receiver:
         return out
 
 
+def adapter_schemas() -> dict[str, type]:
+    """Each adapter kind's config dataclass from the registry (receivers/adapter.py: ADAPTERS): what a checkpoint's
+    adapter configs are validated against at load, before any model loads."""
+    from .adapter import ADAPTERS
+
+    return {kind: entry[0] for kind, entry in ADAPTERS.items()}
+
+
 def load_receiver(model: str, ckpt: str | Path, name: str | None, pid: str, device: str, dtype: str) -> Receiver:
     """Load the frozen LLM and the checkpoint's adapter for it (refused if they do not match)."""
     from latentwire import checkpoint
@@ -192,12 +200,14 @@ def load_receiver(model: str, ckpt: str | Path, name: str | None, pid: str, devi
 
     from .adapter import load_adapter
 
-    llm = load_llm(model, device=device, dtype=dtype)
     name = name or model
+    # the whole config first: a broken one is one line naming the field, not a failure after a slow model load
+    cfg = checkpoint.load_config(ckpt, adapters=adapter_schemas())
+    if name not in cfg.models:
+        raise checkpoint.CheckpointError(f"{ckpt} has no adapter for model {name!r} (it has: {', '.join(cfg.models)})")
+    llm = load_llm(model, device=device, dtype=dtype)
     adapter = load_adapter(ckpt, name, llm)
-    m = checkpoint.load_config(ckpt).encoder.get("m")
-    m = m if isinstance(m, int) and not isinstance(m, bool) else None  # unknown: accept any M
-    rx = Receiver(llm, adapter, name, checkpoint.fingerprint(ckpt), pid, m=m)
+    rx = Receiver(llm, adapter, name, checkpoint.fingerprint(ckpt), pid, m=cfg.encoder["m"])
     rx.max_slot_tokens = slot_cap(llm)
     return rx
 
