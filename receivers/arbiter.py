@@ -7,6 +7,16 @@
 to ZeroMQ. Raw log-probs of two models are not comparable, so answers are picked on each receiver's calibrated
 P(correct) (Platt parameters from the checkpoint config, announced by the receiver in its heartbeat), ties
 broken by model name. Every Ask is answered exactly once: a JointReply, or an ErrorReply saying why.
+
+What the plain-TCP default trusts (`LATENTWIRE_CURVE` unset; with CURVE every peer is known by its key): whoever
+can reach a port gets the role of its socket. A client may ask and read the status. A process on the backend is
+a sender: it is given questions and its reports are believed. A process pushing to the replies socket may
+announce receivers, and reply. What a forger there can do is bounded by the Board: a receiver is waited for, and
+its announced calibration used, only after it answered a request id the arbiter issued (ids are unguessable and
+travel only from the sender to its receivers; the arbiter probes new receivers to that end), so a forged heartbeat
+neither delays an answer nor tilts the pick, and forged peers give up their seats to real ones; a reply counts
+only from an announced receiver, under its own model name, once per request. Nothing here stops a forged sender,
+or anyone who reads the traffic: the defaults bind loopback only; across hosts use CURVE.
 """
 
 from __future__ import annotations
@@ -90,7 +100,9 @@ def serve(
             log.warning("could not answer %s: %s", p.ask.rid, e)
 
     def close(p: Pending, now: float, why: str = "") -> None:
-        answer(p, board.finish(p, now, why))
+        msg = board.finish(p, now, why)
+        if msg is not None:  # None: one of the arbiter's own probes, nobody to answer
+            answer(p, msg)
 
     def dispatch(p: Pending, peer: Peer | None) -> None:
         """Send `p` to `peer`, trying the other live senders if it has vanished; finish `p` if it failed."""
@@ -189,6 +201,8 @@ def serve(
             if peer is None:
                 break  # no live sender: they all keep waiting
             dispatch(p, peer)
+        if not stop and (probe := board.probe(now)) is not None:  # receivers that only announced themselves
+            dispatch(*probe)
         board.expire(now)
 
     drain_until = None
@@ -218,8 +232,8 @@ def serve(
                 now = time.monotonic()
             if stop and drain_until is None:
                 drain_until = now + drain
-                log.info("stopping: %d requests in flight, draining up to %.0f s", len(board.pending), drain)
-            if drain_until is not None and (not board.pending or now >= drain_until):
+                log.info("stopping: %d requests in flight, draining up to %.0f s", board.asked(), drain)
+            if drain_until is not None and (not board.asked() or now >= drain_until):  # a probe need not finish
                 break
     finally:
         now = time.monotonic()

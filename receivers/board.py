@@ -3,12 +3,16 @@
 Spec (`serve` in arbiter.py feeds it frames and the clock; tests call it directly, time passed in):
 
 * Peers (`Roster`, roster.py): senders and receivers announce themselves with heartbeats; a receiver serves the
-  system when it is alive and serves the checkpoint of the sender most recently heard.
-* Opening a request (`open`): it gets the arbiter's own id (unique across clients and arbiter restarts) and
-  expects an answer from every model with a receiver that serves the system at that moment. None: it fails at
-  once with `no_receivers`, saying which checkpoint the live receivers serve if that is why. It goes to the live
-  sender with the fewest requests in flight; with no live sender but one heard before (restarting), it waits up
-  to SENDER_WAIT_S for one, then fails with `no_sender`.
+  system when it is alive, serves the checkpoint of the sender most recently heard, and is proven: it answered a
+  request id the arbiter issued. Heartbeats cost nothing to forge; an answer to a live id does.
+* Probes (`probe`): while a receiver has announced itself but never answered, the arbiter sends a request of its
+  own (one-token text, every PROBE_EVERY_S, one at a time, answered to nobody) for the sender to fan out; any
+  answer to it, even late, proves its receiver. Until then it is `unproven` in the status and never waited for.
+* Opening a request (`open`): it gets the arbiter's own id (unique across clients and arbiter restarts, and
+  unguessable) and expects an answer from every model with a receiver that serves the system at that moment.
+  None: it fails at once with `no_receivers`, saying why (receivers on another checkpoint, or yet to answer a
+  probe). It goes to the live sender with the fewest requests in flight; with no live sender but one heard before
+  (restarting), it waits up to SENDER_WAIT_S for one, then fails with `no_sender`.
 * A sender that vanishes before reporting a request gets it taken away and given to another, up to MAX_RETRIES
   dispatches. Only the sender it was given to may report it, once, with byte counts a frame can hold.
 * Joining: a request is complete when its sender reported it and every expected model answered (a reply or an
@@ -17,10 +21,10 @@ Spec (`serve` in arbiter.py feeds it frames and the clock; tests call it directl
   (`forged`) and ignored; so are duplicates, late replies and replies to unknown ids.
 * The answer (`finish`): the reply whose calibrated P(correct) wins (`calibration.pick`, with the calibration
   each receiver announced for the request's path), flagged `degraded` whenever fewer receivers answered than the
-  system is configured with (the sender's fan-out), with the missing ones named in `errors` (`down`, or
-  `wrong_checkpoint: serving another checkpoint (fingerprint ...)` when its receiver is up on another one). No
-  reply at all: an error, the receivers' common code when all refused the request for one reason. Every request
-  is answered exactly once, and `finish` never raises.
+  system is configured with (the sender's fan-out), with the missing ones named in `errors`: `down`, or, when
+  its receiver is up, `wrong_checkpoint: serving another checkpoint (fingerprint ...)` or `unproven`. No reply at
+  all: an error, the receivers' common code when all refused the request for one reason. Every request is
+  answered exactly once, and `finish` never raises.
 * Everything held is bounded: peers (per role, expiring), pending requests (by the caller's max in flight),
   finished ids (FINISHED_MEMORY) and counter names (fixed sets).
 """
@@ -53,6 +57,7 @@ from latentwire.receivers.roster import (  # noqa: F401 - Peer and the peer limi
     PEER_MEMORY_S,
     ROLES,
     Peer,
+    Readiness,
     Roster,
     bounded_count,
     calibration_from_info,
@@ -63,6 +68,10 @@ log = logging.getLogger("latentwire.arbiter")
 FINISHED_MEMORY = 20_000  # finished request ids remembered to tell late replies from unknown ones
 SENDER_WAIT_S = 30.0  # a request whose sender died waits this long for another (e.g. the restarted one)
 MAX_RETRIES = 3  # dispatches of one request to senders that vanished before reporting it
+PROBE_EVERY_S = 2.0  # a receiver yet to answer is probed this often (one probe in flight at a time)
+PROBE_TIMEOUT_S = 10.0  # a probe waits this long; a later answer still proves its receiver
+PROBE_QUESTION = "Are you there?"  # asked as text for one token: the cheapest request every receiver answers
+UNPROVEN = "unproven: announced itself, but has yet to answer a request (not waited for)"
 # error codes counted one by one in the status; anything else is counted as `error.other`
 ERROR_CODES = frozenset(
     {
@@ -94,7 +103,8 @@ class Pending:
     failure: ErrorReply | None = None  # set when the request failed before reaching receivers
     configured: int = 0  # receivers the system is configured with: fewer answers means degraded
     models: tuple[str, ...] = ()  # the checkpoint's receiver models (to name the missing ones)
-    mismatched: dict[str, str] = field(default_factory=dict)  # model -> why its live receivers cannot serve
+    absent: dict[str, str] = field(default_factory=dict)  # model -> why it was not expected although it is up
+    probe: bool = False  # the arbiter's own request, to prove receivers; no client hears of it
     dispatches: int = 0
     wait_until: float = 0.0  # while waiting for a sender: give up then
 
@@ -141,11 +151,13 @@ class Board(Roster):
         self.pid, self.timeout = pid, timeout
         self.pending: dict[str, Pending] = {}
         self.finished: OrderedDict[str, None] = OrderedDict()
-        self._prefix, self._seq = uuid.uuid4().hex[:8], 0
+        # 64 random bits: a request id must be unguessable, answering one proves a receiver (see Roster)
+        self._prefix, self._seq = uuid.uuid4().hex[:16], 0
+        self._next_probe = 0.0
 
     def status(self, now: float) -> Heartbeat:
-        ok, bad = self.receivers(now)
-        receivers = sorted({p.name for p in ok})
+        ready = self.receivers(now)
+        receivers = sorted({p.name for p in ready.ok})
         senders = self.alive("sender", now)
         configured, _ = self.configured(now, len(receivers))
         info: dict[str, str | int | float] = {
@@ -153,10 +165,11 @@ class Board(Roster):
             "n_receivers": len(receivers),
             "configured": configured,
             "senders": len(senders),
-            "inflight": len(self.pending),
+            "inflight": self.asked(),
             "timeout": self.timeout,
             "peers": len(self.peers),
-            **({"mismatch": _explain(bad)} if bad else {}),
+            **({"unproven": ",".join(sorted({p.name for p in ready.unproven}))} if ready.unproven else {}),
+            **({"mismatch": _explain(ready.mismatched)} if ready.mismatched else {}),
             **{k: v for k, v in sorted(self.stats.items())[:40]},
         }
         limit = DEFAULT_LIMITS.max_str  # names come from peers: a status must always fit a frame
@@ -165,34 +178,70 @@ class Board(Roster):
 
     # ---- requests ----
 
+    def asked(self) -> int:
+        """Clients' requests in flight (the arbiter's probes left out)."""
+        return sum(1 for p in self.pending.values() if not p.probe)
+
     def open(self, client: tuple[bytes, ...], ask: Ask, ask_bytes: int, now: float) -> tuple[Pending, Peer | None]:
         """Register a request and choose its sender (least in flight); a failure is set when none can serve.
 
         With no live sender but one heard from before (a sender restarting), the request waits for one.
         """
-        self._seq += 1
-        rid = f"{self._prefix}-{self._seq}"
-        ok, bad = self.receivers(now)
-        expected = frozenset(p.name for p in ok)
-        p = Pending(rid, client, ask, expected, now, now + self.timeout, mismatched=bad)
+        ready = self.receivers(now)
+        expected = frozenset(p.name for p in ready.ok)  # proven ones only: a forged heartbeat never holds an answer
+        absent = {m: f"wrong_checkpoint: {why}" for m, why in ready.mismatched.items()}
+        absent.update({q.name: UNPROVEN for q in ready.unproven})
+        p = Pending(self._rid(), client, ask, expected, now, now + self.timeout, absent=absent)
         p.configured, p.models = self.configured(now, len(expected))
         _add(p.nbytes, "ask", ask_bytes)
-        self.pending[rid] = p
+        self.pending[p.rid] = p
         if not expected:
-            p.failure = error_reply(ask.rid, self.pid, "no_receivers", self._none_ready(bad, now))
+            p.failure = error_reply(ask.rid, self.pid, *self._none_ready(ready, now))
             return p, None
         sender = self.assign(p, now)
-        if sender is None and not any(q.role == "sender" for q in self.peers.values()):
+        if sender is None and not self._heard("sender"):
             p.failure = error_reply(ask.rid, self.pid, "no_sender", "no sender is ready (is everything up?)")
         return p, sender
 
-    def _none_ready(self, bad: dict[str, str], now: float) -> str:
-        """Why a request finds no receiver: the live ones serve something else, or none is up."""
-        if not bad:
-            return "no receiver is ready (is everything up?)"
-        sender = self._checkpoint(now)
-        fp = f" (fingerprint {sender.fingerprint[:12]})" if sender and sender.fingerprint else ""
-        return f"no receiver serves the sender's checkpoint{fp}: {_explain(bad)}"
+    def _rid(self) -> str:
+        self._seq += 1
+        return f"{self._prefix}-{self._seq}"
+
+    def _heard(self, role: str) -> bool:
+        return any(q.role == role for q in self.peers.values())
+
+    def _none_ready(self, ready: Readiness, now: float) -> tuple[str, str]:
+        """The error code and message for a request that finds no receiver serving the system: say why."""
+        why = []
+        if ready.mismatched:
+            sender = self._checkpoint(now)
+            fp = f" (fingerprint {sender.fingerprint[:12]})" if sender and sender.fingerprint else ""
+            why.append(f"no receiver serves the sender's checkpoint{fp}: {_explain(ready.mismatched)}")
+        if ready.unproven and not self._heard("sender"):
+            return "no_sender", "no sender is ready (is everything up?)"  # nothing can prove the receivers
+        if ready.unproven:
+            names = ",".join(sorted({q.name for q in ready.unproven}))
+            why.append(f"{names} up, yet to answer a request (being probed: try again in a moment)")
+        return "no_receivers", "; ".join(why) or "no receiver is ready (is everything up?)"
+
+    def probe(self, now: float) -> tuple[Pending, Peer] | None:
+        """A request of the arbiter's own for receivers that announced themselves but never answered (every
+        PROBE_EVERY_S while there are any, one at a time): the sender fans it out to every receiver, and each
+        one that answers it is proven. None when nothing is due, or no sender is live to carry it."""
+        ready = self.receivers(now)
+        if not ready.unproven or now < self._next_probe or any(p.probe for p in self.pending.values()):
+            return None
+        rid = self._rid()
+        ask = Ask(rid, self.pid, PROBE_QUESTION, mode="text", max_new_tokens=1)
+        expected = frozenset(q.name for q in ready.unproven)
+        p = Pending(rid, (), ask, expected, now, now + min(self.timeout, PROBE_TIMEOUT_S), probe=True)
+        sender = self.assign(p, now)
+        if sender is None:  # no live sender to carry it: a later tick tries again
+            return None
+        self.pending[rid] = p
+        self._next_probe = now + PROBE_EVERY_S
+        self.stats["probes"] += 1
+        return p, sender
 
     def assign(self, p: Pending, now: float) -> Peer | None:
         """Give `p` to the live sender with the fewest requests in flight (None: it waits for one)."""
@@ -264,8 +313,14 @@ class Board(Roster):
         return p if p.complete() else None
 
     def on_receiver(self, msg: Reply | ErrorReply, nbytes: int, now: float) -> Pending | None:
-        """A receiver's reply or error; late, duplicate, unknown and forged ones are counted and ignored."""
+        """A receiver's reply or error; late, duplicate, unknown and forged ones are counted and ignored.
+
+        Any answer naming a request id the arbiter issued proves its receiver, even a late one or one from a receiver
+        whose seat a flood took: only the receivers a sender fanned the request out to have seen that id.
+        """
         p = self.pending.get(msg.rid)
+        if p is not None or msg.rid in self.finished:
+            self.prove(msg.sender)
         if p is None:
             self._stray(msg)
             return None
@@ -300,14 +355,14 @@ class Board(Roster):
     def due(self, now: float) -> list[Pending]:
         """Requests to finish now: past their deadline, failed, waiting only on processes that are gone, or
         waiting for a sender too long. A request whose sender vanished before reporting it is dispatched again."""
-        ok, _ = self.receivers(now)
-        live = {p.name for p in ok}
+        live = {p.name for p in self.receivers(now).ok}
         senders = {p.pid for p in self.alive("sender", now)}
         out = []
         for p in self.pending.values():
             if p.sender and not p.report and p.failure is None and p.sender not in senders:
                 self.sender_lost(p, now, "stopped")
-            gone = p.report and not (p.expected - p.answered()) & live  # waiting only on the dead
+            # waiting only on the dead (a probe waits for receivers that are not proven, so not `live`, by design)
+            gone = p.report and not p.probe and not (p.expected - p.answered()) & live
             if p.failure is not None or now >= p.deadline or gone:
                 out.append(p)
             elif not p.sender and not p.report and p.wait_until and now >= p.wait_until:
@@ -326,12 +381,15 @@ class Board(Roster):
         if sender is not None:
             sender.inflight = max(0, sender.inflight - 1)
 
-    def finish(self, p: Pending, now: float, why: str = "") -> JointReply | ErrorReply:
-        """Close a request: the joint answer from whoever answered, or an explicit error.
+    def finish(self, p: Pending, now: float, why: str = "") -> JointReply | ErrorReply | None:
+        """Close a request: the joint answer from whoever answered, or an explicit error (None for a probe:
+        nobody asked it).
 
         Never raises: a request that cannot be answered normally gets an `internal` error, counted.
         """
         self.forget(p)
+        if p.probe:
+            return None
         try:
             return self._result(p, now, why)
         except Exception as e:  # noqa: BLE001 - the client must hear back whatever went wrong here
@@ -367,9 +425,9 @@ class Board(Roster):
         if degraded and len(p.replies) + len(errors) < p.configured:  # say who is missing, by name if known
             for m in p.models:
                 if m not in p.expected and m not in errors and m not in p.replies:
-                    # up but on another checkpoint is not down: say so, or the operator looks for a dead process
-                    why = p.mismatched.get(m)
-                    errors[m] = f"wrong_checkpoint: {why}" if why else "down: not ready when the request came in"
+                    # up (on another checkpoint, or yet to answer) is not down: say so, or the operator looks
+                    # for a dead process
+                    errors[m] = p.absent.get(m, "down: not ready when the request came in")
             if not errors:
                 errors["missing"] = f"down: {len(p.replies)} of {p.configured} configured receivers answered"
         self.stats["served"] += 1

@@ -2,15 +2,21 @@
 
 Peers announce themselves with heartbeats (`hb` frames): a sender on the backend socket, a receiver on the replies
 socket, each refused on the other's. A peer is alive while it is not `stopping` and was heard within `dead_after`
-seconds; it is forgotten after PEER_MEMORY_S of silence. At most MAX_PEERS peers per role are kept. A receiver
-serves the system when its model is one of the checkpoint's and it announced the sender's fingerprint (the
-sender most recently heard defines the checkpoint). Socket-free: time is passed in. `Board` builds on it.
+seconds; it is forgotten after PEER_MEMORY_S of silence. A receiver serves the system when it is alive, its model
+is one of the checkpoint's, it announced the sender's fingerprint (the sender most recently heard defines the
+checkpoint), and it is *proven*: it has answered a request the arbiter issued (a reply or an error naming the
+request's id, which only the receivers a sender fanned the request out to ever see). A heartbeat costs nothing to
+forge on plain TCP; an answer to a live request id cannot be forged without seeing the traffic. So a receiver
+that only beats is never waited for and never supplies a calibration, and the arbiter probes it (`Board.probe`).
+At most MAX_PEERS peers per role are kept; when full, a dead peer gives up its seat first, then a receiver that
+never answered, so forged heartbeats never keep a proven receiver out. Socket-free: time is passed in. `Board`
+builds on it.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field, fields
 
 from latentwire import net
@@ -23,6 +29,7 @@ log = logging.getLogger("latentwire.arbiter")
 PEER_MEMORY_S = 600.0  # a peer silent this long is forgotten (its name still explains a degraded answer until then)
 MAX_PEERS = 64  # per role: heartbeats with ever new ids cannot grow the arbiter without bound
 ROLES = ("sender", "receiver")  # who may announce itself, each on its own socket
+PROVEN_MEMORY = 4 * MAX_PEERS  # receiver ids remembered as proven (most recently answering kept)
 
 
 def calibration_from_info(info: dict, path: str = "latent") -> Calibration:
@@ -70,6 +77,15 @@ class Peer:
     fanout: int = 0  # senders: receivers it is configured to fan out to
 
 
+@dataclass
+class Readiness:
+    """The live receivers, sorted by whether the join waits for them."""
+
+    ok: list[Peer]  # serve the system: of the sender's checkpoint and proven
+    unproven: list[Peer]  # of the checkpoint, but yet to answer a request: not waited for, probed
+    mismatched: dict[str, str]  # model -> why its live receivers cannot serve the system
+
+
 class Roster:
     """Peers by process id, with the counters the arbiter reports (shared with the join)."""
 
@@ -77,6 +93,16 @@ class Roster:
         self.dead_after = dead_after
         self.peers: dict[str, Peer] = {}
         self.stats: Counter = Counter()
+        # kept apart from `peers`: a proof outlives the receiver's seat, so a proven receiver pushed out by a flood
+        # of forged heartbeats takes a seat back with its next heartbeat
+        self.proven: OrderedDict[str, None] = OrderedDict()
+
+    def prove(self, pid: str) -> None:
+        """Receiver `pid` answered a request the arbiter issued: it is a real receiver of the system."""
+        self.proven[pid] = None
+        self.proven.move_to_end(pid)
+        while len(self.proven) > PROVEN_MEMORY:
+            self.proven.popitem(last=False)
 
     def heartbeat(self, hb: Heartbeat, now: float, route: bytes = b"", role: str | None = None) -> Peer | None:
         """Note a peer's heartbeat; refused (None) when its role is not the one its socket serves."""
@@ -110,14 +136,17 @@ class Roster:
         return peer
 
     def _room(self, role: str, now: float) -> bool:
-        """Whether one more peer of `role` fits, forgetting the longest-silent dead one if it must."""
+        """Whether one more peer of `role` fits, forgetting one if it must: the longest-silent dead one, else the
+        longest-silent receiver that never answered (a forged heartbeat must not hold a seat a real one needs)."""
         same = [p for p in self.peers.values() if p.role == role]
         if len(same) < MAX_PEERS:
             return True
-        dead = [p for p in same if not self._alive(p, now) and not p.inflight]
-        if not dead:
+        idle = [p for p in same if not self._alive(p, now) and not p.inflight]
+        idle = idle or [p for p in same if p.role == "receiver" and p.pid not in self.proven]
+        if not idle:
             return False
-        del self.peers[min(dead, key=lambda p: p.last_seen).pid]
+        self.stats["evicted"] += 1
+        del self.peers[min(idle, key=lambda p: p.last_seen).pid]
         return True
 
     def expire(self, now: float) -> None:
@@ -148,22 +177,23 @@ class Roster:
             return f"serving another checkpoint (fingerprint {peer.fingerprint[:12]})"
         return ""
 
-    def receivers(self, now: float) -> tuple[list[Peer], dict[str, str]]:
-        """Live receivers that serve the sender's checkpoint, and why the other live ones do not (by model name:
-        that is how answers and the status name receivers)."""
+    def receivers(self, now: float) -> Readiness:
+        """The live receivers: those that serve the system, those yet to prove it, and why the others cannot (by
+        model name: that is how answers and the status name receivers)."""
         sender = self._checkpoint(now)
-        ok, bad = [], {}
+        ok, unproven, bad = [], [], {}
         for p in self.alive("receiver", now):
             why = self.mismatch(p, sender)
             if why:
                 bad.setdefault(p.name, set()).add(why)
             else:
-                ok.append(p)
-        return ok, {name: "; ".join(sorted(whys)) for name, whys in sorted(bad.items())}
+                (ok if p.pid in self.proven else unproven).append(p)
+        return Readiness(ok, unproven, {name: "; ".join(sorted(whys)) for name, whys in sorted(bad.items())})
 
     def calibration(self, model: str, path: str = "latent") -> Calibration:
-        """The calibration for `path` the most recently heard receiver of `model` announced (identity if none)."""
-        peers = [p for p in self.peers.values() if p.role == "receiver" and p.name == model]
+        """The calibration for `path` the most recently heard proven receiver of `model` announced (identity if
+        none): anyone can announce a model's name, only a real receiver may decide how its answers are weighed."""
+        peers = [p for p in self.peers.values() if p.role == "receiver" and p.name == model and p.pid in self.proven]
         return max(peers, key=lambda p: p.last_seen).calibrations.get(path, Calibration()) if peers else Calibration()
 
     def configured(self, now: float, expected: int) -> tuple[int, tuple[str, ...]]:

@@ -25,10 +25,21 @@ def _hb(pid: str, role: str, model: str = "", status: str = "ready", **cal: floa
 
 
 def _board(timeout: float = 10.0, **cals: dict) -> Board:
-    """Sender s1 and receivers r-llama, r-qwen, all heard at t=0 (with `cals`: {model: calibration})."""
+    """Sender s1 and receivers r-llama, r-qwen, all heard at t=0 (with `cals`: {model: calibration}) and proven."""
     b = Board("arb", timeout=timeout, dead_after=4.0)
     _beat(b, 0.0, cals=cals)
+    _prove(b, 0.0)
     return b
+
+
+def _prove(b: Board, t: float, models: tuple[str, ...] = ("llama", "qwen")) -> None:
+    """What the arbiter does for receivers that only announced themselves: it probes them, they answer."""
+    p, sender = b.probe(t)
+    assert p.ask.mode == "text" and p.ask.max_new_tokens == 1 and not p.client
+    b.on_sender(Heartbeat(p.rid, sender.pid, "sender", "sent", {"reached": len(models)}), route=sender.route)
+    for m in models:
+        done = b.on_receiver(_reply(p, m), 10, t)
+    assert done is p and b.finish(p, t) is None  # nobody to answer
 
 
 def _beat(
@@ -342,3 +353,82 @@ def test_no_receivers_says_they_serve_another_checkpoint_when_all_do() -> None:
     assert "qwen: serving another checkpoint (fingerprint 000000000000)" in msg, msg
     assert "is everything up" not in msg
     assert "serving another checkpoint (fingerprint 000000000000)" in b.status(0.0).info["mismatch"]
+
+
+# ---- forged heartbeats (plain TCP: anyone may push to the replies socket) ----
+
+
+def _forge(b: Board, t: float, n: int, model: str = "llama", tag: str = "f", **info) -> None:
+    """`n` receiver heartbeats under made-up ids: a process that never answers a request."""
+    for i in range(n):
+        hb = Heartbeat("", f"{tag}{i}", "receiver", "alive", {"model": model, "fingerprint": FP, **info})
+        b.heartbeat(hb, t, role="receiver")
+
+
+def test_a_forged_heartbeat_never_delays_a_degraded_answer() -> None:
+    b = _board(timeout=60.0)
+    _beat(b, 5.0, models=("qwen",))  # the real llama died at t=0
+    _forge(b, 5.0, 1)  # someone announces a llama that will never answer
+    p = _open(b, now=5.0)
+    assert p.expected == {"qwen"}
+    done = b.on_receiver(_reply(p, "qwen"), 90, 5.2)
+    assert done is p  # answered now, not at the deadline a minute later
+    j = b.finish(p, 5.2)
+    assert isinstance(j, JointReply) and j.degraded == 1 and j.errors["llama"].startswith("unproven"), j.errors
+
+
+def test_a_forged_heartbeat_cannot_change_the_calibration_of_the_pick() -> None:
+    b = _board(qwen={"a": 1.0, "b": 0.0})
+    _forge(b, 1.0, 1, model="qwen", **{"cal.a": 50.0, "cal.b": 50.0})
+    assert b.calibration("qwen") == Calibration(1.0, 0.0)
+
+
+def test_forged_heartbeats_never_lock_a_real_receiver_out() -> None:
+    b = _board(timeout=60.0)
+    for t in (5.0, 5.5):  # the real llama died at t=0; 64 made-up ones keep beating
+        _beat(b, t, models=("qwen",))
+        _forge(b, t, board.MAX_PEERS)
+    real = Heartbeat("", "r-llama-2", "receiver", "ready", {"model": "llama", "fingerprint": FP})
+    assert b.heartbeat(real, 6.0, role="receiver") is not None  # the restarted llama gets a seat
+    _forge(b, 6.2, board.MAX_PEERS, tag="g")  # ever new made-up ids
+    p = _open(b, now=6.5)
+    b.on_receiver(_reply(p, "qwen"), 90, 7.0)  # the sender fanned it out to the real llama too: it answers
+    b.on_receiver(_reply(p, "llama", sender="r-llama-2"), 90, 7.0)
+    b.heartbeat(real, 7.0, role="receiver")
+    _forge(b, 7.2, 2 * board.MAX_PEERS, tag="h")
+    assert "r-llama-2" in b.peers
+    _beat(b, 7.5, models=("qwen",))
+    assert _open(b, now=7.5, rid="c-2").expected == {"llama", "qwen"}
+    assert len(b.peers) <= 2 * board.MAX_PEERS
+
+
+def test_a_receiver_counts_once_it_answered_a_probe() -> None:
+    b = Board("arb", timeout=10.0, dead_after=4.0)
+    _beat(b, 0.0)  # both announce themselves; neither has answered anything yet
+    st = b.status(0.0)
+    assert st.status == "waiting" and st.info["n_receivers"] == 0 and st.info["unproven"] == "llama,qwen"
+    p, sender = b.open((b"c",), Ask("c-1", "client", "Q?"), 10, 0.0)
+    assert sender is None and p.failure.code == "no_receivers" and "being probed" in p.failure.message
+    b.finish(p, 0.0)
+    _prove(b, 0.1)
+    assert b.probe(10.0) is None  # nobody left to prove
+    st = b.status(0.2)
+    assert st.status == "ready" and st.info["receivers"] == "llama,qwen" and "unproven" not in st.info
+    assert st.info["inflight"] == 0 and b.stats["probes"] == 1 and b.stats["served"] == 0
+
+
+def test_probes_go_one_at_a_time_and_a_late_answer_still_proves() -> None:
+    b = _board(timeout=60.0)
+    _beat(b, 5.0, models=("qwen",))  # llama died at t=0 and comes back under a new id
+    real = Heartbeat("", "r-llama-2", "receiver", "ready", {"model": "llama", "fingerprint": FP})
+    b.heartbeat(real, 5.0, role="receiver")
+    p, sender = b.probe(5.0)
+    assert p.expected == {"llama"} and b.probe(5.0 + 2 * board.PROBE_EVERY_S) is None  # one in flight at a time
+    b.on_sender(Heartbeat(p.rid, sender.pid, "sender", "sent", {"reached": 2}), route=sender.route)
+    assert b.due(5.0 + board.PROBE_TIMEOUT_S - 0.1) == []  # a probe waits for the unproven, not for the live
+    (late,) = b.due(5.0 + board.PROBE_TIMEOUT_S)
+    assert b.finish(late, 5.0 + board.PROBE_TIMEOUT_S) is None
+    assert b.on_receiver(_reply(p, "llama", sender="r-llama-2"), 10, 16.0) is None and b.stats["late"] == 1
+    _beat(b, 16.0, models=("qwen",))
+    b.heartbeat(real, 16.0, role="receiver")
+    assert {q.pid for q in b.receivers(16.0).ok} == {"r-llama-2", "r-qwen"} and b.probe(16.0) is None

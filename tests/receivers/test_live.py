@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from latentwire import net
-from latentwire.protocol import Ask, Heartbeat, encode_frame
+from latentwire.protocol import Ask, Heartbeat, Reply, encode_frame
 
 LATENTWIRE = str(Path(sys.executable).parent / "latentwire")
 
@@ -53,6 +53,11 @@ def test_arbiter_loop_answers_in_flight_requests_on_stop() -> None:
         rcv.connect(replies)
         snd.send(encode_frame(_hb("s1", "sender")))
         rcv.send(encode_frame(_hb("r1", "receiver", "llama")))
+        assert snd.poll(5000)  # the arbiter probes the receiver that announced itself; it answers
+        probe = decode_frame(snd.recv())
+        assert isinstance(probe, Ask) and probe.mode == "text" and probe.max_new_tokens == 1
+        snd.send(encode_frame(Heartbeat(probe.rid, "s1", "sender", "sent", {"request": 10, "reached": 1})))
+        rcv.send(encode_frame(Reply(probe.rid, "r1", "llama", "yes", -0.1, {})))
         with Client(front, timeout=10) as c:
             c.wait_ready(10)
             req = ctx.socket(zmq.REQ)  # the plainest ZeroMQ client works too
