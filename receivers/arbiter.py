@@ -70,7 +70,7 @@ def serve(
     """
     stop = stop if stop is not None else net.StopFlag()
     pid = net.process_id("arbiter")
-    board = Board(pid, timeout)
+    board = Board(pid, timeout, max_inflight=max_inflight)
     curve = net.Curve.from_env("arbiter", curve_dir)
     ctx = zmq.Context()
     front, back, pull = (net.make_socket(ctx, k) for k in (zmq.ROUTER, zmq.ROUTER, zmq.PULL))
@@ -144,9 +144,13 @@ def serve(
         if not isinstance(msg, Ask):
             reply(error_reply(msg.rid, pid, "unexpected_kind", "send ask"))
             return
-        if stop or len(board.pending) >= max_inflight:
-            code = "shutting_down" if stop else "busy"
-            reply(error_reply(msg.rid, pid, code, f"arbiter {code}"))
+        if stop:
+            reply(error_reply(msg.rid, pid, "shutting_down", "arbiter shutting_down"))
+            return
+        why = board.busy(envelope)  # a fair share of the window per client: a flood cannot lock others out
+        if why:
+            board.stats["busy"] += 1
+            reply(error_reply(msg.rid, pid, "busy", f"arbiter busy: {why}"))
             return
         dispatch(*board.open(envelope, msg, len(data), now))
 

@@ -8,6 +8,9 @@ Spec (`serve` in arbiter.py feeds it frames and the clock; tests call it directl
 * Probes (`probe`): while a receiver has announced itself but never answered, the arbiter sends a request of its
   own (one-token text, every PROBE_EVERY_S, one at a time, answered to nobody) for the sender to fan out; any
   answer to it, even late, proves its receiver. Until then it is `unproven` in the status and never waited for.
+* Admission (`busy`, asked before `open`): at most `max_inflight` client requests in flight, and each client (its
+  ROUTER envelope) at most an equal share of them among the clients in flight, itself included, with one share
+  always left free: a flooding client hears `busy`, a client asking now and then gets in.
 * Opening a request (`open`): it gets the arbiter's own id (unique across clients and arbiter restarts, and
   unguessable) and expects an answer from every model with a receiver that serves the system at that moment.
   None: it fails at once with `no_receivers`, saying why (receivers on another checkpoint, or yet to answer a
@@ -25,7 +28,7 @@ Spec (`serve` in arbiter.py feeds it frames and the clock; tests call it directl
   its receiver is up, `wrong_checkpoint: serving another checkpoint (fingerprint ...)` or `unproven`. No reply at
   all: an error, the receivers' common code when all refused the request for one reason. Every request is
   answered exactly once, and `finish` never raises.
-* Everything held is bounded: peers (per role, expiring), pending requests (by the caller's max in flight),
+* Everything held is bounded: peers (per role, expiring), pending requests (by `max_inflight`),
   finished ids (FINISHED_MEMORY) and counter names (fixed sets).
 """
 
@@ -146,10 +149,13 @@ class Board(Roster):
     """Join state: live peers (the `Roster`), pending requests, counters. Time is passed in, so tests need no
     sleeping."""
 
-    def __init__(self, pid: str, timeout: float = 60.0, dead_after: float = net.DEAD_AFTER_S) -> None:
+    def __init__(
+        self, pid: str, timeout: float = 60.0, dead_after: float = net.DEAD_AFTER_S, max_inflight: int = 256
+    ) -> None:
         super().__init__(dead_after)
-        self.pid, self.timeout = pid, timeout
+        self.pid, self.timeout, self.max_inflight = pid, timeout, max_inflight
         self.pending: dict[str, Pending] = {}
+        self._asking: Counter[tuple[bytes, ...]] = Counter()  # client (ROUTER envelope) -> its requests in flight
         self.finished: OrderedDict[str, None] = OrderedDict()
         # 64 random bits: a request id must be unguessable, answering one proves a receiver (see Roster)
         self._prefix, self._seq = uuid.uuid4().hex[:16], 0
@@ -166,6 +172,7 @@ class Board(Roster):
             "configured": configured,
             "senders": len(senders),
             "inflight": self.asked(),
+            "clients": len(self._asking),
             "timeout": self.timeout,
             "peers": len(self.peers),
             **({"unproven": ",".join(sorted({p.name for p in ready.unproven}))} if ready.unproven else {}),
@@ -180,7 +187,23 @@ class Board(Roster):
 
     def asked(self) -> int:
         """Clients' requests in flight (the arbiter's probes left out)."""
-        return sum(1 for p in self.pending.values() if not p.probe)
+        return sum(self._asking.values())
+
+    def busy(self, client: tuple[bytes, ...]) -> str:
+        """Why `client` may not open one more request now ("" when it may).
+
+        At most `max_inflight` requests are in flight, and each client holds at most an equal share of them among
+        the clients with requests in flight, itself included, with one share always left free: so however hard one
+        client floods, a client asking now and then finds room (a lone client gets half the window).
+        """
+        total, own = self.asked(), self._asking[client]
+        if total >= self.max_inflight:
+            return f"{total} requests in flight, the most the arbiter takes"
+        clients = len(self._asking) + (own == 0)
+        share = max(1, self.max_inflight // (clients + 1))
+        if own >= share:
+            return f"this client has {own} requests in flight, its fair share ({clients} clients asking)"
+        return ""
 
     def open(self, client: tuple[bytes, ...], ask: Ask, ask_bytes: int, now: float) -> tuple[Pending, Peer | None]:
         """Register a request and choose its sender (least in flight); a failure is set when none can serve.
@@ -195,6 +218,7 @@ class Board(Roster):
         p.configured, p.models = self.configured(now, len(expected))
         _add(p.nbytes, "ask", ask_bytes)
         self.pending[p.rid] = p
+        self._asking[client] += 1
         if not expected:
             p.failure = error_reply(ask.rid, self.pid, *self._none_ready(ready, now))
             return p, None
@@ -377,6 +401,10 @@ class Board(Roster):
         self.finished[p.rid] = None
         while len(self.finished) > FINISHED_MEMORY:
             self.finished.popitem(last=False)
+        if p.client:
+            self._asking[p.client] -= 1
+            if self._asking[p.client] <= 0:
+                del self._asking[p.client]  # only clients with requests in flight count for the fair share
         sender = self.peers.get(p.sender)
         if sender is not None:
             sender.inflight = max(0, sender.inflight - 1)

@@ -432,3 +432,51 @@ def test_probes_go_one_at_a_time_and_a_late_answer_still_proves() -> None:
     _beat(b, 16.0, models=("qwen",))
     b.heartbeat(real, 16.0, role="receiver")
     assert {q.pid for q in b.receivers(16.0).ok} == {"r-llama-2", "r-qwen"} and b.probe(16.0) is None
+
+
+# ---- fair admission: a fair share of the in-flight window per client ----
+
+FLOODER, POLITE = (b"flooder",), (b"polite", b"")  # ROUTER envelopes: a DEALER's identity, a REQ's
+
+
+def _ask(b: Board, client: tuple[bytes, ...], now: float) -> bool:
+    """Ask the way `serve` does: admitted unless the Board says why not."""
+    if b.busy(client):
+        return False
+    b.open(client, Ask(f"q-{now}", "client", "Who?", "Ada."), 10, now)
+    return True
+
+
+def test_a_polite_client_is_admitted_while_another_floods() -> None:
+    b = Board("arb", timeout=60.0, dead_after=4.0, max_inflight=16)
+    _beat(b, 0.0)
+    _prove(b, 0.0)
+    polite = admitted = flooder_most = 0
+    t = 0.0
+    for step in range(1, 1201):  # 60 s: the system finishes 20 requests a second, the flooder asks 200 times
+        t = step * 0.05
+        if step % 20 == 0:
+            _beat(b, t)
+            polite += 1
+            admitted += _ask(b, POLITE, t)
+        oldest = next(iter(b.pending.values()), None)
+        if oldest is not None:
+            b.finish(oldest, t)
+        for _ in range(10):
+            _ask(b, FLOODER, t)
+        flooder_most = max(flooder_most, sum(p.client == FLOODER for p in b.pending.values()))
+        assert len(b.pending) <= 16
+    assert admitted >= 0.95 * polite, (admitted, polite)
+    assert flooder_most >= 16 // 3  # the flood was real: the flooder kept its share of the window in flight
+
+
+def test_a_lone_client_keeps_a_share_free_for_the_next() -> None:
+    b = _board()
+    b.max_inflight = 8
+    assert sum(_ask(b, FLOODER, 0.1) for _ in range(20)) == 4  # half the window: the rest is for newcomers
+    assert "fair share" in b.busy(FLOODER)
+    assert _ask(b, POLITE, 0.1) and b.status(0.1).info["clients"] == 2
+    assert "fair share" in b.busy(FLOODER)  # two clients asking: a third of the window each, one third free
+    for p in [p for p in b.pending.values() if p.client == POLITE]:
+        b.finish(p, 0.2)
+    assert b.busy(FLOODER) and b.status(0.2).info["inflight"] == 4
