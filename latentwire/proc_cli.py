@@ -129,6 +129,9 @@ def receiver(
     device: Annotated[str, typer.Option()] = "auto",
     dtype: Annotated[str, typer.Option()] = "auto",
     max_new_tokens: Annotated[int, typer.Option(help="cap on tokens generated per request")] = 64,
+    max_batch_positions: Annotated[
+        int, typer.Option(min=1, help="cap on the padded positions (requests x longest) decoded together")
+    ] = 8192,  # receivers/receiver.py: MAX_BATCH_POSITIONS (not imported here: it would load torch at start)
     threads: Threads1 = 1,
 ) -> None:
     """Receiver process: one frozen LLM + adapter; answers latent and text frames, refuses bad ones."""
@@ -147,6 +150,7 @@ def receiver(
         device=device,
         dtype=dtype,
         max_new_tokens=max_new_tokens,
+        max_batch_positions=max_batch_positions,
     )
 
 

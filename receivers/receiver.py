@@ -11,7 +11,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,7 +51,10 @@ def error_code(e: ProtocolError) -> str:
 # even one byte per token); further capped by the model's own context window
 MAX_SLOT_TOKENS = 16384
 PROMPT_ROOM = 256  # positions kept for the chat template around the slot and the answer
-MAX_BATCH = 8  # requests decoded together through one generate call
+MAX_BATCH = 8  # frames read off the socket together (serve's `max_batch`)
+# padded positions (requests x the longest one's slot + answer) decoded through one generate call: memory grows with
+# it, and eight text asks near the slot cap together would need ~10 GB; one request over it is decoded alone
+MAX_BATCH_POSITIONS = 8192
 
 
 @dataclass
@@ -76,29 +79,49 @@ class Receiver:
     max_new_tokens: int = 64  # cap on what a request may ask for (generation time is the receiver's cost)
     m: int | None = None  # soft tokens per latent of the checkpoint (`encoder.m`); None accepts any M
     max_slot_tokens: int = MAX_SLOT_TOKENS  # cap on the slot of the text and token-budget paths
+    max_batch_positions: int = MAX_BATCH_POSITIONS  # cap on one generate call's padded positions
 
     def handle(self, data: bytes) -> Reply | ErrorReply:
         return self.handle_many([data])[0]
 
     def handle_many(self, frames: Sequence[bytes]) -> list[Reply | ErrorReply]:
-        """Answer frames that arrived together: one reply each, in order; never raises.
-
-        Valid requests are decoded together, one `generate` call per path and token cap (left-padded, so each
-        answer is the one it would get alone); a failing request costs only its own answer.
-        """
+        """Answer frames that arrived together: one reply each, in order; never raises."""
         out: list[Reply | ErrorReply | None] = [None] * len(frames)
+        for i, reply in self.replies(frames):
+            out[i] = reply
+        return [r for r in out if r is not None]
+
+    def replies(self, frames: Sequence[bytes]) -> Iterator[tuple[int, Reply | ErrorReply]]:
+        """(index of the frame, its reply) for frames that arrived together, each as soon as it is ready; never
+        raises.
+
+        Refusals come first. Valid requests are decoded together, one `generate` call per path, token cap and
+        sub-batch of at most `max_batch_positions` padded positions (left-padded, so each answer is the one it
+        would get alone), the shortest sub-batch first so short asks are not kept waiting behind long ones; a
+        failing request costs only its own answer.
+        """
         groups: dict[tuple[bool, int], list[tuple[int, _Prepared]]] = {}
         for i, data in enumerate(frames):
             prep = self._prepare(data)
             if isinstance(prep, ErrorReply):
-                out[i] = prep
+                yield i, prep
             else:
                 cap = min(prep.msg.max_new_tokens, self.max_new_tokens)
                 groups.setdefault((isinstance(prep.msg, LatentRequest), cap), []).append((i, prep))
+        for cap, items in self._batches(groups):
+            yield from zip((i for i, _ in items), self._generate([p for _, p in items], cap), strict=True)
+
+    def _batches(
+        self, groups: dict[tuple[bool, int], list[tuple[int, _Prepared]]]
+    ) -> list[tuple[int, list[tuple[int, _Prepared]]]]:
+        """(cap, requests) per generate call: each group split by `sub_batches`, all of them shortest first."""
+        out = []
         for (_, cap), items in groups.items():
-            for (i, _), reply in zip(items, self._generate([p for _, p in items], cap), strict=True):
-                out[i] = reply
-        return [r for r in out if r is not None]
+            sizes = [positions(p.slot, cap) for _, p in items]
+            for batch in sub_batches(sizes, self.max_batch_positions):
+                out.append((max(sizes[j] for j in batch), cap, [items[j] for j in batch]))
+        out.sort(key=lambda b: b[0])  # stable: equal sizes keep the order they arrived in
+        return [(cap, items) for _, cap, items in out]
 
     def _prepare(self, data: bytes) -> _Prepared | ErrorReply:
         t0 = time.perf_counter()
@@ -185,6 +208,24 @@ class Receiver:
         return out
 
 
+def positions(slot: torch.Tensor, cap: int) -> int:
+    """What a request adds to its batch's padded length: its slot and the tokens it may generate (the chat template
+    around them is the same few dozen positions for every request)."""
+    return int(slot.shape[0]) + cap
+
+
+def sub_batches(sizes: Sequence[int], budget: int) -> list[list[int]]:
+    """Indices of `sizes` in batches, shortest first, each padded (count x its longest) to at most `budget`
+    positions; a request over `budget` alone is a batch of its own."""
+    batches: list[list[int]] = []
+    for i in sorted(range(len(sizes)), key=lambda j: sizes[j]):  # ascending: sizes[i] is the batch's longest
+        if batches and (len(batches[-1]) + 1) * sizes[i] <= budget:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
 def adapter_schemas() -> dict[str, type]:
     """Each adapter kind's config dataclass from the registry (receivers/adapter.py: ADAPTERS): what a checkpoint's
     adapter configs are validated against at load, before any model loads."""
@@ -250,6 +291,7 @@ def serve(
     max_new_tokens: int = 64,
     max_slot_tokens: int = MAX_SLOT_TOKENS,
     max_batch: int = MAX_BATCH,
+    max_batch_positions: int = MAX_BATCH_POSITIONS,
     stop: net.StopFlag | None = None,
 ) -> None:
     """Run a receiver until SIGINT/SIGTERM; queued frames are answered with `shutting_down` on the way out."""
@@ -280,6 +322,7 @@ def serve(
         ctx.term()
         raise
     rx.max_new_tokens, rx.max_slot_tokens = max_new_tokens, slot_cap(rx.llm, max_slot_tokens)
+    rx.max_batch_positions = max_batch_positions
     load_s = time.perf_counter() - t0
     stop = stop if stop is not None else net.StopFlag()  # from here on a signal lets the request finish
     info: dict[str, str | int | float] = {
@@ -315,7 +358,7 @@ def serve(
             frames = [pull.recv()]
             while len(frames) < max(1, max_batch) and pull.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                 frames.append(pull.recv(zmq.NOBLOCK))  # what queued meanwhile is decoded together
-            for reply in rx.handle_many(frames):
+            for _, reply in rx.replies(frames):  # sent as each sub-batch is done: short asks leave first
                 out.send(encode_frame(reply))
         while pull.poll(0):  # explicit failures for everything already queued here
             data = pull.recv()
