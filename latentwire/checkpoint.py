@@ -8,8 +8,11 @@ This module only reads and writes the folder; each role builds its own half (`se
       config.json           encoder config, per-model adapter config + model spec/fingerprint, calibration, summary
 
 `CheckpointConfig` / `ModelEntry` are config.json typed: read and validated in one place, so a reader gets
-attributes instead of keys and a broken file fails at load with one line naming the field, not later with a
-KeyError. Keys they do not know are kept as they are, so reading and writing a config loses nothing.
+attributes instead of keys and a broken file fails at load, before any model loads, with one line
+`<file>: <field>: <why>`, not later with a KeyError or a traceback. Adapter kinds belong to the receivers (a role
+this core may not import), so a caller that has their registry passes it (`adapters=`) and each adapter's fields
+are checked against its kind's config dataclass too. Keys they do not know are kept as they are, so reading and
+writing a config loses nothing.
 
 The checkpoint fingerprint hashes both files and is stamped in every latent frame, so a
 receiver refuses latents from another checkpoint. Loading against a model whose weights differ from the
@@ -253,12 +256,15 @@ def _check_adapter(adapter: dict, adapters: Mapping[str, type] | None, at: _At) 
     if kind not in adapters:
         raise (at / "kind").error(f"unknown adapter kind {kind!r} (known: {', '.join(adapters)})")
     schema = adapters[kind]
-    hints = typing.get_type_hints(schema)
+    try:
+        hints = typing.get_type_hints(schema)
+    except (NameError, TypeError):  # an annotation only a type checker resolves: the dataclass alone checks
+        hints = {}
     known = [f.name for f in dataclasses.fields(schema)]
     for key, value in adapter.items():
         if key not in known:
             raise (at / key).error(f"not a field of a {kind!r} adapter (fields: {', '.join(known)})")
-        kinds = _option_kinds(hints[key])
+        kinds = _option_kinds(hints.get(key))
         if kinds is not None:
             _typed(value, kinds, at / key)
     try:
