@@ -3,20 +3,22 @@
     client DEALER -> [frontend ROUTER] arbiter [backend ROUTER] <- sender DEALER (load-balanced)
                                          [replies PULL]   <- receivers PUSH (replies, errors, heartbeats)
 
-`Board` (board.py) is the whole join/pick/timeout logic without sockets (unit-tested directly); `serve` wires it
-to ZeroMQ. Raw log-probs of two models are not comparable, so answers are picked on each receiver's calibrated
-P(correct) (Platt parameters from the checkpoint config, announced by the receiver in its heartbeat), ties
-broken by model name. Every Ask is answered exactly once: a JointReply, or an ErrorReply saying why.
+`Board` (board.py; the peers in roster.py, the answer in joint.py) is the whole join/pick/timeout logic without
+sockets (unit-tested directly); `serve` wires it to ZeroMQ. Raw log-probs of two models are not comparable, so
+answers are picked on each receiver's calibrated P(correct) (Platt parameters from the checkpoint config, announced
+by the receiver in its heartbeat), ties broken by model name. Every Ask is answered exactly once: a JointReply, or
+an ErrorReply saying why.
 
-What the plain-TCP default trusts (`LATENTWIRE_CURVE` unset; with CURVE every peer is known by its key): whoever
-can reach a port gets the role of its socket. A client may ask and read the status. A process on the backend is
-a sender: it is given questions and its reports are believed. A process pushing to the replies socket may
-announce receivers, and reply. What a forger there can do is bounded by the Board: a receiver is waited for, and
-its announced calibration used, only after it answered a request id the arbiter issued (ids are unguessable and
-travel only from the sender to its receivers; the arbiter probes new receivers to that end), so a forged heartbeat
-neither delays an answer nor tilts the pick, and forged peers give up their seats to real ones; a reply counts
-only from an announced receiver, under its own model name, once per request. Nothing here stops a forged sender,
-or anyone who reads the traffic: the defaults bind loopback only; across hosts use CURVE.
+What the plain-TCP default trusts (`LATENTWIRE_CURVE` unset; with CURVE every peer is known by its key): whoever can
+reach a port gets the role of its socket. A client may ask (a fair share of the in-flight window per client
+identity) and read the status. A process on the backend is a sender: it is given questions and its reports are
+believed. A process pushing to the replies socket may announce receivers, and reply. What a forger there can do is
+bounded by the Board: a receiver is waited for, and its announced calibration used, only after it answered a request
+id the arbiter issued (ids are unguessable and travel only from the sender to its receivers; the arbiter probes new
+receivers to that end), so a forged heartbeat neither delays an answer nor tilts the pick, and forged peers give up
+their seats to real ones; a reply counts only from an announced receiver, under its own model name, once per
+request. Nothing here stops a forged sender, or anyone who reads the traffic: the defaults bind loopback only;
+across hosts use CURVE.
 """
 
 from __future__ import annotations

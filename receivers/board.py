@@ -22,24 +22,21 @@ Spec (`serve` in arbiter.py feeds it frames and the clock; tests call it directl
   error). It ends early when it waits only on receivers that are gone, and at its deadline (`timeout` s after it
   opened) with whatever arrived. Replies from unknown peers, or under another model's name, are counted
   (`forged`) and ignored; so are duplicates, late replies and replies to unknown ids.
-* The answer (`finish`): the reply whose calibrated P(correct) wins (`calibration.pick`, with the calibration
-  each receiver announced for the request's path), flagged `degraded` whenever fewer receivers answered than the
-  system is configured with (the sender's fan-out), with the missing ones named in `errors`: `down`, or, when
-  its receiver is up, `wrong_checkpoint: serving another checkpoint (fingerprint ...)` or `unproven`. No reply at
-  all: an error, the receivers' common code when all refused the request for one reason. Every request is
-  answered exactly once, and `finish` never raises.
-* Everything held is bounded: peers (per role, expiring), pending requests (by `max_inflight`),
-  finished ids (FINISHED_MEMORY) and counter names (fixed sets).
+* The answer (`finish`, built by `joint.outcome`): the reply whose calibrated P(correct) wins (`calibration.pick`,
+  with the calibration each proven receiver announced for the request's path), flagged `degraded` whenever fewer
+  receivers answered than the system is configured with (the sender's fan-out), with the missing ones named in
+  `errors`: `down`, or, when its receiver is up, `wrong_checkpoint: serving another checkpoint (fingerprint ...)` or
+  `unproven`. No reply at all: an error, the receivers' common code when all refused the request for one reason.
+  Every request is answered exactly once, and `finish` never raises.
+* Everything held is bounded: peers (per role, expiring), pending requests (by `max_inflight`), finished ids
+  (FINISHED_MEMORY) and counter names (fixed sets).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import uuid
 from collections import Counter, OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from latentwire import net
 from latentwire.protocol import (
@@ -52,19 +49,15 @@ from latentwire.protocol import (
     Reply,
     error_reply,
 )
-from latentwire.protocol.base import INT64_MAX
-from latentwire.receivers.calibration import Calibration, agreement
-from latentwire.receivers.calibration import pick as pick_answer
-from latentwire.receivers.roster import (  # noqa: F401 - Peer and the peer limits are part of this module's API
+from latentwire.receivers.joint import Pending, add, agree, outcome, pick  # noqa: F401 - pick, agree: re-exported
+from latentwire.receivers.roster import (  # noqa: F401 - the peer limits and calibration_from_info: re-exported
     MAX_PEERS,
     PEER_MEMORY_S,
-    ROLES,
     Peer,
     Readiness,
     Roster,
     bounded_count,
     calibration_from_info,
-    is_num,
 )
 
 log = logging.getLogger("latentwire.arbiter")
@@ -82,52 +75,7 @@ ERROR_CODES = frozenset(
         "too_large", "bad_output", "internal", "shutting_down", "busy",
     }
 )  # fmt: skip
-# receiver error codes that describe the request itself: when every receiver says the same, the client hears it
-REQUEST_FAULTS = frozenset({"too_large", "bad_shape", "bad_frame", "bad_request"})
 _REPORT_BYTES = ("request", "header", "payload", "scales")
-
-
-@dataclass
-class Pending:
-    """One request being joined."""
-
-    rid: str  # the arbiter's id, unique across clients and arbiter restarts
-    client: tuple[bytes, ...]  # ROUTER envelope of the client (identity, plus b"" for REQ clients)
-    ask: Ask  # as the client sent it (its rid is the client's)
-    expected: frozenset[str]  # model names alive when the request was opened
-    started: float
-    deadline: float
-    sender: str = ""  # pid of the sender it was dispatched to ("" while waiting for one)
-    report: dict = field(default_factory=dict)  # the sender's `sent` info
-    replies: dict[str, Reply] = field(default_factory=dict)
-    errors: dict[str, str] = field(default_factory=dict)  # model -> "code: message"
-    arrived: dict[str, float] = field(default_factory=dict)
-    nbytes: Counter = field(default_factory=Counter)
-    failure: ErrorReply | None = None  # set when the request failed before reaching receivers
-    configured: int = 0  # receivers the system is configured with: fewer answers means degraded
-    models: tuple[str, ...] = ()  # the checkpoint's receiver models (to name the missing ones)
-    absent: dict[str, str] = field(default_factory=dict)  # model -> why it was not expected although it is up
-    probe: bool = False  # the arbiter's own request, to prove receivers; no client hears of it
-    dispatches: int = 0
-    wait_until: float = 0.0  # while waiting for a sender: give up then
-
-    def answered(self) -> set[str]:
-        return set(self.replies) | set(self.errors)
-
-    def complete(self) -> bool:
-        return self.failure is not None or (bool(self.report) and self.expected <= self.answered())
-
-
-def pick(replies: dict[str, Reply], calibration: Callable[[str], Calibration]) -> tuple[str, float]:
-    """The model whose answer wins (`calibration.pick`) and its calibrated score."""
-    cals = {m: calibration(m) for m in replies}
-    best = pick_answer({m: (r.answer, r.score) for m, r in replies.items()}, cals)
-    return best, cals[best](replies[best].score)
-
-
-def agree(replies: dict[str, Reply]) -> int:
-    """1 when at least two receivers answered and their normalised answers are all equal."""
-    return int(agreement([r.answer for r in replies.values()]))
 
 
 def _clip(s: str, max_bytes: int) -> str:
@@ -139,10 +87,6 @@ def _clip(s: str, max_bytes: int) -> str:
 def _explain(bad: dict[str, str]) -> str:
     """`model: why` for each model whose live receivers cannot serve the system."""
     return "; ".join(f"{m}: {why}" for m, why in bad.items())
-
-
-def _add(counter: Counter, key: str, n: int) -> None:
-    counter[key] = min(INT64_MAX, counter[key] + n)  # saturate: a frame field is int64, never overflow it
 
 
 class Board(Roster):
@@ -216,7 +160,7 @@ class Board(Roster):
         absent.update({q.name: UNPROVEN for q in ready.unproven})
         p = Pending(self._rid(), client, ask, expected, now, now + self.timeout, absent=absent)
         p.configured, p.models = self.configured(now, len(expected))
-        _add(p.nbytes, "ask", ask_bytes)
+        add(p.nbytes, "ask", ask_bytes)
         self.pending[p.rid] = p
         self._asking[client] += 1
         if not expected:
@@ -330,7 +274,7 @@ class Board(Roster):
             reached = 1
         for k, v in counts.items():
             if k in report and v is not None:
-                _add(p.nbytes, k, v)
+                add(p.nbytes, k, v)
         p.report = report or {"report": "empty"}
         if reached == 0:
             p.failure = error_reply(p.ask.rid, self.pid, "no_receivers", "the sender could reach no receiver")
@@ -356,7 +300,7 @@ class Board(Roster):
         if model in p.answered():
             self.stats["duplicate"] += 1
             return None
-        _add(p.nbytes, "replies", max(0, nbytes))
+        add(p.nbytes, "replies", max(0, nbytes))
         p.arrived[model] = now
         if isinstance(msg, Reply):
             p.replies[model] = msg
@@ -419,70 +363,16 @@ class Board(Roster):
         if p.probe:
             return None
         try:
-            return self._result(p, now, why)
+            mode = p.ask.mode  # each receiver's calibration for this path (fitted on val); none: raw scores
+            configured, _ = self.configured(now, len(p.expected))
+            msg = outcome(p, self.pid, now, why, lambda m: self.calibration(m, mode), configured)
         except Exception as e:  # noqa: BLE001 - the client must hear back whatever went wrong here
             self.stats["internal_error"] += 1
             log.exception("could not finish %s", p.rid)
             return error_reply(p.ask.rid, self.pid, "internal", f"arbiter: {type(e).__name__}: {e}")
-
-    def _result(self, p: Pending, now: float, why: str) -> JointReply | ErrorReply:
-        missing = sorted(p.expected - p.answered())
-        why = why or ("timeout" if now >= p.deadline else "gone")
-        errors = dict(p.errors)
-        for m in missing:
-            errors[m] = f"{why}: no reply after {now - p.started:.1f} s"
-        if p.failure is not None:
+        if isinstance(msg, ErrorReply):
             self.stats["failed"] += 1
-            return p.failure
-        if not p.replies:
-            self.stats["failed"] += 1
-            detail = "; ".join(f"{m}: {e}" for m, e in sorted(errors.items())) or "no receiver answered"
-            codes = {e.split(":", 1)[0] for e in p.errors.values()}
-            if len(codes) == 1 and not missing and codes <= REQUEST_FAULTS:
-                code = codes.pop()  # every receiver refused the request for the same reason: say which
-            else:
-                code = "all_failed" if p.errors else "shutting_down" if why == "shutting_down" else "no_answer"
-            return error_reply(p.ask.rid, self.pid, code, detail)
-        # each receiver's calibration for this path (fitted on val); paths without one compare raw scores
-        mode = p.ask.mode
-        calibration: Callable[[str], Calibration] = lambda m: self.calibration(m, mode)  # noqa: E731
-        model, prob = pick(p.replies, calibration)
-        # fewer answers than receivers configured, whatever the reason (missing, failed, down at the start)
-        p.configured = max(p.configured, self.configured(now, len(p.expected))[0])
-        degraded = int(len(p.replies) < p.configured)
-        if degraded and len(p.replies) + len(errors) < p.configured:  # say who is missing, by name if known
-            for m in p.models:
-                if m not in p.expected and m not in errors and m not in p.replies:
-                    # up (on another checkpoint, or yet to answer) is not down: say so, or the operator looks
-                    # for a dead process
-                    errors[m] = p.absent.get(m, "down: not ready when the request came in")
-            if not errors:
-                errors["missing"] = f"down: {len(p.replies)} of {p.configured} configured receivers answered"
-        self.stats["served"] += 1
-        self.stats["degraded"] += degraded
-        durations = {"e2e": max(0.0, now - p.started)}
-        durations.update(
-            {
-                f"sender.{k[:-2]}": max(0.0, float(v))
-                for k, v in p.report.items()
-                if k.endswith("_s") and is_num(v) and math.isfinite(v)
-            }
-        )
-        for m, r in p.replies.items():
-            durations.update({f"{m}.{k}": v for k, v in r.durations.items()})
-            durations[f"{m}.rtt"] = max(0.0, p.arrived[m] - p.started)  # ask in -> this reply in
-        return JointReply(
-            p.ask.rid,
-            self.pid,
-            p.replies[model].answer,
-            model,
-            prob,
-            agree(p.replies),
-            degraded,
-            answers={m: r.answer for m, r in p.replies.items()},
-            scores={m: r.score for m, r in p.replies.items()},
-            calibrated={m: calibration(m)(r.score) for m, r in p.replies.items()},
-            errors=dict(list(errors.items())[:64]),
-            durations=dict(list(durations.items())[:64]),
-            nbytes=dict(p.nbytes),
-        )
+        else:
+            self.stats["served"] += 1
+            self.stats["degraded"] += msg.degraded
+        return msg
