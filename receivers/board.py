@@ -196,8 +196,10 @@ class Board(Roster):
         """A request of the arbiter's own for receivers that announced themselves but never answered (every
         PROBE_EVERY_S while there are any, one at a time): the sender fans it out to every receiver, and each
         one that answers it is proven. None when nothing is due, or no sender is live to carry it."""
+        if now < self._next_probe or any(p.probe for p in self.pending.values()):
+            return None
         ready = self.receivers(now)
-        if not ready.unproven or now < self._next_probe or any(p.probe for p in self.pending.values()):
+        if not ready.unproven:
             return None
         rid = self._rid()
         ask = Ask(rid, self.pid, PROBE_QUESTION, mode="text", max_new_tokens=1)
