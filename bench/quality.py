@@ -17,7 +17,7 @@ from latentwire.data import Example
 from latentwire.evaluate import evaluate
 from latentwire.metrics import exact_match, f1_score, summarize
 from latentwire.receivers.calibration import Calibration, agreement, pick
-from latentwire.trainer.pipeline import Wire, docs_of
+from latentwire.system.pipeline import Wire, docs_of
 
 SUMMARY_KEYS = (
     "n",
@@ -83,15 +83,15 @@ def quality(
     out: dict = {}
     for ctx in contexts:
         res: dict = {"models": {}, "latent_quant": {}}
-        if wire.has_sharer:  # one reading per question feeds evidence, relay and every latent variant
-            reads = wire.encoder.read(docs_of(examples, ctx), progress=progress)
-            res["sharer"] = {
-                "model": wire.encoder.llm.spec,
-                **summarize(
-                    [exact_match(r.answer, ex.answer) for r, ex in zip(reads, examples, strict=True)],
-                    [f1_score(r.answer, ex.answer) for r, ex in zip(reads, examples, strict=True)],
-                ),
-            }
+        # one reading per question feeds every sender path
+        reads = wire.encoder.read(docs_of(examples, ctx), progress=progress)
+        res["sharer"] = {
+            "model": wire.encoder.llm.spec,
+            **summarize(
+                [exact_match(r.answer, ex.answer) for r, ex in zip(reads, examples, strict=True)],
+                [f1_score(r.answer, ex.answer) for r, ex in zip(reads, examples, strict=True)],
+            ),
+        }
         method_rows: dict[str, dict[str, list[dict]]] = {p: {} for p in paths}
         for name in wire.model_names:
             llm = wire.llms[name]

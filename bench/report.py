@@ -9,7 +9,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-PATHS = ("text", "token-budget", "evidence", "relay", "latent")
+from latentwire.protocol import PATH_NAMES  # noqa: E402
+
+PATHS = PATH_NAMES  # report order: the one list of `protocol/paths.py`
 
 
 def _num(x: float | None) -> str:

@@ -17,7 +17,7 @@ import numpy as np
 
 from latentwire.data import load_split
 from latentwire.prompts import example_slot
-from latentwire.trainer.pipeline import Wire, docs_of, load_checkpoint
+from latentwire.system.pipeline import Wire, docs_of, load_checkpoint
 
 from .quality import quality, wire_bytes
 from .report import write_report
@@ -146,8 +146,7 @@ def run_bench(
         "efficiency": efficiency(wire, q["distractor"] if "distractor" in q else next(iter(q.values())), examples),
         "training": wire.config.get("summary", {}),
     }
-    if wire.has_sharer:
-        results["selection"] = selection(wire, examples, split, progress)
+    results["selection"] = selection(wire, examples, split, progress)
     if live_n:
         from .live import live_latency
 
@@ -163,9 +162,8 @@ def run_bench(
 
 
 def quick_checkpoint(path: Path) -> Path:
-    """The default recipe on tiny random models (`bench --quick`, CI): a tiny sharer, seconds; returns `path/ckpt`."""
-    from latentwire.trainer.sharer_recipe import SharerRecipe, build
+    """The shipped recipe on tiny random models (`bench --quick`, CI): a tiny trained checkpoint, seconds; returns
+    `path/ckpt`."""
+    from latentwire.trainer.recipe import tiny_checkpoint
 
-    names = ["tiny-llama", "tiny-qwen"]
-    recipe = SharerRecipe(models=names, sharer="tiny-qwen", m=4, d_z=32, eval_n=8, train_limit=100, context="gold")
-    return build(recipe, path, progress=False)
+    return tiny_checkpoint(path, eval_n=8, train_limit=100, context="gold")

@@ -291,20 +291,10 @@ def fuzz_receiver(
 
 
 def tiny_checkpoint(folder: Path) -> Path:
-    """A tiny random checkpoint for the tiny models (M=4, d_z=32), as the tests make it."""
-    from latentwire import checkpoint
-    from latentwire.models import load_llm
-    from latentwire.sender.encoder import EncoderConfig
-    from latentwire.trainer.config import TrainConfig
-    from latentwire.trainer.train import build_wire, checkpoint_config
+    """A tiny trained checkpoint of the shipped design for the tiny models (M=4, d_z=32)."""
+    from latentwire.trainer.recipe import tiny_checkpoint as build
 
-    llms = {"tiny-llama": load_llm("tiny-llama"), "tiny-qwen": load_llm("tiny-qwen")}
-    enc = EncoderConfig(backbone="bytes", d_model=64, d_z=32, m=4, max_bytes=512, byte_layers=1, pool_layers=1)
-    cfg = TrainConfig(models=list(llms), encoder=enc)
-    wire = build_wire(cfg, llms)
-    path = folder / "ckpt"
-    checkpoint.save(path, wire.encoder, dict(wire.adapters), checkpoint_config(cfg, wire, llms))
-    return path
+    return build(folder)
 
 
 def _latentwire() -> str:

@@ -53,20 +53,21 @@ def _fail(msg: str) -> None:
 
 @app.command()
 def smoke(
-    real: Annotated[bool, typer.Option(help="use the embedded pretrained models")] = False,
-    m: int = 8,
-    d_z: int = 256,
+    real: Annotated[bool, typer.Option(help="the committed default checkpoint on the embedded models")] = False,
+    ckpt: Annotated[Path | None, typer.Option(help="serve this checkpoint instead")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="HotpotQA folder (default: $LATENTWIRE_DATA)")] = None,
     device: Device = "auto",
     dtype: Dtype = "auto",
     threads: Threads = None,
 ) -> None:
-    """Random latent -> adapter -> inputs_embeds -> a few tokens, for each model family (a Llama, a Qwen2)."""
+    """One dev question through the shipped design on every receiver: selector, sharer, latent, int8, adapter,
+    answer (a tiny trained checkpoint on the tiny random models by default)."""
     from .device import set_threads
     from .smoke import smoke as run
 
     set_threads(threads)
     try:
-        run(real=real, m=m, d_z=d_z, device=device, dtype=dtype, echo=typer.echo)
+        run(real=real, ckpt=ckpt, data_dir=data_dir, device=device, dtype=dtype, echo=typer.echo)
     except Exception as e:  # noqa: BLE001 - the command's contract is a clear message and a non-zero exit
         _fail(f"smoke failed: {type(e).__name__}: {e}")
 
@@ -98,14 +99,14 @@ def eval_(
     from .device import set_threads
     from .evaluate import evaluate
     from .models import ModelNotFound, load_llm
-    from .prompts import SENDER_MODES
+    from .protocol import SENDER_PATHS
 
     set_threads(threads)
     try:
         examples = load_split(split.value, data_dir, limit)
         results = []
-        if mode.value in SENDER_MODES:
-            from .trainer.pipeline import load_checkpoint
+        if mode.value in SENDER_PATHS:
+            from .system.pipeline import load_checkpoint
 
             if ckpt is None:
                 _fail(f"--mode {mode.value} needs --ckpt (a folder written by `latentwire train`)")
@@ -180,116 +181,67 @@ def demo(
 
 # help for the sharer recipe's own options of `train` (`--backbone llm`); every other SharerRecipe field that
 # `train` does not declare itself is an option too, with its comment as help
-SHARER_HELP = {
-    "sharer": "llm backbone: the frozen LLM that reads in the sender",
-    "topk": "llm backbone: sharer tokens mixed per answer step",
-    "tokens_per_row": "llm backbone: answer steps bound into one latent row",
-    "min_cos": "llm backbone: receivers drop rows matching no token better",
-    "temperature": "llm backbone: < 1 sharpens the sharer's distribution",
-    "tau": "llm backbone: receivers' snapping temperature",
-    "nearest": "llm backbone: receiver tokens mixed per row",
-    "evidence_paragraphs": "llm backbone: paragraphs the selector keeps",
-    "evidence_order": "llm backbone: reading order of the selection: score (best pair first) or source",
-    "evidence_unsure_below": "llm backbone: one paragraph more where the best pair's softmax share is below this",
-    "max_new_tokens": "llm backbone: answer tokens the receivers generate on val",
+TRAIN_HELP = {
+    "sharer": "the frozen LLM that reads in the sender",
+    "topk": "sharer tokens mixed per answer step",
+    "tokens_per_row": "answer steps bound into one latent row",
+    "min_cos": "receivers drop rows matching no token better",
+    "temperature": "< 1 sharpens the sharer's distribution",
+    "tau": "receivers' snapping temperature (trained from there)",
+    "nearest": "receiver tokens mixed per row",
+    "evidence_paragraphs": "paragraphs the selector keeps",
+    "evidence_order": "reading order of the selection: score (best pair first) or source",
+    "evidence_unsure_below": "one paragraph more where the best pair's softmax share is below this",
+    "lexicon": "receivers spell the sharer's strings they have no token for",
+    "hidden_layer": "the sharer layer the hidden channel reads",
+    "channel": "train the sender's hidden channel",
+    "prompt_len": "each receiver's trained soft prompt (0: none)",
+    "rank": "each receiver's trained low-rank residual (0: none)",
+    "steps": "gradient steps (0: the closed form alone, no training)",
+    "eval_every": "validate and keep the best step every N steps",
+    "init": "take the selector from this checkpoint instead of fitting it",
+    "max_new_tokens": "answer tokens the receivers generate on val",
 }
 
 
 @app.command()
-@recipe_options(
-    "latentwire.trainer.sharer_recipe:SharerRecipe",
-    param="sharer_recipe",
-    help_text=SHARER_HELP,
-    rename={"train_limit": "limit_train"},
-)
+@recipe_options("latentwire.trainer.recipe:TrainRecipe", help_text=TRAIN_HELP, rename={"train_limit": "limit_train"})
 def train(
-    sharer_recipe: Any,
+    recipe: Any,
     out: Annotated[Path, typer.Option(help="run folder: ckpt/, log.jsonl, state.pt (resumed if present)")] = Path(
         "runs/default"
     ),
-    models: Annotated[list[str], typer.Option("--model", help="frozen LLMs (repeat)")] = ["llama", "qwen"],  # noqa: B006
-    backbone: Annotated[
-        str, typer.Option(help="sender backbone: llm (a frozen sharer LLM reads selected evidence), minilm or bytes")
-    ] = "llm",
-    m: Annotated[int, typer.Option("--soft-tokens", "-M", help="soft tokens M")] = 8,
-    d_z: Annotated[int, typer.Option(help="latent width")] = 256,
-    context: Annotated[Context, typer.Option()] = Context.distractor,
-    batch_size: int = 8,
-    lr: float = 5e-4,
-    max_steps: Annotated[int | None, typer.Option(help="stop after N steps")] = None,
-    time_budget: Annotated[float | None, typer.Option(help="stop after N seconds of training (0: no limit)")] = 3300.0,
-    first_weight: float = 2.0,
-    diversity_weight: Annotated[float, typer.Option(help="anti-collapse penalty (0: latents collapse)")] = 1.0,
-    distill_weight: Annotated[float, typer.Option(help="distillation from each model reading the text prompt")] = 0.0,
-    align_steps: Annotated[int, typer.Option(help="LLM-free token-alignment steps first (trainer/align.py)")] = 0,
-    align_weight: Annotated[float, typer.Option(help="token alignment beside the answer loss afterwards")] = 0.0,
-    align_target: Annotated[str, typer.Option(help="what the soft tokens align to: answer or question")] = "answer",
-    window_embedding: Annotated[bool, typer.Option(help="tell the pooler which reader window a feature is from")] = (
-        False
-    ),
-    distill_context: Annotated[Context, typer.Option(help="the teacher's context mode")] = Context.gold,
-    adapter_depth: int = 2,
-    train_extra: bool = False,
-    eval_every: int = 100,
-    eval_n: int = 100,
+    models: Annotated[list[str] | None, typer.Option("--model", help="receivers (repeat; default llama, qwen)")] = None,
     limit_train: Annotated[int | None, typer.Option(help="first N training questions only")] = None,
-    seed: int = 0,
-    resume: bool = True,
     dev_eval: Annotated[bool, typer.Option(help="evaluate the final checkpoint on dev (500)")] = True,
-    device: Device = "auto",
-    dtype: Dtype = "auto",
     threads: Threads = None,
 ) -> None:
-    """Fit the sender and the adapters against the frozen LLMs; writes a servable checkpoint to OUT/ckpt.
+    """Train the interlingua against the frozen LLMs; writes a servable checkpoint to OUT/ckpt.
 
-    The default (`--backbone llm`) is the sharer recipe: no gradient steps, minutes (trainer/sharer_recipe.py);
-    `minilm` and `bytes` train a pooled encoder and MLP adapters for `--time-budget` seconds (trainer/train.py).
+    The closed form (selector fitted, vocabulary-anchored codes), the sharer's reading cache, then gradient steps
+    on the sender's hidden channel and each receiver's prompt, residual and tau (trainer/recipe.py). Multi-GPU:
+    `accelerate launch -m latentwire.trainer ...` or `torchrun --nproc-per-node N -m latentwire.trainer ...`.
     """
-    from .device import set_threads
-    from .sender.encoder import EncoderConfig
-    from .trainer.config import TrainConfig
-    from .trainer.train import train as run
-    from .trainer.train import training_data
-
-    set_threads(threads)
-    if backbone == "llm":
-        from .trainer.sharer_recipe import build
-
-        ckpt = build(sharer_recipe, out)
-        typer.echo(f"checkpoint: {ckpt}")
-        if dev_eval:
-            for mode in (Mode.relay, Mode.latent):
-                _dev_eval(ckpt, mode, context, m, device, dtype, threads, out / f"dev_{mode.value}.json")
-        return
-    cfg = TrainConfig(
-        models=models,
-        encoder=EncoderConfig(backbone=backbone, m=m, d_z=d_z, window_embedding=window_embedding),
-        adapter_depth=adapter_depth,
-        context=context.value,
-        train_extra=train_extra,
-        batch_size=batch_size,
-        lr=lr,
-        max_steps=max_steps,
-        time_budget=time_budget,
-        first_weight=first_weight,
-        diversity_weight=diversity_weight,
-        distill_weight=distill_weight,
-        align_steps=align_steps,
-        align_weight=align_weight,
-        align_target=align_target,
-        distill_context=distill_context.value,
-        eval_every=eval_every,
-        eval_n=eval_n,
-        seed=seed,
-        device=device,
-        dtype=dtype,
-    )
-    ckpt = run(cfg, out, data=training_data(cfg, limit_train), resume=resume)
-    typer.echo(f"checkpoint: {ckpt}")
     from accelerate import PartialState
 
+    from .device import set_threads
+    from .trainer.recipe import build
+
+    set_threads(threads)
+    ckpt = build(recipe, out)
+    typer.echo(f"checkpoint: {ckpt}")
     if dev_eval and PartialState().is_main_process:  # one rank evaluates; the others are done
-        _dev_eval(ckpt, Mode.latent, context, m, device, dtype, threads, out / "dev_eval.json")
+        for mode in (Mode.relay, Mode.latent):
+            _dev_eval(
+                ckpt,
+                mode,
+                Context(recipe.context),
+                recipe.m,
+                recipe.device,
+                recipe.dtype,
+                threads,
+                out / f"dev_{mode.value}.json",
+            )
 
 
 def _dev_eval(ckpt: Path, mode: Mode, context: Context, m: int, device, dtype, threads, out: Path) -> None:

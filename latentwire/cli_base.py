@@ -31,15 +31,13 @@ import click
 import typer
 from typer.core import TyperGroup
 
+from latentwire.protocol.paths import PATH_NAMES
+
 DEBUG_ENV = "LATENTWIRE_DEBUG"
 
 
-class Mode(str, Enum):
-    text = "text"
-    token_budget = "token-budget"
-    evidence = "evidence"
-    relay = "relay"
-    latent = "latent"
+# the CLI's `--mode` choices: every path of `protocol/paths.py` (members named like `token_budget`)
+Mode = Enum("Mode", {p.replace("-", "_"): p for p in PATH_NAMES}, type=str)  # type: ignore[misc]
 
 
 class Context(str, Enum):

@@ -24,7 +24,8 @@ from .data import Example
 from .lm import generate, template_of, text_slots
 from .metrics import exact_match, f1_score, postprocess, summarize
 from .models import LLM, cache_root
-from .prompts import MODES, PROMPT_VERSION, SENDER_MODES, example_slot
+from .prompts import PROMPT_VERSION, example_slot
+from .protocol import PATH_NAMES, SENDER_PATHS
 
 SlotFn = Callable[[Sequence[Example]], list[torch.Tensor]]  # examples -> this model's slot embeddings
 
@@ -75,9 +76,9 @@ def evaluate(
     its selection and its sharer; latent: encoder + this model's adapter); `slot_fingerprint` (the
     checkpoint's) then enters the cache key.
     """
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
-    if mode in SENDER_MODES and slot_fn is None:
+    if mode not in PATH_NAMES:
+        raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(PATH_NAMES)}")
+    if mode in SENDER_PATHS and slot_fn is None:
         raise ValueError(f"{mode} mode needs a checkpoint (its sender's selector, sharer or encoder)")
     if slot_fn is None:
         cut = budget if mode == "token-budget" else None

@@ -266,3 +266,12 @@ def load_llm(spec: str, device: str = "auto", dtype: str = "auto") -> LLM:
     tok = AutoTokenizer.from_pretrained(resolved.path)
     model = AutoModelForCausalLM.from_pretrained(resolved.path, dtype=dt)
     return from_objects(spec, freeze(model.to(dev)), tok, resolved.fingerprint)
+
+
+def load_tokenizer(spec: str):
+    """A model's tokenizer alone, by the same specs as `load_llm` (the receivers read the sharer's vocabulary)."""
+    if spec.startswith("tiny-") and spec.removeprefix("tiny-") in FAMILIES:
+        from .tiny import byte_tokenizer
+
+        return byte_tokenizer(spec.removeprefix("tiny-"))
+    return AutoTokenizer.from_pretrained(resolve(spec).path)

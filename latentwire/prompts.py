@@ -3,7 +3,8 @@
 Each model's chat template is rendered around a marker; the text before and after the marker are the fixed
 `prefix` and `suffix` token ids. The question+context *slot* in between is filled with the text's tokens
 (`text`), the first M text tokens (`token-budget`), the question and the sender's selected evidence
-(`evidence`), the sender's sharer's own answer (`relay`), or the M soft tokens (`latent`): all else identical.
+(`evidence`), the sender's sharer's own answer (`relay`), or the M soft tokens (`latent`): all else identical
+(`protocol/paths.py` lists the paths).
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ from dataclasses import dataclass
 from transformers import PreTrainedTokenizerBase
 
 from .data import Example
+from .protocol import PATH_NAMES
 
 INSTRUCTION = "Answer with a short phrase only."
 PROMPT_VERSION = 1
-MODES = ("text", "token-budget", "evidence", "relay", "latent")
-SENDER_MODES = ("evidence", "relay", "latent")  # paths whose slot the sender computes (needs a checkpoint)
+MODES = PATH_NAMES  # the one list lives in `protocol/paths.py`
 _MARK = "\u2063SLOT\u2063"
 
 

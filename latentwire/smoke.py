@@ -1,69 +1,58 @@
-"""`latentwire smoke`: random latent -> adapter -> inputs_embeds -> a few greedy tokens, for every family.
+"""`latentwire smoke`: one question through the whole shipped design in one process, on every receiver.
 
-Validates the soft-prefix decoding path with no trained checkpoint (tiny random models by default, the embedded
-pretrained ones with `--real`). Any failing step raises, so the command exits non-zero. A whole-system check,
-it sits with the command-line entry points (pyproject's import contract), the only core-side modules that may
-import a role (here the receivers' adapter).
+By default a tiny trained checkpoint of the shipped design is built on the tiny random models (selector, sharer
+reading, codes with the hidden channel, each receiver's adapter with its prompt and residual; seconds); with
+`--real` the committed default checkpoint serves on the embedded pretrained models. For each receiver the
+question goes selector -> sharer -> latent -> int8 on the wire -> adapter -> inputs_embeds -> greedy answer.
+Any failing step raises, so the command exits non-zero. A whole-system check, it sits with the command-line
+entry points (pyproject's import contract), which may import every role.
 """
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
-import torch
-
-from .device import resolve_device, resolve_dtype
-from .lm import assemble, generate, template_of
-from .models import LLM, load_llm
-from .receivers.adapter import Adapter, AdapterConfig
-from .tiny import FAMILIES
+from .checkpoint import DEFAULT_CKPT
+from .data import load_split
+from .lm import generate
+from .system.pipeline import load_checkpoint
 
 Echo = Callable[[str], None]
 
 
 def smoke(
     real: bool = False,
-    m: int = 8,
-    d_z: int = 256,
     device: str = "auto",
     dtype: str = "auto",
     max_new_tokens: int = 6,
+    ckpt: str | Path | None = None,
+    data_dir: str | Path | None = None,
     echo: Echo = print,
 ) -> dict[str, str]:
-    """Run the path for every family of `tiny.FAMILIES`; returns each family's generated text."""
-    dev, dt = resolve_device(device), resolve_dtype(dtype, resolve_device(device))
-    echo(f"device={dev} dtype={dt} M={m} d_z={d_z} real={real}")
-    torch.manual_seed(0)
-    latent = torch.randn(m, d_z)
-    echo(f"latent            {tuple(latent.shape)}")
-    out = {}
-    for family, fam in FAMILIES.items():
+    """Answer one dev question on every receiver of the checkpoint; returns each receiver's generated text."""
+    from .trainer.recipe import tiny_checkpoint
+
+    ex = load_split("dev", data_dir=data_dir, limit=1)[0]
+    with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        spec = fam.embedded if real else f"tiny-{family}"
-        llm: LLM = load_llm(spec, device=str(dev), dtype=str(dt).removeprefix("torch."))
-        echo(
-            f"[{family}] {type(llm.model).__name__} hidden={llm.hidden_size} embed_rms={llm.embed_rms:.4f} "
-            f"({time.perf_counter() - t0:.1f}s)"
-        )
-        adapter = Adapter(AdapterConfig(d_z=d_z, hidden_size=llm.hidden_size, target_rms=llm.embed_rms)).to(dev)
-        with torch.no_grad():
-            soft = adapter(latent.to(dev)).to(dt)
-        rms = float(soft.float().pow(2).mean().sqrt())
-        echo(f"[{family}] adapter -> soft tokens {tuple(soft.shape)} rms={rms:.4f}")
-        tpl = template_of(llm)
-        batch = assemble(llm, [soft])
-        echo(
-            f"[{family}] inputs_embeds {tuple(batch.inputs_embeds.shape)} = prefix {len(tpl.prefix_ids)} + "
-            f"slot {m} + suffix {len(tpl.suffix_ids)}"
-        )
-        gen = generate(llm, [soft], max_new_tokens=max_new_tokens)[0]
-        if not gen.token_ids and not gen.text and gen.score == 0.0:
-            raise RuntimeError(f"[{family}] decoding produced nothing")
-        echo(
-            f"[{family}] generated {len(gen.token_ids)} tokens {gen.token_ids}: {gen.text!r} "
-            f"(mean logprob {gen.score:.3f})"
-        )
-        out[family] = gen.text
+        if ckpt is None:
+            ckpt = DEFAULT_CKPT if real else tiny_checkpoint(tmp, device=device, dtype=dtype)
+        echo(f"checkpoint {ckpt} ({time.perf_counter() - t0:.1f}s)")
+        wire = load_checkpoint(ckpt, device=device, dtype=dtype, reading_cache=False)
+        z = wire.encode([ex])
+        echo(f"latent {tuple(z.shape[1:])}: {int((z[0].norm(dim=-1) > 0).sum())} rows carry the sharer's answer")
+        out = {}
+        for name in wire.model_names:
+            llm = wire.llms[name]
+            slot = wire.slot_fn(name, "latent", scheme="int8")([ex])[0]
+            echo(f"[{name}] {type(llm.model).__name__} hidden={llm.hidden_size}: slot {tuple(slot.shape)}")
+            gen = generate(llm, [slot], max_new_tokens=max_new_tokens)[0]
+            if not gen.token_ids and not gen.text and gen.score == 0.0:
+                raise RuntimeError(f"[{name}] decoding produced nothing")
+            echo(f"[{name}] generated {len(gen.token_ids)} tokens: {gen.text!r} (mean logprob {gen.score:.3f})")
+            out[name] = gen.text
     echo("smoke OK")
     return out

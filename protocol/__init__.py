@@ -20,11 +20,18 @@ from .messages import (
     error_reply,
     latent_request,
 )
+from .paths import PATH_NAMES, PATHS, SENDER_PATHS, WIRE_PATHS, PathSpec, path_spec
 from .quant import Quant, QuantizedLatent, dequantize, error_bound, quantize
 
 __all__ = [
     "DEFAULT_LIMITS",
     "MODES",
+    "PATHS",
+    "PATH_NAMES",
+    "SENDER_PATHS",
+    "WIRE_PATHS",
+    "PathSpec",
+    "path_spec",
     "PROTOCOL_NAME",
     "PROTOCOL_VERSION",
     "Ask",

@@ -23,6 +23,7 @@ from .base import (
     check_str,
     check_str_bytes,
 )
+from .paths import WIRE_PATHS
 from .quant import QMAX, Quant, QuantizedLatent, _scheme, quantize
 
 InfoValue = str | int | float
@@ -148,9 +149,8 @@ def _info_value(key: str, v: object) -> InfoValue:
     raise ProtocolError(f"{name}: expected str, int or float, got {type(v).__name__}")
 
 
-# how a client asks: the latent, the full text, the first n tokens, the sender's selected evidence as text,
-# or the sender's sharer's own answer as text (relay)
-MODES = ("latent", "text", "token-budget", "evidence", "relay")
+# how a client asks: the paths an Ask may name (`paths.py` has the one list and what each path is)
+MODES = WIRE_PATHS
 
 
 @dataclass(frozen=True)

@@ -1,17 +1,24 @@
-"""Receiver-side adapters: interlingua soft tokens (M, d_z) -> one model's embedding space.
+"""Receiver-side adapters: interlingua soft tokens (M, d_z) -> one model's slot embeddings.
 
-Two kinds, chosen by the checkpoint (`ADAPTERS`):
-- `mlp`: a learned map; the output is RMS-normalised per soft token and scaled to the RMS of the model's own
-  input embeddings, so a latent lands at the magnitude the frozen model expects (SmolLM2 and Qwen differ ~5x).
-- `codebook`: for the vocabulary-anchored interlingua (`latentwire.codebook`): each row is snapped onto this
-  model's own token embeddings, a softmax over the `nearest` token codes most similar to it; zero rows (the
-  sharer's answer ended) are dropped. It needs no training: a new family joins by reading its vocabulary.
-Both expose `to_slots((B, M, d_z)) -> list of (L_i, hidden)`, the one latent-to-slot step every path uses.
+`ADAPTERS` is the registry of adapter kinds, keyed by the config's `kind`. The one kind today is `codebook`, for
+the vocabulary-anchored interlingua (`latentwire.codebook`):
+- **The closed form** (no training): each row is unbound into its steps and each step snapped onto this model's
+  own token embeddings, a softmax (temperature `tau`) over the `nearest` token codes most similar to it; zero rows
+  (the sharer's answer ended) are dropped.
+- **No string lost** (`lexicon`): a step whose best code is a string of the sharer's vocabulary that is no single
+  token here is spelled with this model's own pieces, so the latent keeps every string relay keeps.
+- **Trained parts**, all starting at the closed form's behaviour or a plain prompt: a soft prompt of
+  `prompt_len` vectors before the slot (prompt tuning), a low-rank residual of rank `rank` read from each step's
+  raw vector (zero-initialised: it reads what the snap cannot, such as the sender's hidden channel), and tau.
+  The text twin of the same prompt (`text_prompt`) serves `relay-tuned`, the baseline that gets the same training
+  on relay's text.
+`to_slots((B, M, d_z))` is the one latent-to-slot step every path uses; `text_slot` the text twin's.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -19,20 +26,9 @@ import torch
 from torch import nn
 
 from latentwire import checkpoint
-from latentwire.codebook import unbind, vocabulary_codes
+from latentwire.codebook import code_table, token_strings, unbind, vocabulary_codes
 
-
-@dataclass
-class AdapterConfig:
-    kind: str = "mlp"
-    d_z: int = 256
-    hidden_size: int = 576
-    target_rms: float = 1.0  # RMS of the target model's input embeddings (measured at build time)
-    depth: int = 2  # 1 = linear, 2+ = MLP with GELU
-    width: int | None = None  # MLP width (defaults to hidden_size)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+PROMPT_INIT = " Short answer:"  # the soft prompts start as this phrase's embeddings, tiled to `prompt_len`
 
 
 class FromPretrained:
@@ -52,31 +48,6 @@ class FromPretrained:
         return ad
 
 
-class Adapter(FromPretrained, nn.Module):
-    def __init__(self, cfg: AdapterConfig, llm: Any = None):
-        super().__init__()
-        self.cfg = cfg
-        width = cfg.width or cfg.hidden_size
-        layers: list[nn.Module] = [nn.LayerNorm(cfg.d_z)]
-        dims = [cfg.d_z] + [width] * (cfg.depth - 1) + [cfg.hidden_size]
-        for i, (a, b) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
-            layers.append(nn.Linear(a, b))
-            if i < len(dims) - 2:
-                layers.append(nn.GELU())
-        self.net = nn.Sequential(*layers)
-        self.gain = nn.Parameter(torch.ones(()))  # learnable, starts at the model's own embedding scale
-        self.register_buffer("target_rms", torch.tensor(float(cfg.target_rms)), persistent=True)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        """(..., M, d_z) -> (..., M, hidden) at the target RMS."""
-        h = self.net(z)
-        rms = h.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt()
-        return h / rms * (self.target_rms * self.gain)
-
-    def to_slots(self, z: torch.Tensor) -> list[torch.Tensor]:
-        return list(self(z))
-
-
 @dataclass
 class CodebookAdapterConfig:
     kind: str = "codebook"
@@ -87,52 +58,121 @@ class CodebookAdapterConfig:
     min_cos: float = 0.35  # rows matching no code of this vocabulary better than chance are dropped
     code_seed: int = 0
     tokens_per_row: int = 1  # places bound into one row by the sender (latentwire.codebook.pack)
+    lexicon: str = ""  # a model spec (the sharer) whose strings this receiver spells when it has no such token
+    prompt_len: int = 0  # trained soft prompt before the slot (and its text twin for relay-tuned)
+    rank: int = 0  # trained low-rank residual on each step's embedding, read from the step's raw vector
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields; the trained parts and the lexicon only when set, so a closed-form adapter's config (and so
+        its part fingerprint and cached rows) reads as it did before they existed."""
+        return {k: v for k, v in asdict(self).items() if k not in _NEUTRAL or v != _NEUTRAL[k]}
+
+
+_NEUTRAL = {"lexicon": "", "prompt_len": 0, "rank": 0}
+
+
+@lru_cache(maxsize=4)
+def _lexicon(spec: str, d_z: int, seed: int) -> tuple[list[str], torch.Tensor]:
+    """The strings of `spec`'s vocabulary and their codes (the sharer's side of "no string lost")."""
+    from latentwire.models import load_tokenizer
+
+    strings = sorted({s for s in token_strings(load_tokenizer(spec)) if s is not None})
+    return strings, code_table(list(strings), d_z, seed)
 
 
 class CodebookAdapter(FromPretrained, nn.Module):
-    """Snap each latent row onto this model's own embeddings (see the module docstring)."""
+    """Snap each latent step onto this model's own embeddings; add the trained parts (see the module docstring)."""
 
     def __init__(self, cfg: CodebookAdapterConfig, llm: Any):
         super().__init__()
         self.cfg = cfg
-        self.log_tau = nn.Parameter(torch.tensor(float(cfg.tau)).log())  # the one trainable scalar
+        self.log_tau = nn.Parameter(torch.tensor(float(cfg.tau)).log())
+        own = vocabulary_codes(llm.tokenizer, cfg.d_z, cfg.code_seed)
+        embed = llm.model.get_input_embeddings().weight
         # the frozen model's tables are referenced, not registered: a checkpoint never holds third-party weights
         # (a tuple, so nn.Module does not adopt the model's embedding Parameter)
-        self._tables = (
-            vocabulary_codes(llm.tokenizer, cfg.d_z, cfg.code_seed),
-            llm.model.get_input_embeddings().weight,
-        )
+        self._tables = (own, embed)
+        self._tokenizer = llm.tokenizer
+        self._extra: tuple[list[str], torch.Tensor] = ([], own.new_zeros(0, cfg.d_z))
+        if cfg.lexicon:
+            strings, codes = _lexicon(cfg.lexicon, cfg.d_z, cfg.code_seed)
+            mine = set(token_strings(llm.tokenizer))
+            keep = [i for i, s in enumerate(strings) if s not in mine]
+            self._extra = ([strings[i] for i in keep], codes[keep])
+        self._spelled: dict[int, torch.Tensor] = {}
+        if cfg.prompt_len:
+            init = self._prompt_init(llm, cfg.prompt_len)
+            self.prompt = nn.Parameter(init.clone())
+            self.text_prompt = nn.Parameter(init.clone())
+        if cfg.rank:
+            self.down = nn.Linear(cfg.d_z, cfg.rank, bias=False)
+            self.up = nn.Linear(cfg.rank, cfg.hidden_size, bias=False)
+            nn.init.normal_(self.down.weight, std=cfg.d_z**-0.5)
+            nn.init.zeros_(self.up.weight)  # starts as the closed form
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        """(M, d_z) -> (L, hidden), L <= M x tokens_per_row, in answer order."""
+    @staticmethod
+    def _prompt_init(llm: Any, n: int) -> torch.Tensor:
+        ids = llm.tokenizer(PROMPT_INIT, add_special_tokens=False)["input_ids"] or [0]
+        ids = (ids * n)[:n]
+        return llm.embed(torch.tensor(ids, device=llm.device)).detach().float().cpu()
+
+    def _spell(self, i: int) -> torch.Tensor:
+        """This model's own pieces of the sharer's extra string i (their embeddings)."""
+        if i not in self._spelled:
+            ids = self._tokenizer(self._extra[0][i], add_special_tokens=False)["input_ids"]
+            embed = self._tables[1]
+            self._spelled[i] = embed[torch.tensor(ids, dtype=torch.long, device=embed.device)].detach()
+        return self._spelled[i]
+
+    def forward(self, z: torch.Tensor, tuned: bool = True) -> torch.Tensor:
+        """(M, d_z) -> (L, hidden) in answer order: the prompt (tuned), then each kept step's embedding (one, or
+        a spelled string's pieces) plus the residual (tuned)."""
         codes, embed = self._tables
         z = z.float().to(codes.device)
         n, seed = self.cfg.tokens_per_row, self.cfg.code_seed
-        z = torch.stack([unbind(z, j, seed) for j in range(n)], 1).flatten(0, 1)  # row-major: step order
-        norm = z.norm(dim=-1, keepdim=True)
-        sims = (z / norm.clamp(min=1e-8)) @ codes.T
-        top = sims.topk(self.cfg.nearest, dim=-1)
-        keep = (norm.squeeze(-1) > 1e-6) & (top.values[:, 0] >= self.cfg.min_cos)
-        w = (self.log_tau.exp() * top.values[keep]).softmax(-1)
-        emb = embed[top.indices[keep].to(embed.device)]  # (L, nearest, hidden)
-        return (w.unsqueeze(-1).to(emb) * emb).sum(1)
+        steps = torch.stack([unbind(z, j, seed) for j in range(n)], 1).flatten(0, 1)  # row-major: step order
+        norm = steps.norm(dim=-1, keepdim=True)
+        unit = steps / norm.clamp(min=1e-8)
+        top = (unit @ codes.T).topk(self.cfg.nearest, dim=-1)
+        best = top.values[:, 0]
+        extra_best, extra_idx = best.new_full(best.shape, -2.0), torch.zeros_like(top.indices[:, 0])
+        if len(self._extra[0]):
+            extra_best, extra_idx = (unit @ self._extra[1].T).max(-1)
+        keep = (norm.squeeze(-1) > 1e-6) & (torch.maximum(best, extra_best) >= self.cfg.min_cos)
+        tau = self.log_tau.exp() if tuned else torch.tensor(self.cfg.tau)  # the closed form starts at the config's
+        w = (tau * top.values).softmax(-1)
+        own = (w.unsqueeze(-1).to(embed) * embed[top.indices.to(embed.device)]).sum(1)  # (S, hidden)
+        resid = self.up(self.down(steps.to(self.up.weight))) if tuned and self.cfg.rank else None
+        pieces = [self.prompt.to(embed)] if tuned and self.cfg.prompt_len else []
+        for t in torch.nonzero(keep).flatten().tolist():
+            e = self._spell(int(extra_idx[t])) if extra_best[t] > best[t] else own[t : t + 1]
+            pieces.append(e + resid[t].to(e) if resid is not None else e)
+        return torch.cat(pieces, 0) if pieces else embed.new_zeros(0, embed.shape[1])
 
-    def to_slots(self, z: torch.Tensor) -> list[torch.Tensor]:
-        return [self(row) for row in z]
+    def to_slots(self, z: torch.Tensor, tuned: bool = True) -> list[torch.Tensor]:
+        """(B, M, d_z) -> each row's slot; `tuned=False` is the closed form alone (`latent-closed`)."""
+        return [self(row, tuned) for row in z]
+
+    def text_slot(self, emb: torch.Tensor, tuned: bool = True) -> torch.Tensor:
+        """A text path's slot embeddings (L, hidden), behind the trained text prompt when `tuned` (relay-tuned)."""
+        if not (tuned and self.cfg.prompt_len):
+            return emb
+        return torch.cat([self.text_prompt.to(emb), emb], 0)
+
+    @property
+    def trained_parts(self) -> list[str]:
+        """Which trained parts this adapter has (besides tau)."""
+        return [p for p, on in (("prompt", self.cfg.prompt_len), ("residual", self.cfg.rank)) if on]
 
 
 ADAPTERS: dict[str, tuple[type, type]] = {
-    "mlp": (AdapterConfig, Adapter),
     "codebook": (CodebookAdapterConfig, CodebookAdapter),
 }
 
 
 def build_adapter(cfg: dict, llm: Any) -> nn.Module:
-    """An adapter from its config dict (the `kind` field picks the family; `mlp` when absent)."""
-    kind = cfg.get("kind", "mlp")
+    """An adapter from its config dict (the `kind` field picks the family)."""
+    kind = cfg.get("kind")
     if kind not in ADAPTERS:
         raise ValueError(f"unknown adapter kind {kind!r}; choose one of {', '.join(ADAPTERS)}")
     config_cls, module_cls = ADAPTERS[kind]

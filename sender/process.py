@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import zmq
 
@@ -32,8 +33,12 @@ from latentwire.protocol import (
     error_reply,
     frame_size,
     latent_request,
+    path_spec,
     peek_rid,
 )
+
+if TYPE_CHECKING:
+    from .sharer import SharerEncoder
 
 log = logging.getLogger("latentwire.sender")
 MAX_BATCH = 8  # asks read together by the sharer (those that queued while it read the last batch)
@@ -43,7 +48,7 @@ MAX_BATCH = 8  # asks read together by the sharer (those that queued while it re
 class Sender:
     """Builds the request frame for an Ask: encoder + quantiser for latents, the slot text otherwise."""
 
-    encoder: object  # an encoder of sender/encoder.py: docs -> (B, M, d_z); a sharer also reads and selects
+    encoder: SharerEncoder  # selects, reads with the sharer, writes the latent (`paths.payload` dispatches)
     fingerprint: str
     m: int
     pid: str
@@ -59,25 +64,23 @@ class Sender:
         """Frames for asks that arrived together: the sharer reads all of their evidence in one batch (its greedy
         steps cost about what one question's do), the rest is per ask. Each item is (frame, durations) or the
         exception that ask alone raised (a ProtocolError when it cannot be expressed)."""
-        import torch
-
         from latentwire.data import parse_context
+
+        from .paths import needs_reading
 
         t0 = time.perf_counter()
         docs: dict[int, tuple | Exception] = {}  # each sender path's (question, paragraphs), parsed once
         for i, a in enumerate(asks):
-            if a.mode in ("latent", "relay", "evidence"):
+            if path_spec(a.mode).sender:
                 try:
                     docs[i] = (a.question, parse_context(a.context))
                 except Exception as e:  # noqa: BLE001 - this ask alone fails with it
                     docs[i] = e
-        reads = getattr(self.encoder, "read", None)
-        shared = [i for i, d in docs.items() if asks[i].mode != "evidence" and reads and not isinstance(d, Exception)]
+        shared = [i for i, d in docs.items() if needs_reading(asks[i].mode) and not isinstance(d, Exception)]
         readings: dict[int, object] = {}
         if shared:
             try:
-                with torch.no_grad():
-                    got = reads([docs[i] for i in shared], batch_size=len(shared))
+                got = self.encoder.read([docs[i] for i in shared], batch_size=len(shared))
                 readings = dict(zip(shared, got, strict=True))
             except Exception:  # noqa: BLE001 - one bad ask must not fail the batch: read each alone instead
                 log.exception("batched reading failed; reading one at a time")
@@ -97,9 +100,9 @@ class Sender:
         self, ask: Ask, doc: tuple | Exception | None, reading: object | None = None
     ) -> tuple[bytes, dict[str, float]]:
         """One ask's frame from its parsed `doc` (sender paths); `reading` is the sharer's when the batch read it."""
-        import torch
-
         from latentwire.prompts import slot_text
+
+        from .paths import payload
 
         if isinstance(doc, Exception):
             raise doc
@@ -107,26 +110,21 @@ class Sender:
         durations: dict[str, float] = {}
         msg: Message
         if doc is not None:
-            reads = getattr(self.encoder, "read", None)
-            if ask.mode != "latent" and reads is None:
-                raise ProtocolError(f"mode: {ask.mode!r} needs a checkpoint whose sender reads with a sharer LLM")
-            with torch.no_grad():
-                if ask.mode == "evidence":
-                    text = slot_text(ask.question, self.encoder.evidence(doc))
-                elif reads is not None:
-                    reading = reading if reading is not None else reads([doc])[0]
-                    text = reading.answer
-                    z = self.encoder.latents([reading])[0].float().cpu().numpy()
-                else:
-                    z = self.encoder.encode_docs([doc])[0].float().cpu().numpy()
+            out = payload(self.encoder, ask.mode, doc, reading)  # type: ignore[arg-type]
             t1 = time.perf_counter()
             durations["encode_s"] = t1 - t0
-            if ask.mode == "latent":
-                msg = latent_request(
-                    ask.rid, self.pid, self.fingerprint, z, ask.quant, ask.group_size, max_new_tokens=ask.max_new_tokens
-                )
+            if isinstance(out, str):
+                msg = TextRequest(ask.rid, self.pid, out, None, ask.max_new_tokens)
             else:
-                msg = TextRequest(ask.rid, self.pid, text, None, ask.max_new_tokens)
+                msg = latent_request(
+                    ask.rid,
+                    self.pid,
+                    self.fingerprint,
+                    out,
+                    ask.quant,
+                    ask.group_size,
+                    max_new_tokens=ask.max_new_tokens,
+                )
         else:
             t1 = t0
             budget = (ask.budget or self.m) if ask.mode == "token-budget" else None

@@ -4,9 +4,12 @@ carries what it computed.
 Per question: the selector (`selector.py`) keeps a few paragraphs; the sharer reads `Question + evidence` in the
 text path's own prompt and answers greedily, keeping its top-k next-token distribution at each step (and
 optionally one layer's hidden states). The head writes step t as the mixture of the codes of
-those k tokens (`latentwire.codebook`), rows after the answer's end stay zero: M x d_z, one latent for every
-receiver. The same reading gives the `relay` path (the sharer's answer as text) and `evidence` (the selection
-as text), so eval and bench read each question once (`ReadingCache`).
+those k tokens (`latentwire.codebook`) plus, when the checkpoint trained one, the hidden channel: the sharer's
+state that predicted step t, RMS-normalised and projected to d_z by a zero-initialised map (`HiddenChannel`), so
+the latent carries what the sharer computed beyond its argmax. Rows after the answer's end stay zero: M x d_z,
+one latent for every receiver; `latents(..., closed=True)` is the closed-form code alone (`latent-closed`).
+The same reading gives the `relay` paths (the sharer's answer as text) and `evidence` (the selection as text),
+so eval and bench read each question once (`ReadingCache`).
 """
 
 from __future__ import annotations
@@ -47,7 +50,8 @@ class SharerConfig:
     temperature: float = 1.0  # < 1 sharpens the sharer's distribution before mixing
     tokens_per_row: int = 1  # answer steps bound into one latent row (the latent carries m * tokens_per_row)
     code_seed: int = 0
-    hidden_layer: int | None = None  # cache this layer's states along the answer too (analysis, future heads)
+    hidden_layer: int | None = None  # read this layer's states along the answer (the hidden channel's input)
+    channel: bool = False  # the trained hidden channel: the states, projected to d_z, added to the codes
     selector: SelectorConfig = field(default_factory=SelectorConfig)
 
     def to_dict(self) -> dict:
@@ -137,8 +141,23 @@ class ReadingCache:
             f.write(json.dumps({"key": key, **r.to_json()}) + "\n")
 
 
+class HiddenChannel(torch.nn.Module):
+    """The sharer's states (S, H) -> (S, d_z): RMS-normalised, then a linear map that starts at zero, so a freshly
+    built channel adds nothing and training starts from the closed-form code."""
+
+    def __init__(self, hidden_size: int, d_z: int):
+        super().__init__()
+        self.proj = torch.nn.Linear(hidden_size, d_z, bias=False)
+        torch.nn.init.zeros_(self.proj.weight)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        h = h.float()
+        return self.proj(h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6))
+
+
 class SharerEncoder(torch.nn.Module):
-    """docs -> (B, M, d_z). Nothing here trains: the selector is fitted, the LLM frozen, the codes fixed."""
+    """docs -> (B, M, d_z). The selector is fitted, the LLM frozen, the codes fixed; the hidden channel (when the
+    config has one) is the sender's one trained part."""
 
     def __init__(self, cfg: SharerConfig, llm: LLM | None = None, device: str = "cpu"):
         super().__init__()
@@ -151,6 +170,9 @@ class SharerEncoder(torch.nn.Module):
             )
         self.selector = Selector(cfg.selector)
         self.cache: ReadingCache | None = None
+        if cfg.channel and cfg.hidden_layer is None:
+            raise ValueError("encoder: channel needs hidden_layer (the sharer layer it reads)")
+        self.channel = HiddenChannel(self.llm.hidden_size, cfg.d_z).to(self.llm.device) if cfg.channel else None
 
     def use_cache(self, directory: Path | None = None) -> SharerEncoder:
         """Keep readings on disk (eval, bench, training): each question is read once per sharer and selector."""
@@ -158,8 +180,9 @@ class SharerEncoder(torch.nn.Module):
         return self
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """Nothing: the selector's weights live in the config, the LLM is third-party, the codes are derived."""
-        return {}
+        """The hidden channel, if any: the selector's weights live in the config, the LLM is third-party, the codes
+        are derived."""
+        return {f"channel.{k}": v for k, v in self.channel.state_dict().items()} if self.channel is not None else {}
 
     @property
     def codes(self) -> torch.Tensor:
@@ -202,18 +225,25 @@ class SharerEncoder(torch.nn.Module):
         bar.close()
         return [out[i] for i in range(len(docs))]
 
-    def latents(self, readings: Sequence[Reading]) -> torch.Tensor:
-        """Readings -> (B, M, d_z): step t = mixture of the codes of the sharer's top-k, `tokens_per_row` steps
-        bound into each row; zero rows after the answer's end."""
+    def latents(self, readings: Sequence[Reading], closed: bool = False) -> torch.Tensor:
+        """Readings -> (B, M, d_z): step t = mixture of the codes of the sharer's top-k (+ the hidden channel unless
+        `closed`), `tokens_per_row` steps bound into each row; zero rows after the answer's end. Differentiable in
+        the channel's weights (the trainer calls it)."""
         c = self.cfg
-        z = torch.zeros(len(readings), c.m, c.d_z)
         codes = self.codes
-        for b, r in enumerate(readings):
+        rows = []
+        for r in readings:
             s = min(len(r.topk_ids), c.m * c.tokens_per_row)
-            if s:
-                steps = mix(codes, r.topk_ids[:s, : c.topk], r.topk_logp[:s, : c.topk], c.temperature)
-                z[b] = pack(steps, c.m, c.tokens_per_row, c.code_seed)
-        return z
+            if not s:
+                rows.append(torch.zeros(c.m, c.d_z))
+                continue
+            steps = mix(codes, r.topk_ids[:s, : c.topk], r.topk_logp[:s, : c.topk], c.temperature)
+            if self.channel is not None and not closed:
+                if r.hidden is None or len(r.hidden) < s:
+                    raise ValueError("the hidden channel needs the sharer's states along the answer (hidden_layer)")
+                steps = steps + self.channel(r.hidden[:s].to(self.channel.proj.weight.device)).cpu()
+            rows.append(pack(steps, c.m, c.tokens_per_row, c.code_seed))
+        return torch.stack(rows)
 
     def encode_docs(self, docs: Sequence[Doc]) -> torch.Tensor:
         """docs -> (B, M, d_z), the interface every encoder of `encoder.ENCODERS` shares."""

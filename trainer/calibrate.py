@@ -1,6 +1,6 @@
 """Each receiver's score calibration, fitted on `val` per path: what the joint pick compares.
 
-The sharer recipe calibrates every receiver it builds on the latent and relay; `extend` calibrates the one it
+The training recipe calibrates every receiver it builds on every sender path; `extend` calibrates the one it
 adds with this same code, so a receiver that joins later is compared on the same footing as the first ones.
 `calibrate` fits any path of an existing checkpoint (text and token-budget too) and writes the maps into its
 config; the weights, and so every part fingerprint and cached row, stay as they are.
@@ -8,16 +8,18 @@ config; the weights, and so every part fingerprint and cached row, stay as they 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+import numpy as np
 
 from latentwire import checkpoint
 from latentwire.data import Example, load_split
 from latentwire.evaluate import evaluate
 from latentwire.models import LLM
-from latentwire.receivers.calibration import CALIBRATED_PATHS, fit_platt
-
-from .pipeline import Wire, load_checkpoint
+from latentwire.receivers.calibration import CALIBRATED_PATHS, Calibration, fit_platt
+from latentwire.system.pipeline import Wire, load_checkpoint
 
 
 def validate(
@@ -58,13 +60,42 @@ def validate(
 
 
 def fit(val: dict[str, dict[str, dict]]) -> dict[str, dict[str, dict]]:
-    """`{receiver: {path: Platt map as a dict}}` from `validate`'s results: raw score -> P(the answer is right)."""
+    """`{receiver: {path: Platt map as a dict}}` from `validate`'s results: raw score -> P(the answer is right).
+
+    Per path, the best single receiver on these rows then gets a prior (`PRIORS`, added to its map's log-odds
+    offset): the smallest whose joint pick on the rows is at least as good as that receiver alone, so the joint
+    pick never loses to the best receiver where the scores cannot tell who is right (the largest prior is the
+    fallback: that receiver's answer, unless it is empty)."""
     out: dict[str, dict[str, dict]] = {}
     for path, by_name in val.items():
-        for name, res in by_name.items():
-            rows = res["rows"]
-            out.setdefault(name, {})[path] = fit_platt([r["score"] for r in rows], [r["f1"] for r in rows]).to_dict()
+        cals = {
+            n: fit_platt([r["score"] for r in res["rows"]], [r["f1"] for r in res["rows"]])
+            for n, res in by_name.items()
+        }
+        if len(by_name) > 1:
+            cals = with_prior({n: res["rows"] for n, res in by_name.items()}, cals)
+        for name, cal in cals.items():
+            out.setdefault(name, {})[path] = cal.to_dict()
     return out
+
+
+PRIORS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 100.0)
+
+
+def with_prior(rows: dict[str, list[dict]], cals: dict[str, Calibration]) -> dict[str, Calibration]:
+    """`cals` with the best single receiver's prior (see `fit`)."""
+    from latentwire.bench.quality import joint
+
+    n = min(len(r) for r in rows.values())
+    rows = {m: r[:n] for m, r in rows.items()}
+    best = max(rows, key=lambda m: (np.mean([r["f1"] for r in rows[m]]) if n else 0.0, m))
+    alone = float(np.mean([r["f1"] for r in rows[best]])) if n else 0.0
+    for prior in PRIORS:
+        c = cals[best]
+        trial = {**cals, best: dataclasses.replace(c, b=c.b + prior)}
+        if joint(rows, trial)["joint"]["f1"] >= alone - 1e-9:
+            return trial
+    return trial
 
 
 def calibrate(

@@ -13,7 +13,9 @@ own token strings. So joining needs no gradient step and no change to the sender
   (`trainer/calibrate.py`).
 
 The zero-shot point is the codebook adapter at the parent's snapping settings; `tune` then picks its
-temperature and candidate count on `val` within a time budget (the only "training" a new family gets).
+temperature and candidate count on `val` within a time budget. When the parent's receivers have trained parts
+(a prompt, a residual), the new adapter gets the same parts and the same gradient loop (`loop.py`) with the
+sender frozen: only `adapter.<name>.*` trains, so the parent's parts stay byte for byte.
 """
 
 from __future__ import annotations
@@ -30,9 +32,10 @@ from latentwire import checkpoint
 from latentwire.data import load_split
 from latentwire.models import LLM, load_llm
 from latentwire.receivers.adapter import CodebookAdapter, CodebookAdapterConfig
+from latentwire.system.pipeline import docs_of, load_checkpoint
 
 from .calibrate import fit, validate
-from .pipeline import load_checkpoint
+from .plot import plot_training
 
 # (tau, nearest) candidates tried by `tune`, in order; the zero-shot setting is always measured first
 TUNE_GRID: tuple[tuple[float, int], ...] = ((50.0, 1), (20.0, 2), (10.0, 4), (20.0, 8))
@@ -49,6 +52,11 @@ class ExtendRecipe:
     eval_n: int = 100  # validation questions for tuning and calibration
     context: str = "distractor"
     time_budget: float = 1200.0  # seconds for tuning; the zero-shot point and calibration always run
+    steps: int = 300  # gradient steps on the new adapter's trained parts (when the parent's receivers have them)
+    batch_size: int = 8
+    lr: float = 3e-3
+    eval_every: int = 100
+    train_limit: int | None = None  # the first N training questions only
     max_new_tokens: int | None = None  # default: the parent recipe's
     device: str = "auto"
     dtype: str = "auto"
@@ -122,6 +130,10 @@ def extend(
         code_seed=int(enc.get("code_seed", 0)),
         # how many answer steps the sender binds into one row is the sender's format, not a receiver's choice
         tokens_per_row=int(enc.get("tokens_per_row", 1)),
+        # the same parts as the parent's receivers: the lexicon, the prompt and the residual
+        lexicon=ref.get("lexicon", ""),
+        prompt_len=int(ref.get("prompt_len", 0)) if recipe.steps else 0,
+        rank=int(ref.get("rank", 0)) if recipe.steps else 0,
     )
     max_new = recipe.max_new_tokens or int(cfg.get("train", {}).get("max_new_tokens", 12))
 
@@ -161,9 +173,14 @@ def extend(
             best = ((tau, nearest), res)
     (tau, nearest), res = best
     _set(live, tau, nearest)
-    _set(adapter, tau, nearest)
-    # both calibrated paths, fitted as the recipe fits the first receivers (the latent's rows are the tuned run's)
-    val = {"latent": {name: res}, **validate(wire, [name], rows, recipe.context, max_new, ("relay",), False)}
+    trained = {}
+    if live.trained_parts:
+        trained = _train(recipe, wire, name, rows, max_new, out)
+        log(f"trained {', '.join(live.trained_parts)} and tau: best val latent F1 {trained['best_val'].get('score')}")
+    adapter = live
+    # every path, fitted as the recipe fits the first receivers
+    paths = ("evidence", "relay", "relay-tuned", "latent", "latent-closed")
+    val = validate(wire, [name], rows, recipe.context, max_new, paths, False)
     calibration = fit(val)[name]
     ext["summary"] = {
         "wall_s": round(time.perf_counter() - t0, 1),
@@ -171,8 +188,30 @@ def extend(
         "zero_shot_val": {k: tried[0][k] for k in ("f1", "em")},
         "val": {p: {k: r[name][k] for k in ("n", "em", "f1", "nll_per_token")} for p, r in val.items()},
         "tried": tried,
+        **({"training": trained} if trained else {}),
     }
     fp = _write(parent, out, name, entry(calibration), adapter, ext)
     kept = checkpoint.shared_parts(out, parent)
     log(f"{out}: fingerprint {fp[:12]}, parent {ext['parent'][:12]}; unchanged from the parent: {', '.join(kept)}")
     return out
+
+
+def _train(recipe: ExtendRecipe, wire, name: str, rows, max_new: int, out: Path) -> dict:
+    """The new adapter's trained parts through the gradient loop, the sender frozen (its channel included)."""
+    from .loop import LoopConfig, TrainedParts, train_loop
+    from .recipe import TrainRecipe, val_score
+
+    enc = wire.encoder
+    if enc.channel is not None:
+        enc.channel.requires_grad_(False)
+    train_rows = load_split("train", limit=recipe.train_limit)
+    readings = enc.read(docs_of(train_rows, recipe.context), progress=True)
+    enc.read(docs_of(rows, recipe.context))
+    loop = LoopConfig(steps=recipe.steps, batch_size=recipe.batch_size, lr=recipe.lr, eval_every=recipe.eval_every)
+    parts = TrainedParts(enc, {name: wire.adapters[name]}, wire.llms, loop, train_sender=False)
+    scoring = TrainRecipe(context=recipe.context, max_new_tokens=max_new)
+    data = list(zip(readings, train_rows, strict=True))
+    run = out.parent / f"{out.name}.train"
+    summary = train_loop(parts, data, run, lambda: val_score(wire, [name], rows, scoring), progress=True)
+    plot_training(run / "log.jsonl")
+    return summary

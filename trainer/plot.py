@@ -1,4 +1,4 @@
-"""Training curves from a run's `log.jsonl`: loss per model, latent diversity, validation F1."""
+"""Training curves from a run's `log.jsonl`: each receiver's loss per path, and validation F1 per step."""
 
 from __future__ import annotations
 
@@ -14,34 +14,30 @@ import numpy as np  # noqa: E402
 
 def _smooth(v: list[float], k: int = 20) -> np.ndarray:
     a = np.asarray(v, dtype=float)
-    if a.size < k:
-        return a
-    return np.convolve(a, np.ones(k) / k, mode="valid")
+    return a if a.size < k else np.convolve(a, np.ones(k) / k, mode="valid")
 
 
 def plot_training(log: str | Path, out: str | Path | None = None) -> Path:
+    """`training.png` beside the log (or `out`): losses (smoothed; relay-tuned dashed) and val F1 by step."""
     log = Path(log)
     rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-    steps = [r for r in rows if r["kind"] == "step"]
-    evals = [r for r in rows if r["kind"] == "eval"]
-    models = sorted({k.removeprefix("loss_").removeprefix("align_") for r in steps for k in r if k.startswith("loss_")})
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    for key, style in [(f"loss_{n}", "-") for n in models] + [(f"loss_align_{n}", "--") for n in models]:
+    steps = [r for r in rows if r.get("kind") == "step"]
+    vals = [r for r in rows if r.get("kind") == "val"]
+    keys = sorted({k for r in steps for k in r if "/" in k})
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for key in keys:
         pts = [(r["step"], r[key]) for r in steps if key in r]
-        if not pts:
-            continue
         y = _smooth([v for _, v in pts])
         x = [s for s, _ in pts][len(pts) - len(y) :]
-        axes[0].plot(x, y, style, label=key[5:])
-    axes[0].set(title="answer loss, align loss dashed (smoothed)", xlabel="step")
-    axes[0].legend()
-    axes[1].plot([r["step"] for r in steps], [r["diversity"] for r in steps], lw=0.8)
-    axes[1].set(title="latent pairwise cosine (1 = collapse)", xlabel="step", ylim=(-1.05, 1.05))
-    for name in models:
-        pts = [(r["step"], r[name]["f1"]) for r in evals if name in r]
-        axes[2].plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=name)
-    axes[2].set(title="validation F1 (latent)", xlabel="step")
-    axes[2].legend()
+        axes[0].plot(x, y, "--" if key.endswith("relay-tuned") else "-", label=key)
+    axes[0].set(title="answer loss (smoothed)", xlabel="step")
+    for key in sorted({k for r in vals for k in r if "/" in k}):
+        pts = [(r["step"], r[key]) for r in vals if key in r]
+        axes[1].plot([p[0] for p in pts], [p[1] for p in pts], "o--" if key.endswith("tuned") else "o-", label=key)
+    axes[1].set(title="validation F1", xlabel="step")
+    for ax in axes:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     out = Path(out) if out else log.with_name("training.png")
     fig.savefig(out, dpi=110)

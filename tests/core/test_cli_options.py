@@ -73,9 +73,7 @@ def test_an_imported_dataclass_works_the_same() -> None:
     assert seen == [Knobs(k=4, tag="t")]
 
 
-@pytest.mark.parametrize(
-    "target", ["latentwire.trainer.extend:ExtendRecipe", "latentwire.trainer.sharer_recipe:SharerRecipe"]
-)
+@pytest.mark.parametrize("target", ["latentwire.trainer.extend:ExtendRecipe", "latentwire.trainer.recipe:TrainRecipe"])
 def test_reading_a_recipe_from_source_matches_the_class(target: str) -> None:
     import importlib
 
@@ -98,18 +96,20 @@ def test_train_adapter_builds_the_extend_recipe(monkeypatch) -> None:
     assert got == [ext.ExtendRecipe(model="tiny-gemma", tau=5.0, tune=False, min_cos=0.3, eval_n=7, device="cpu")]
 
 
-def test_train_builds_the_sharer_recipe(monkeypatch, tmp_path: Path) -> None:
-    from latentwire.trainer import sharer_recipe
+def test_train_builds_the_recipe(monkeypatch, tmp_path: Path) -> None:
+    from latentwire.trainer import recipe
 
     got: list = []
-    monkeypatch.setattr(sharer_recipe, "build", lambda recipe, out: got.append(recipe) or out / "ckpt")
-    args = ["train", "--out", str(tmp_path), "--model", "a", "--model", "b", "--sharer", "a", "--topk", "3", "-M", "4"]
+    monkeypatch.setattr(recipe, "build", lambda r, out: got.append(r) or out / "ckpt")
+    args = ["train", "--out", str(tmp_path), "--model", "a", "--model", "b", "--sharer", "a", "--topk", "3", "--m", "4"]
     args += ["--d-z", "64", "--context", "gold", "--limit-train", "9", "--tau", "5", "--no-dev-eval", "--eval-n", "2"]
+    args += ["--steps", "7", "--prompt-len", "3", "--no-channel"]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
-    want = sharer_recipe.SharerRecipe(
-        models=["a", "b"], sharer="a", topk=3, m=4, d_z=64, context="gold", train_limit=9, tau=5.0, eval_n=2
-    )
+    want = recipe.TrainRecipe(
+        models=["a", "b"], sharer="a", topk=3, m=4, d_z=64, context="gold", train_limit=9, tau=5.0, eval_n=2,
+        steps=7, prompt_len=3, channel=False,
+    )  # fmt: skip
     assert got == [want]
 
 
@@ -131,15 +131,15 @@ def test_a_config_file_sets_fields_and_the_command_line_wins(tmp_path: Path, mon
 
 
 def test_train_reads_a_yaml_recipe(monkeypatch, tmp_path: Path) -> None:
-    from latentwire.trainer import sharer_recipe
+    from latentwire.trainer import recipe
 
     got: list = []
-    monkeypatch.setattr(sharer_recipe, "build", lambda recipe, out: got.append(recipe) or out / "ckpt")
+    monkeypatch.setattr(recipe, "build", lambda r, out: got.append(r) or out / "ckpt")
     cfg = tmp_path / "recipe.yaml"
     cfg.write_text("context: gold\nm: 6\ntau: 7.5\nmodels: [a]\ntrain_limit: 3\n")
-    res = CliRunner().invoke(app, ["train", "--out", str(tmp_path), "--config", str(cfg), "--no-dev-eval", "-M", "5"])
+    res = CliRunner().invoke(app, ["train", "--out", str(tmp_path), "--config", str(cfg), "--no-dev-eval", "--m", "5"])
     assert res.exit_code == 0, res.output
-    assert got == [sharer_recipe.SharerRecipe(models=["a"], context="gold", m=5, tau=7.5, train_limit=3)]
+    assert got == [recipe.TrainRecipe(models=["a"], context="gold", m=5, tau=7.5, train_limit=3)]
 
 
 @pytest.mark.parametrize(

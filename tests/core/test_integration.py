@@ -55,10 +55,10 @@ def test_default_checkpoint_latent_carries_the_sharers_answer(dev3):
 
     from latentwire.checkpoint import DEFAULT_CKPT
     from latentwire.protocol import dequantize, quantize
-    from latentwire.trainer.pipeline import docs_of, load_checkpoint
+    from latentwire.system.pipeline import docs_of, load_checkpoint
 
     wire = load_checkpoint(DEFAULT_CKPT, device="cpu", reading_cache=False)
-    assert wire.has_sharer and wire.encoder.llm is wire.llms["qwen"]  # one Qwen in memory
+    assert wire.encoder.llm is wire.llms["qwen"]  # one Qwen in memory
     reads = wire.encoder.read(docs_of(dev3, "distractor"))
     z = wire.encoder.latents(reads)
     qwen, llama = wire.llms["qwen"], wire.llms["llama"]

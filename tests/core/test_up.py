@@ -130,13 +130,10 @@ def test_up_refuses_receivers_the_checkpoint_has_no_adapter_for(tiny3_ckpt: Path
 @pytest.fixture(scope="module")
 def tiny3_ckpt(tmp_path_factory) -> Path:
     """A checkpoint for three models: the two tiny families and a third tiny Llama saved as a model folder."""
-    from latentwire import checkpoint
     from latentwire.device import set_threads
     from latentwire.models import load_llm
-    from latentwire.sender.encoder import EncoderConfig
     from latentwire.tiny import tiny_llm
-    from latentwire.trainer.config import TrainConfig
-    from latentwire.trainer.train import build_wire, checkpoint_config
+    from latentwire.trainer.recipe import tiny_checkpoint
 
     set_threads(1)
     folder = tmp_path_factory.mktemp("models") / "llama-b"
@@ -144,12 +141,7 @@ def tiny3_ckpt(tmp_path_factory) -> Path:
     other.model.save_pretrained(folder)
     other.tokenizer.save_pretrained(folder)
     llms = {n: load_llm(n) for n in ("tiny-llama", "tiny-qwen", str(folder))}
-    enc = EncoderConfig(backbone="bytes", d_model=64, d_z=32, m=4, max_bytes=512, byte_layers=1, pool_layers=1)
-    cfg = TrainConfig(models=list(llms), encoder=enc)
-    wire = build_wire(cfg, llms)
-    path = tmp_path_factory.mktemp("ckpt3") / "ckpt"
-    checkpoint.save(path, wire.encoder, dict(wire.adapters), checkpoint_config(cfg, wire, llms))
-    return path
+    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt3"), llms=llms, models=list(llms))
 
 
 def test_live_bench_runs_one_receiver_per_checkpoint_model_and_scores_every_answer(tiny3_ckpt: Path) -> None:

@@ -13,22 +13,12 @@ from latentwire.protocol import encode_frame, latent_request
 
 
 @pytest.fixture(scope="session")
-def tiny_ckpt(tmp_path_factory) -> Path:
-    from latentwire import checkpoint
+def tiny_ckpt(tiny_trained) -> Path:
+    """The shipped design at toy size (`trainer.recipe.tiny_checkpoint`), trained a few steps."""
     from latentwire.device import set_threads
-    from latentwire.models import load_llm
-    from latentwire.sender.encoder import EncoderConfig
-    from latentwire.trainer.config import TrainConfig
-    from latentwire.trainer.train import build_wire, checkpoint_config
 
     set_threads(1)
-    llms = {"tiny-llama": load_llm("tiny-llama"), "tiny-qwen": load_llm("tiny-qwen")}
-    enc = EncoderConfig(backbone="bytes", d_model=64, d_z=32, m=4, max_bytes=512, byte_layers=1, pool_layers=1)
-    cfg = TrainConfig(models=list(llms), encoder=enc)
-    wire = build_wire(cfg, llms)
-    path = tmp_path_factory.mktemp("ckpt") / "ckpt"
-    checkpoint.save(path, wire.encoder, dict(wire.adapters), checkpoint_config(cfg, wire, llms))
-    return path
+    return tiny_trained[0]
 
 
 def _frame(**changes) -> bytes:

@@ -11,14 +11,11 @@ from latentwire import checkpoint
 from latentwire.receivers.arbiter import calibration_from_info
 from latentwire.receivers.calibration import Calibration
 from latentwire.trainer.calibrate import calibrate
-from latentwire.trainer.sharer_recipe import SharerRecipe, build
 
 
 @pytest.fixture(scope="module")
-def built(tiny_llama, tiny_qwen, tmp_path_factory):
-    llms = {"tiny-llama": tiny_llama, "tiny-qwen": tiny_qwen}
-    recipe = SharerRecipe(models=list(llms), sharer="tiny-qwen", m=4, d_z=32, eval_n=4, train_limit=60)
-    return build(recipe, tmp_path_factory.mktemp("cal") / "run", llms=llms, progress=False), llms
+def built(tiny_trained):
+    return tiny_trained
 
 
 def test_calibrate_adds_paths_and_keeps_the_parts(built, tmp_path, monkeypatch):
@@ -54,3 +51,21 @@ def test_unknown_paths_are_refused(built, tmp_path):
     shutil.copytree(src, ckpt)
     with pytest.raises(ValueError, match="cannot be measured on telepathy"):
         calibrate(ckpt, ("telepathy",), n=2, llms=llms, progress=False)
+
+
+def test_the_joint_pick_never_loses_to_the_best_receiver_on_the_fitted_rows():
+    """b is sure of its wrong answers, a is right but unsure: the prior makes the pick a's, where plain maps
+    would follow b's scores."""
+    from latentwire.bench.quality import joint
+    from latentwire.trainer.calibrate import with_prior
+
+    rows = {
+        "a": [{"pred": "yes", "score": -2.0, "f1": 1.0, "em": 1.0} for _ in range(4)],
+        "b": [{"pred": "no", "score": -0.1, "f1": 0.0, "em": 0.0} for _ in range(4)],
+    }
+    plain = {"a": Calibration(), "b": Calibration()}
+    assert joint(rows, plain)["joint"]["f1"] == 0.0
+    cals = with_prior(rows, plain)
+    assert joint(rows, cals)["joint"]["f1"] == 1.0 and cals["b"] == plain["b"] and cals["a"].b > 0
+    even = {"a": rows["a"], "b": [dict(r, f1=1.0, em=1.0) for r in rows["b"]]}
+    assert with_prior(even, plain) == plain  # no prior where the pick already matches the best receiver

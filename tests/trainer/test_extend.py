@@ -19,9 +19,8 @@ from latentwire.protocol import Ask, decode_frame
 from latentwire.receivers.adapter import load_adapter
 from latentwire.receivers.receiver import Receiver
 from latentwire.sender.process import Sender
+from latentwire.system.pipeline import load_checkpoint
 from latentwire.trainer.extend import ExtendRecipe, extend
-from latentwire.trainer.pipeline import load_checkpoint
-from latentwire.trainer.sharer_recipe import SharerRecipe, build
 
 _WORDS = ("▁Paris", "▁the", "▁of", "▁and", "▁in", "▁a", "▁is", "▁was")
 
@@ -83,17 +82,17 @@ def gemma() -> tuple[LLM, Gemma3ForCausalLM]:
 
 
 @pytest.fixture(scope="module")
-def parent(tiny_llama, tiny_qwen, tmp_path_factory):
-    llms = {"tiny-llama": tiny_llama, "tiny-qwen": tiny_qwen}
-    recipe = SharerRecipe(models=list(llms), sharer="tiny-qwen", m=4, d_z=32, eval_n=4, train_limit=60)
-    return build(recipe, tmp_path_factory.mktemp("parent") / "run", llms=llms, progress=False), llms
+def parent(tiny_trained):
+    return tiny_trained
 
 
 @pytest.fixture(scope="module")
 def child(parent, gemma, tmp_path_factory):
     ckpt, llms = parent
     out = tmp_path_factory.mktemp("child") / "ckpt"
-    recipe = ExtendRecipe(model="tiny-gemma", eval_n=4, grid=[(50.0, 1)], device="cpu", dtype="float32")
+    recipe = ExtendRecipe(
+        model="tiny-gemma", eval_n=4, grid=[(50.0, 1)], device="cpu", dtype="float32", steps=2, train_limit=8, eval_every=0
+    )
     return extend(recipe, ckpt, out, llms={**llms, "tiny-gemma": gemma[0]}, log=lambda s: None)
 
 
@@ -124,7 +123,8 @@ def test_folded_embedding_scale_keeps_logits(gemma):
 def test_extension_keeps_the_parent_byte_for_byte(parent, child):
     ckpt, _ = parent
     old_sd, new_sd = checkpoint.tensors(ckpt)[0], checkpoint.tensors(child)[0]
-    assert set(new_sd) - set(old_sd) == {"adapter.tiny-gemma.log_tau"}
+    parts = ("log_tau", "prompt", "text_prompt", "down.weight", "up.weight")  # the parent receivers' trained parts
+    assert set(new_sd) - set(old_sd) == {f"adapter.tiny-gemma.{p}" for p in parts}
     for k, v in old_sd.items():
         assert new_sd[k].dtype == v.dtype and new_sd[k].numpy().tobytes() == v.numpy().tobytes()
     old, new = checkpoint.read_config(ckpt), checkpoint.read_config(child)
@@ -140,10 +140,15 @@ def test_extension_keeps_the_parent_byte_for_byte(parent, child):
         and ext["summary"]["tried"][0]["tau"] == old["models"]["tiny-llama"]["adapter"]["tau"]
     )
     assert new["models"]["tiny-gemma"]["calibration"]["n"] == 4
-    # calibrated on both joined paths, like the receivers the recipe built
+    # calibrated on every sender path, like the receivers the recipe built
     by_path = new["models"]["tiny-gemma"]["calibration_by_path"]
-    assert set(by_path) == set(old["models"]["tiny-llama"]["calibration_by_path"]) == {"latent", "relay"}
+    sender_paths = {"evidence", "relay", "relay-tuned", "latent", "latent-closed"}
+    assert set(by_path) == set(old["models"]["tiny-llama"]["calibration_by_path"]) == sender_paths
     assert by_path["latent"] == new["models"]["tiny-gemma"]["calibration"] and by_path["relay"]["n"] == 4
+    # the same trained parts as the parent's receivers, trained by the same loop with the sender frozen
+    for key in ("prompt_len", "rank", "lexicon"):
+        assert new["models"]["tiny-gemma"]["adapter"][key] == old["models"]["tiny-llama"]["adapter"][key]
+    assert ext["summary"]["training"]["steps"] == 2
     # the new adapter unbinds as many steps per row as the sender binds (the parent's recipe: 2)
     assert new["models"]["tiny-gemma"]["adapter"]["tokens_per_row"] == old["encoder"]["tokens_per_row"] == 2
 

@@ -1,9 +1,10 @@
 """A whole checkpoint loaded in one process: the sender's encoder, every receiver's adapter and frozen LLM.
 
-Evaluation and the bench run the serving code in-process through it: the same selector, sharer, encoder,
-quantiser and adapters as the processes, without sockets. `slot_fn(name, mode)` gives the slot embeddings
-of each sender path (evidence, relay, latent) for one receiver; a sharer's readings are cached on disk, so
-relay and every latent variant read each question once.
+Evaluation, calibration, the bench and the trainer run the serving code in-process through it: the same
+selector, sharer, encoder, quantiser and adapters as the processes, without sockets. `slot_fn(name, path)` gives
+one receiver's slot embeddings on a sender path: the sender's payload comes from the one dispatch the sender
+process calls (`sender.paths.payloads`), the receiver's side from its adapter (`to_slots` for a latent,
+`text_slot` for text). A sharer's readings are cached on disk, so every path reads each question once.
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ from latentwire import checkpoint
 from latentwire.data import Example, parse_context
 from latentwire.lm import text_slots
 from latentwire.models import LLM, load_llm
-from latentwire.prompts import slot_text
-from latentwire.protocol import dequantize, quantize
+from latentwire.protocol import PATH_NAMES, dequantize, path_spec, quantize
 from latentwire.receivers.adapter import load_adapter
+from latentwire.receivers.receiver import adapter_schemas
 from latentwire.sender.encoder import load_encoder
+from latentwire.sender.paths import payloads
 from latentwire.sender.sharer import SharerEncoder
 
 
@@ -44,17 +46,13 @@ class Wire:
     path: Path
     fingerprint: str
     config: dict
-    encoder: torch.nn.Module
+    encoder: SharerEncoder
     adapters: dict[str, torch.nn.Module]
     llms: dict[str, LLM] = field(default_factory=dict)
 
     @property
     def model_names(self) -> list[str]:
         return list(self.adapters)
-
-    @property
-    def has_sharer(self) -> bool:
-        return isinstance(self.encoder, SharerEncoder)
 
     @property
     def m(self) -> int:
@@ -67,26 +65,31 @@ class Wire:
 
     def path_fingerprint(self, mode: str, name: str | None = None) -> str:
         """What a sender path's answers depend on: the selection (evidence), the selection and the sharer's
-        reading of it (relay), the encoder and receiver `name`'s adapter (latent; the whole checkpoint without a
-        name). Cached rows of evidence and relay survive a change of the latent's knobs, and a receiver's latent
-        rows survive the checkpoint's extension by another receiver."""
-        if mode == "latent" and name is not None:
-            return "latent:" + _short(f"{self.parts['encoder']}:{self.parts[name]}")
-        selection = _short(json.dumps(self.encoder.selector.cfg.to_dict(), sort_keys=True)) if self.has_sharer else ""
+        reading of it (relay), plus receiver `name`'s adapter (relay-tuned), the encoder and that adapter (latent,
+        latent-closed; the whole checkpoint without a name). Cached rows of evidence and relay survive a change of
+        the latent's knobs, and a receiver's rows survive the checkpoint's extension by another receiver."""
+        selection = _short(json.dumps(self.encoder.selector.cfg.to_dict(), sort_keys=True))
+        relay = "relay:" + self.encoder.cfg.reading_key(self.encoder.llm.fingerprint) + ":" + selection
         if mode == "evidence":
             return "evidence:" + selection
         if mode == "relay":
-            return "relay:" + self.encoder.cfg.reading_key(self.encoder.llm.fingerprint) + ":" + selection
-        return self.fingerprint
+            return relay
+        if name is None:
+            return f"{mode}:{self.fingerprint}"
+        if mode == "relay-tuned":
+            return f"{mode}:" + _short(f"{relay}:{self.parts[name]}")
+        tag = "latent:" if mode == "latent" else f"{mode}:"  # latent keeps the key its committed rows have
+        return tag + _short(f"{self.parts['encoder']}:{self.parts[name]}")
 
     @property
     def paths(self) -> tuple[str, ...]:
-        """The paths this checkpoint can be measured on: evidence and relay need a sharer in the sender."""
-        return ("text", "token-budget", *(("evidence", "relay") if self.has_sharer else ()), "latent")
+        """The paths this checkpoint can be measured on: all of them (the tuned ones equal their untuned twin
+        where the checkpoint trained nothing)."""
+        return PATH_NAMES
 
     def eval_args(self, name: str, mode: str, context: str = "distractor", scheme: str | None = None) -> dict:
         """`evaluate()` arguments for receiver `name` on a path: the token budget M (token-budget), or the
-        sender's slot function and the fingerprint its cached rows are keyed by (evidence, relay, latent)."""
+        sender's slot function and the fingerprint its cached rows are keyed by (the sender paths)."""
         if mode == "text":
             return {}
         if mode == "token-budget":
@@ -102,22 +105,22 @@ class Wire:
     def slot_fn(
         self, name: str, mode: str = "latent", context: str = "distractor", scheme: str | None = None
     ) -> Callable[[Sequence[Example]], list[torch.Tensor]]:
-        """Examples -> receiver `name`'s slot embeddings on a sender path (the latent through `scheme` if given)."""
+        """Examples -> receiver `name`'s slot embeddings on a sender path (a latent through `scheme` if given)."""
         llm, adapter = self.llms[name], self.adapters[name]
-        if mode in ("evidence", "relay") and not self.has_sharer:
-            raise ValueError(f"{mode} needs a checkpoint whose sender reads with a sharer LLM (backbone llm)")
+        spec = path_spec(mode)
+        if not spec.sender:
+            raise ValueError(f"{mode} is not a sender path")
 
         @torch.no_grad()
         def fn(examples: Sequence[Example]) -> list[torch.Tensor]:
-            if mode == "evidence":
-                docs = docs_of(examples, context)
-                return text_slots(llm, [slot_text(q, self.encoder.evidence((q, p))) for q, p in docs])
-            if mode == "relay":
-                return text_slots(llm, [r.answer for r in self.encoder.read(docs_of(examples, context))])
-            z = self.encode(examples, context).float().numpy()
+            out = payloads(self.encoder, mode, docs_of(examples, context))
+            if not spec.latent:
+                return [adapter.text_slot(s, spec.tuned) for s in text_slots(llm, out)]
+            z = np.stack(out)
             if scheme is not None:
                 z = np.stack([dequantize(quantize(zi, scheme)) for zi in z])
-            return [s.to(llm.model.dtype) for s in adapter.to_slots(torch.from_numpy(z).to(llm.device))]
+            slots = adapter.to_slots(torch.from_numpy(z).to(llm.device), tuned=spec.tuned)
+            return [s.to(llm.model.dtype) for s in slots]
 
         return fn
 
@@ -135,7 +138,7 @@ def load_checkpoint(
     A sharer that is also a receiver (the default: Qwen reads and answers) is loaded once.
     """
     path = Path(path)
-    cfg = checkpoint.read_config(path)  # kept as read for `Wire.config`
+    cfg = checkpoint.read_config(path, adapters=adapter_schemas())  # whole, before any model loads; kept as read
     typed = checkpoint.CheckpointConfig.from_dict(cfg, path)
     names = list(models or typed.models)
     llms = dict(llms or {})
@@ -150,6 +153,6 @@ def load_checkpoint(
     sharer_spec = typed.encoder.get("sharer")
     shared = next((llm for llm in llms.values() if llm.spec == sharer_spec), None)
     enc = load_encoder(path, device=str(next(iter(llms.values())).device), llm=shared)
-    if isinstance(enc, SharerEncoder) and reading_cache:
+    if reading_cache:
         enc.use_cache()
     return Wire(path, checkpoint.fingerprint(path), cfg, enc, adapters, {n: llms[n] for n in names})

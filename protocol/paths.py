@@ -1,0 +1,56 @@
+"""The paths: what fills a receiver's prompt slot. The one list every layer reads.
+
+A path names what the sender puts in a receiver's slot and how the receiver reads it:
+
+| path | the slot holds | who computes it | trained parts |
+|---|---|---|---|
+| `text` | `Question: …\\nContext: …` | the client | none |
+| `token-budget` | the text's first M tokens | the client | none |
+| `evidence` | the question + the selected evidence | the sender's selector | none |
+| `relay` | the sharer's answer as text | the sender's sharer | none |
+| `relay-tuned` | the sharer's answer as text | the sender's sharer | the receiver's text prompt |
+| `latent` | the M soft tokens | the sender's sharer + head | all of them (the default) |
+| `latent-closed` | the M soft tokens of the closed-form code | the sender's sharer | none |
+
+`relay-tuned` and `latent-closed` are the baselines the trained latent is measured against: the same receiver
+prompt trained on relay's text, and the code the training starts from. They are measured in-process (eval,
+bench); an `Ask` may name the `WIRE_PATHS` only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class PathSpec:
+    name: str
+    sender: bool  # the sender computes the slot (needs a checkpoint); else the client's text fills it
+    latent: bool  # the slot is soft tokens (a latent frame); else text (a text frame)
+    tuned: bool  # the receiver applies its checkpoint's trained parts
+    wire: bool  # an Ask may name it
+
+
+PATHS: dict[str, PathSpec] = {
+    p.name: p
+    for p in (
+        PathSpec("text", sender=False, latent=False, tuned=False, wire=True),
+        PathSpec("token-budget", sender=False, latent=False, tuned=False, wire=True),
+        PathSpec("evidence", sender=True, latent=False, tuned=False, wire=True),
+        PathSpec("relay", sender=True, latent=False, tuned=False, wire=True),
+        PathSpec("relay-tuned", sender=True, latent=False, tuned=True, wire=False),
+        PathSpec("latent", sender=True, latent=True, tuned=True, wire=True),
+        PathSpec("latent-closed", sender=True, latent=True, tuned=False, wire=False),
+    )
+}
+PATH_NAMES: tuple[str, ...] = tuple(PATHS)
+WIRE_PATHS: tuple[str, ...] = tuple(p for p, s in PATHS.items() if s.wire)
+SENDER_PATHS: tuple[str, ...] = tuple(p for p, s in PATHS.items() if s.sender)
+
+
+def path_spec(name: str) -> PathSpec:
+    """The entry of `PATHS`, or a ValueError listing the paths there are."""
+    try:
+        return PATHS[name]
+    except KeyError:
+        raise ValueError(f"unknown path {name!r}; choose one of {', '.join(PATHS)}") from None

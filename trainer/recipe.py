@@ -1,0 +1,258 @@
+"""The training recipe (`latentwire train`): the closed-form interlingua, then gradient steps on its trained parts.
+
+1. **The closed form.** The selector is fitted on `train`'s supporting facts (seconds); the sharer (a frozen LLM)
+   reads the selected evidence; the latent carries its answer as vocabulary-anchored codes
+   (`latentwire.codebook`), which each receiver snaps onto its own embeddings, spelling with its own pieces any
+   string of the sharer's it has no token for (`lexicon`).
+2. **The reading cache.** The sharer reads every `train` and `val` question once, with its hidden states along
+   the answer (`$LATENTWIRE_CACHE/readings/`, resumable, a progress bar): the loop never runs the sharer.
+3. **The gradient steps** (`loop.py`): the hidden channel and each receiver's prompt, residual and tau, through
+   all receivers at once; the relay-tuned twin gets the same steps on relay's text. Every `eval_every` steps the
+   latent is validated on `val` and the best step is kept: step 0 (the untrained parts) is measured too.
+4. **Calibration** of every path on `val` (the joint pick's prior), then the checkpoint with its figures.
+
+`steps=0` writes the closed form alone. Every knob is chosen on `val` (docs/EXPERIMENTS.md); dev stays
+report-only. Every field is a `latentwire train` option.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from latentwire import checkpoint
+from latentwire.data import load_split
+from latentwire.evaluate import evaluate
+from latentwire.models import LLM, load_llm
+from latentwire.receivers.adapter import CodebookAdapter, CodebookAdapterConfig
+from latentwire.sender.selector import Selector, SelectorConfig, selection_report
+from latentwire.sender.sharer import SharerConfig, SharerEncoder
+from latentwire.system.pipeline import docs_of, load_checkpoint
+
+from .calibrate import fit, validate
+from .loop import LoopConfig, TrainedParts, train_loop
+from .plot import plot_training
+
+
+@dataclass
+class TrainRecipe:
+    models: list[str] | None = None  # receivers (default: llama, qwen)
+    sharer: str = "qwen"  # the frozen LLM that reads in the sender
+    m: int = 8
+    d_z: int = 256
+    topk: int = 1  # sharer tokens mixed per step (val: 1 beats 2, 4 and 8; EXPERIMENTS E8)
+    temperature: float = 1.0
+    tokens_per_row: int = 2  # answer steps per latent row: 8 rows carry the sharer's 16-token answer (E8)
+    # the selector's budget and reading order: the best pair, the question's paragraph first (E11)
+    evidence_paragraphs: int = 2
+    evidence_order: str = "score"
+    # one paragraph more where the pair scorer is unsure (the best pair's softmax share below this; 0: never; E16)
+    evidence_unsure_below: float = 0.8
+    tau: float = 20.0  # receivers' snapping temperature (the closed form's; trained from there)
+    nearest: int = 4
+    min_cos: float = 0.45  # two steps share a row: each keeps cosine ~0.7 with its code, chance stays < 0.35
+    lexicon: bool = True  # receivers spell the sharer's strings they have no token for (no string lost)
+    hidden_layer: int = -1  # the sharer layer the hidden channel reads (-1: the last, normed)
+    channel: bool = True  # train the hidden channel (the sender's trained part)
+    prompt_len: int = 8  # each receiver's soft prompt (and its relay-tuned twin); 0: none
+    rank: int = 16  # each receiver's low-rank residual; 0: none
+    steps: int = 300  # gradient steps; 0: the closed form alone
+    batch_size: int = 8
+    lr: float = 3e-3
+    channel_weight: float = 0.1  # the cost on the hidden channel's size
+    distill_weight: float = 0.0  # cross-entropy on the sharer's own answer besides the gold one
+    eval_every: int = 100
+    seed: int = 0
+    context: str = "distractor"
+    eval_n: int = 100  # validation questions for model selection, calibration and the run's figures
+    train_limit: int | None = None  # the first N training questions only
+    init: str = ""  # take the selector from this checkpoint instead of fitting it (same evidence, same readings)
+    max_new_tokens: int = 12
+    device: str = "auto"
+    dtype: str = "auto"
+
+    def to_dict(self) -> dict:
+        return {"recipe": "train", **asdict(self)}
+
+    @property
+    def receivers(self) -> list[str]:
+        return list(self.models or ["llama", "qwen"])
+
+
+def config_dict(recipe: TrainRecipe, enc: SharerEncoder, adapters: dict, llms: dict[str, LLM], extra: dict) -> dict:
+    """The checkpoint's config: encoder, one entry per receiver (model identity, adapter, calibration)."""
+    return {
+        "encoder": enc.cfg.to_dict(),
+        "models": {
+            name: {
+                "spec": llm.spec,
+                "fingerprint": llm.fingerprint,
+                "hidden_size": llm.hidden_size,
+                "adapter": adapters[name].cfg.to_dict(),
+                "calibration": extra.get("calibration", {}).get(name, {}).get("latent", {}),
+                "calibration_by_path": extra.get("calibration", {}).get(name, {}),
+            }
+            for name, llm in llms.items()
+        },
+        "train": recipe.to_dict(),
+        "summary": extra.get("summary", {}),
+    }
+
+
+def closed_form(recipe: TrainRecipe, llms: dict[str, LLM], sharer: LLM) -> tuple[SharerEncoder, dict]:
+    """The encoder and adapters before any gradient step (the trained parts at their starting values)."""
+    if recipe.init:
+        sel = SelectorConfig(**checkpoint.load_config(recipe.init).encoder["selector"])
+    else:
+        sel = Selector.fit(
+            load_split("train", limit=recipe.train_limit),
+            paragraphs=recipe.evidence_paragraphs,
+            order=recipe.evidence_order,
+            unsure_below=recipe.evidence_unsure_below,
+        ).cfg
+    trained = recipe.steps > 0
+    cfg = SharerConfig(
+        sharer=recipe.sharer,
+        sharer_fingerprint=sharer.fingerprint,
+        m=recipe.m,
+        d_z=recipe.d_z,
+        topk=recipe.topk,
+        temperature=recipe.temperature,
+        tokens_per_row=recipe.tokens_per_row,
+        hidden_layer=recipe.hidden_layer if trained and recipe.channel else None,
+        channel=trained and recipe.channel,
+        selector=sel,
+    )
+    enc = SharerEncoder(cfg, llm=sharer)
+    adapters = {
+        name: CodebookAdapter(
+            CodebookAdapterConfig(
+                d_z=recipe.d_z,
+                hidden_size=llm.hidden_size,
+                tau=recipe.tau,
+                nearest=recipe.nearest,
+                min_cos=recipe.min_cos,
+                tokens_per_row=recipe.tokens_per_row,
+                lexicon=recipe.sharer if recipe.lexicon else "",
+                prompt_len=recipe.prompt_len if trained else 0,
+                rank=recipe.rank if trained else 0,
+            ),
+            llm,
+        )
+        for name, llm in llms.items()
+    }
+    return enc, adapters
+
+
+def val_score(wire, names: list[str], rows, recipe: TrainRecipe, paths=("latent", "relay-tuned")) -> dict[str, float]:
+    """Mean val F1 per receiver and path (uncached: the parts are still training); `score` = the latent's mean."""
+    out: dict[str, float] = {}
+    for path in paths:
+        for name in names:
+            res = evaluate(
+                wire.llms[name],
+                rows,
+                path,
+                context=recipe.context,
+                split="val",
+                use_cache=False,
+                progress=False,
+                max_new_tokens=recipe.max_new_tokens,
+                **wire.eval_args(name, path, recipe.context),
+            )
+            out[f"{name}/{path}"] = res["f1"]
+    out["score"] = float(np.mean([out[f"{n}/latent"] for n in names]))
+    return out
+
+
+def build(recipe: TrainRecipe, out: str | Path, llms: dict[str, LLM] | None = None, progress: bool = True) -> Path:
+    """Closed form, reading cache, gradient steps, calibration; writes `out/ckpt`, `out/log.jsonl`,
+    `out/training.png`; returns the checkpoint folder. Rerunning resumes (the cache and `state.pt`)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    llms = dict(llms or {})
+    for name in recipe.receivers:
+        llms.setdefault(name, load_llm(name, device=recipe.device, dtype=recipe.dtype))
+    sharer = next((m for m in llms.values() if m.spec == recipe.sharer), None) or load_llm(
+        recipe.sharer, device=recipe.device, dtype=recipe.dtype
+    )
+    enc, adapters = closed_form(recipe, llms, sharer)
+    ckpt = out / "ckpt"
+    checkpoint.save(ckpt, enc, adapters, config_dict(recipe, enc, adapters, llms, {}))
+    wire = load_checkpoint(ckpt, llms=llms)
+    enc, adapters = wire.encoder, wire.adapters  # the loaded parts are the ones that train and serve
+    val_rows = load_split("val", limit=recipe.eval_n)
+    summary: dict = {"steps": 0}
+    if recipe.steps:
+        t_read = time.perf_counter()
+        train_rows = load_split("train", limit=recipe.train_limit)
+        readings = enc.read(docs_of(train_rows, recipe.context), progress=progress)
+        enc.read(docs_of(val_rows, recipe.context), progress=progress)
+        read_s = time.perf_counter() - t_read
+        for p in [*([enc.channel] if enc.channel is not None else []), *adapters.values()]:
+            p.requires_grad_(True)
+        loop = LoopConfig(
+            steps=recipe.steps,
+            batch_size=recipe.batch_size,
+            lr=recipe.lr,
+            channel_weight=recipe.channel_weight,
+            distill_weight=recipe.distill_weight,
+            eval_every=recipe.eval_every,
+            seed=recipe.seed,
+        )
+        parts = TrainedParts(enc, dict(adapters), llms, loop)
+        data = list(zip(readings, train_rows, strict=True))
+        names = list(llms)
+        summary = train_loop(parts, data, out, lambda: val_score(wire, names, val_rows, recipe), progress=progress)
+        summary["read_s"] = round(read_s, 1)
+        plot_training(out / "log.jsonl")
+    # every path on val: the run's figures and each path's score calibration (the joint pick's prior)
+    paths = ("evidence", "relay", "relay-tuned", "latent", "latent-closed")
+    val = validate(wire, list(llms), val_rows, recipe.context, recipe.max_new_tokens, paths, progress=progress)
+    calibration = fit(val)
+    summary.update(
+        wall_s=round(time.perf_counter() - t0, 1),
+        val={
+            path: {n: {k: r[k] for k in ("n", "em", "f1", "nll_per_token")} for n, r in res.items()}
+            for path, res in val.items()
+        },
+        selection_val=selection_report(enc.selector, load_split("val"), budgets=())["default"],
+    )
+    checkpoint.save(
+        ckpt, enc, adapters, config_dict(recipe, enc, adapters, llms, {"calibration": calibration, "summary": summary})
+    )
+    with open(out / "log.jsonl", "a") as f:
+        f.write(json.dumps({"kind": "final", "split": "val", **summary["val"]}) + "\n")
+    return ckpt
+
+
+def tiny_recipe(**over) -> TrainRecipe:
+    """The shipped design at toy size on the tiny random models: what tests, `smoke`, `bench --quick` and the
+    fuzz and overhead benches serve (a few seconds to build)."""
+    base = dict(
+        models=["tiny-llama", "tiny-qwen"],
+        sharer="tiny-qwen",
+        m=4,
+        d_z=32,
+        prompt_len=2,
+        rank=2,
+        steps=2,
+        batch_size=2,
+        eval_every=0,
+        eval_n=4,
+        train_limit=8,
+        max_new_tokens=4,
+        device="cpu",
+        dtype="float32",
+    )
+    return TrainRecipe(**{**base, **over})
+
+
+def tiny_checkpoint(folder: str | Path, llms: dict[str, LLM] | None = None, **over) -> Path:
+    """A tiny trained checkpoint in `folder/ckpt` (see `tiny_recipe`)."""
+    return build(tiny_recipe(**over), folder, llms=llms, progress=False)
