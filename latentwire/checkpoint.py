@@ -29,6 +29,7 @@ import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -45,7 +46,6 @@ except ImportError:  # pragma: no cover - older safetensors
     SafetensorError = OSError  # type: ignore[misc,assignment]
 
 WEIGHTS, CONFIG = "weights.safetensors", "config.json"
-DEFAULT_CKPT: Path = Path(__file__).resolve().parent.parent / "checkpoints" / "default"
 FORMAT_VERSION = 1
 # deeper than any config we write: a hostile file nested 100k deep would otherwise exhaust the parser's recursion
 MAX_DEPTH = 32
@@ -53,6 +53,19 @@ MAX_DEPTH = 32
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, malformed, or does not match the models or config it is loaded with."""
+
+
+def packaged_checkpoint(name: str = "default") -> Path:
+    """A committed checkpoint, found as package data of `latentwire.checkpoints` (pyproject's package-dir maps the
+    repository's `checkpoints/` there): the same folder in a checkout, an editable install and a wheel, never a
+    path outside the package."""
+    root = resources.files("latentwire.checkpoints")
+    if not isinstance(root, Path):  # a zipped install: a checkpoint must be a folder on disk (safetensors maps it)
+        raise CheckpointError(f"latentwire.checkpoints is not on disk ({root}): install the package unzipped")
+    return root / name
+
+
+DEFAULT_CKPT: Path = packaged_checkpoint()
 
 
 def fingerprint(path: str | Path) -> str:

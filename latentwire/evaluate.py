@@ -14,6 +14,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Sequence
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,14 @@ from .protocol import PATH_NAMES, SENDER_PATHS
 SlotFn = Callable[[Sequence[Example]], list[torch.Tensor]]  # examples -> this model's slot embeddings
 
 
-ROWS_DIR = Path(__file__).resolve().parent.parent / "bench" / "rows"
+def committed_rows() -> Path:
+    """The bench's committed rows: package data of `latentwire.bench` (`rows/*.jsonl`), so a wheel install seeds its
+    cache as a clone does. Looked up by the package's name: the core imports no role (pyproject's layers); this
+    runs nothing of the bench but its empty `__init__`."""
+    return Path(str(resources.files("latentwire.bench"))) / "rows"
+
+
+ROWS_DIR = committed_rows()
 
 
 def cache_key(**parts: object) -> str:

@@ -41,7 +41,6 @@ HEARTBEAT_S = 1.0  # how often a process says it is alive
 DEAD_AFTER_S = 4.0  # the arbiter forgets a process silent for this long
 MAX_FANOUT = 256  # receivers one sender may fan out to (bounds the byte counts it may report)
 MAX_MSG_BYTES = DEFAULT_LIMITS.max_frame_bytes  # ZMQ_MAXMSGSIZE: a bigger message drops its peer, never buffered
-PROCFILE = Path(__file__).resolve().parent.parent / "Procfile"
 
 
 def address(name: str, value: str | None = None) -> str:
@@ -187,10 +186,16 @@ class StopFlag:
 
 
 def procfile(path: str | Path | None = None) -> dict[str, str]:
-    """The process list (name -> shell command): the Procfile is the single source for `up` and honcho."""
+    """The process list (name -> shell command) of the Procfile at `path`; without one, the default list as
+    `latentwire procfile` generates it (the committed Procfile is that text), so nothing is read from outside the
+    package."""
+    if path is None:
+        from latentwire.up import processes  # at call time: `up` imports this module
+
+        return processes()
     from honcho.environ import parse_procfile
 
-    path = Path(path) if path else PROCFILE
+    path = Path(path)
     procs = parse_procfile(path.read_text()).processes
     if not procs:
         raise ValueError(f"{path}: no processes (lines `name: command`)")
