@@ -41,6 +41,10 @@ _KEYS: dict[type, tuple[str, dict[str, str]]] = {
     ),
 }
 _CLASSES = {kind: (cls, keys) for cls, (kind, keys) in _KEYS.items()}
+# optional keys (v1 grew them after its release): written only when set, so a frame without them is byte for byte
+# what it always was; absent or nil reads as None, and decoders that predate them ignore them
+_TIMES = {"e": "deadline", "o": "opened"}
+_OPTIONAL: dict[type, dict[str, str]] = {LatentRequest: _TIMES, TextRequest: _TIMES, Ask: _TIMES}
 MAX_KEYS = 32  # top-level keys, known and unknown (a v1 frame uses at most 16)
 
 
@@ -59,6 +63,9 @@ def encode_frame(msg: Message, limits: Limits = DEFAULT_LIMITS) -> bytes:
     kind, keys = _KEYS[type(msg)]
     wire = {"p": PROTOCOL_NAME, "v": PROTOCOL_VERSION, "k": kind}
     wire.update({key: getattr(msg, attr) for key, attr in keys.items()})
+    for key, attr in _OPTIONAL.get(type(msg), {}).items():
+        if getattr(msg, attr) is not None:
+            wire[key] = getattr(msg, attr)
     if isinstance(msg, LatentRequest):
         q = msg.latent  # body last, so a reader can inspect the header before the body
         wire.update(q=q.scheme.value, m=q.shape[0], d=q.shape[1], g=q.group_size, c=q.scales, b=q.body)
@@ -104,6 +111,7 @@ def decode_frame(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
     cls, keys = _CLASSES[kind]
     try:
         fields = {attr: _get(wire, key) for key, attr in keys.items()}
+        fields.update({attr: wire.get(key) for key, attr in _OPTIONAL.get(cls, {}).items()})
         if cls is LatentRequest:
             fields["latent"] = QuantizedLatent(
                 _get(wire, "q"), (_get(wire, "m"), _get(wire, "d")), _get(wire, "b"), _get(wire, "c"), _get(wire, "g")

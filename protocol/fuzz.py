@@ -45,11 +45,15 @@ def sample_messages() -> list[Message]:
         latent_request("r6", "sender", "ckpt-abc", small, "int8", group_size=5),
         TextRequest("r7", "sender", "Question: who?\nContext: Ada Lovelace wrote it.", budget=8),
         TextRequest("r8", "sender", "Question: où?\nContext: à Paris.", max_new_tokens=32),
+        # the optional deadline keys, so mutations reach their checks too
+        latent_request("r9", "sender", "ckpt-abc", small, "int8", deadline=1.7e9 + 0.25, opened=1.7e9),
+        TextRequest("r10", "sender", "Question: who?\nContext: Ada.", deadline=1.7e9 + 60.0, opened=1.7e9),
         Reply("r7", "recv-llama", "llama", "Ada Lovelace", -0.25, {"encode": 0.001, "generate": 0.2}, "ckpt-abc"),
         ErrorReply("", "recv-qwen", "bad_frame", "latent frame: missing field 'b'"),
         Heartbeat("", "recv-qwen", "receiver", "ready", {"model": "qwen", "d_model": 896, "load_s": 1.5}),
         Ask("c1", "client", "Who wrote it?", "Ada Lovelace wrote it.", "latent", "int4", 8, max_new_tokens=8),
         Ask("c2", "client", "Où?", "à Paris.", "token-budget", budget=8),
+        Ask("c3", "arbiter", "Who?", "Ada.", "text", deadline=1.7e9 + 60.0, opened=1.7e9),
         JointReply(
             "c1", "arbiter", "Ada Lovelace", "llama", 0.75, 1, 0,
             {"llama": "Ada Lovelace", "qwen": "ada lovelace"}, {"llama": -0.25, "qwen": -0.5},

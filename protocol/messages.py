@@ -38,6 +38,14 @@ def _check_ids(rid: object, sender: object, *, rid_required: bool = True) -> Non
     check_str("sender", sender, nonempty=True)
 
 
+def _check_times(msg: LatentRequest | TextRequest | Ask) -> None:
+    """`deadline` and `opened`: Unix epoch seconds, finite and >= 0, or None (not given)."""
+    for name in ("deadline", "opened"):
+        value = getattr(msg, name)
+        if value is not None:
+            _set(msg, name, check_float(name, value, 0.0))
+
+
 @dataclass(frozen=True)
 class LatentRequest:
     """Answer from a latent made by the encoder checkpoint identified by `fingerprint`."""
@@ -47,6 +55,8 @@ class LatentRequest:
     fingerprint: str
     latent: QuantizedLatent
     max_new_tokens: int = 16
+    deadline: float | None = None  # Unix time after which nobody waits for the answer (None: no deadline)
+    opened: float | None = None  # Unix time the arbiter opened the request (None: not known)
 
     def __post_init__(self) -> None:
         _check_ids(self.rid, self.sender)
@@ -54,6 +64,7 @@ class LatentRequest:
         if not isinstance(self.latent, QuantizedLatent):
             raise ProtocolError(f"latent: expected QuantizedLatent, got {type(self.latent).__name__}")
         _set(self, "max_new_tokens", check_int("max_new_tokens", self.max_new_tokens, 1, INT32_MAX))
+        _check_times(self)
 
 
 @dataclass(frozen=True)
@@ -65,6 +76,8 @@ class TextRequest:
     text: str
     budget: int | None = None
     max_new_tokens: int = 16
+    deadline: float | None = None  # as in LatentRequest
+    opened: float | None = None
 
     def __post_init__(self) -> None:
         _check_ids(self.rid, self.sender)
@@ -72,6 +85,7 @@ class TextRequest:
         if self.budget is not None:
             _set(self, "budget", check_int("budget", self.budget, 1, INT32_MAX))
         _set(self, "max_new_tokens", check_int("max_new_tokens", self.max_new_tokens, 1, INT32_MAX))
+        _check_times(self)
 
 
 @dataclass(frozen=True)
@@ -166,6 +180,10 @@ class Ask:
     group_size: int | None = None  # int8/int4 columns per scale; must divide d_z (checked by the sender)
     budget: int | None = None  # token-budget mode: tokens kept; None = M of the checkpoint
     max_new_tokens: int = 16
+    # Unix times: from a client, when it stops waiting; from the arbiter, its own deadline and when it opened the
+    # request (the sender copies both into the request frames, so receivers can drop work nobody waits for)
+    deadline: float | None = None
+    opened: float | None = None
 
     def __post_init__(self) -> None:
         _check_ids(self.rid, self.sender)
@@ -183,6 +201,7 @@ class Ask:
         if self.budget is not None:
             _set(self, "budget", check_int("budget", self.budget, 1, INT32_MAX))
         _set(self, "max_new_tokens", check_int("max_new_tokens", self.max_new_tokens, 1, INT32_MAX))
+        _check_times(self)
 
 
 @dataclass(frozen=True)
@@ -290,9 +309,11 @@ def latent_request(
     scheme: Quant | str,
     group_size: int | None = None,
     max_new_tokens: int = 16,
+    deadline: float | None = None,
+    opened: float | None = None,
 ) -> LatentRequest:
     """Quantise `x` and wrap it in a LatentRequest (the sender's one-liner)."""
-    return LatentRequest(rid, sender, fingerprint, quantize(x, scheme, group_size), max_new_tokens)
+    return LatentRequest(rid, sender, fingerprint, quantize(x, scheme, group_size), max_new_tokens, deadline, opened)
 
 
 def error_reply(rid: str, sender: str, code: str, message: str, limits: Limits = DEFAULT_LIMITS) -> ErrorReply:

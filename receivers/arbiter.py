@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import replace
 
 import zmq
 
@@ -110,7 +109,7 @@ def serve(
         """Send `p` to `peer`, trying the other live senders if it has vanished; finish `p` if it failed."""
         now = time.monotonic()
         while peer is not None:
-            forward = replace(p.ask, rid=p.rid, sender=pid)  # the arbiter's rid travels on; the client's stays here
+            forward = board.forward(p, now, time.time())  # the arbiter's rid, deadline and opening time travel on
             try:
                 back.send_multipart([peer.route, encode_frame(forward)], zmq.NOBLOCK)
                 return
@@ -154,7 +153,7 @@ def serve(
             board.stats["busy"] += 1
             reply(error_reply(msg.rid, pid, "busy", f"arbiter busy: {why}"))
             return
-        dispatch(*board.open(envelope, msg, len(data), now))
+        dispatch(*board.open(envelope, msg, len(data), now, time.time()))
 
     def on_back(ident: bytes, data: bytes) -> None:
         try:

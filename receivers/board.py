@@ -12,10 +12,13 @@ Spec (`serve` in arbiter.py feeds it frames and the clock; tests call it directl
   ROUTER envelope) at most an equal share of them among the clients in flight, itself included, with one share
   always left free: a flooding client hears `busy`, a client asking now and then gets in.
 * Opening a request (`open`): it gets the arbiter's own id (unique across clients and arbiter restarts, and
-  unguessable) and expects an answer from every model with a receiver that serves the system at that moment.
+  unguessable) and expects an answer from every model with a receiver that serves the system at that moment, until
+  its deadline: `timeout` s, or sooner when the client's ask says it stops waiting sooner.
   None: it fails at once with `no_receivers`, saying why (receivers on another checkpoint, or yet to answer a
   probe). It goes to the live sender with the fewest requests in flight; with no live sender but one heard before
-  (restarting), it waits up to SENDER_WAIT_S for one, then fails with `no_sender`.
+  (restarting), it waits up to SENDER_WAIT_S for one, then fails with `no_sender`. The ask the sender gets
+  (`forward`) carries the deadline and the opening time on the wall clock, which the sender copies into the frames
+  it fans out: a receiver drops the work nobody waits for any more (`expired`, SPEC.md "Deadlines").
 * A sender that vanishes before reporting a request gets it taken away and given to another, up to MAX_RETRIES
   dispatches. Only the sender it was given to may report it, once, with byte counts a frame can hold.
 * Joining: a request is complete when its sender reported it and every expected model answered (a reply or an
@@ -37,6 +40,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import Counter, OrderedDict
+from dataclasses import replace
 
 from latentwire import net
 from latentwire.protocol import (
@@ -72,7 +76,7 @@ UNPROVEN = "unproven: announced itself, but has yet to answer a request (not wai
 ERROR_CODES = frozenset(
     {
         "bad_frame", "bad_version", "bad_quant", "bad_shape", "bad_request", "wrong_checkpoint", "unexpected_kind",
-        "too_large", "bad_output", "internal", "shutting_down", "busy",
+        "too_large", "bad_output", "internal", "shutting_down", "busy", "expired",
     }
 )  # fmt: skip
 _REPORT_BYTES = ("request", "header", "payload", "scales")
@@ -149,16 +153,22 @@ class Board(Roster):
             return f"this client has {own} requests in flight, its fair share ({clients} clients asking)"
         return ""
 
-    def open(self, client: tuple[bytes, ...], ask: Ask, ask_bytes: int, now: float) -> tuple[Pending, Peer | None]:
+    def open(
+        self, client: tuple[bytes, ...], ask: Ask, ask_bytes: int, now: float, wall: float | None = None
+    ) -> tuple[Pending, Peer | None]:
         """Register a request and choose its sender (least in flight); a failure is set when none can serve.
 
-        With no live sender but one heard from before (a sender restarting), the request waits for one.
+        With no live sender but one heard from before (a sender restarting), the request waits for one. `wall` is
+        the Unix time at `now`: with it, an ask's own deadline (a Unix time) shortens the request's.
         """
         ready = self.receivers(now)
         expected = frozenset(p.name for p in ready.ok)  # proven ones only: a forged heartbeat never holds an answer
         absent = {m: f"wrong_checkpoint: {why}" for m, why in ready.mismatched.items()}
         absent.update({q.name: UNPROVEN for q in ready.unproven})
-        p = Pending(self._rid(), client, ask, expected, now, now + self.timeout, absent=absent)
+        deadline = now + self.timeout
+        if ask.deadline is not None and wall is not None:  # the client stops waiting sooner: so does everyone
+            deadline = min(deadline, now + max(0.0, ask.deadline - wall))
+        p = Pending(self._rid(), client, ask, expected, now, deadline, absent=absent)
         p.configured, p.models = self.configured(now, len(expected))
         add(p.nbytes, "ask", ask_bytes)
         self.pending[p.rid] = p
@@ -170,6 +180,12 @@ class Board(Roster):
         if sender is None and not self._heard("sender"):
             p.failure = error_reply(ask.rid, self.pid, "no_sender", "no sender is ready (is everything up?)")
         return p, sender
+
+    def forward(self, p: Pending, now: float, wall: float) -> Ask:
+        """The ask as `p`'s sender gets it: the arbiter's rid (the client's stays here), and the request's deadline
+        and opening time as Unix times (`wall` is the Unix time at `now`) for the sender to copy into its frames."""
+        deadline, opened = wall + max(0.0, p.deadline - now), max(0.0, wall - (now - p.started))
+        return replace(p.ask, rid=p.rid, sender=self.pid, deadline=deadline, opened=opened)
 
     def _rid(self) -> str:
         self._seq += 1
@@ -317,6 +333,10 @@ class Board(Roster):
     def _stray(self, msg: Message) -> None:
         if msg.rid in self.finished:
             self.stats["late"] += 1
+            if isinstance(msg, Reply):  # generated after its request closed: the work a deadline is there to save
+                self.stats["late_reply"] += 1
+            elif isinstance(msg, ErrorReply) and msg.code == "expired":  # dropped instead: counted like any error
+                self._count_error(msg.code)
         else:
             self.stats["unknown"] += 1
             if isinstance(msg, ErrorReply):  # e.g. a garbage frame sent straight to a receiver

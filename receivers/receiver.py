@@ -3,6 +3,10 @@
 Frames come in on a PULL socket the receiver binds (so with CURVE it authenticates its senders); replies,
 errors and heartbeats go out on a PUSH socket connected to the arbiter. `Receiver.handle` is the whole
 per-frame logic and never raises: a bad frame gets an ErrorReply and the loop keeps serving.
+
+Work nobody waits for is dropped with an `expired` error instead of being generated (SPEC.md "Deadlines"): a frame
+past its deadline, or opened before this receiver came back from a silence the arbiter took for death (`Liveness`:
+a stopped process finds its socket full of such frames, and answering them would delay the ones still waited for).
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +61,46 @@ MAX_BATCH = 8  # frames read off the socket together (serve's `max_batch`)
 MAX_BATCH_POSITIONS = 8192
 
 
+class Liveness:
+    """When this process last told the arbiter it is alive, and when it last came back from a silence of more than
+    `dead_after` (the arbiter's net.DEAD_AFTER_S): meanwhile the arbiter took it for dead, closed the requests that
+    waited only on it and opened the next ones without it, so work opened before its return is waited for by no one.
+
+    Shared by two threads: the heartbeat thread calls `beat` before each heartbeat, the serving thread asks `back`
+    before it serves (a stopped process resumes both at once, so either may notice the silence first)."""
+
+    def __init__(
+        self,
+        dead_after: float = net.DEAD_AFTER_S,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.dead_after, self._clock, self._wall = dead_after, clock, wall
+        self._lock = threading.Lock()
+        self._last = clock()  # the last heartbeat (monotonic: runs on while the process is stopped)
+        self._back = 0.0  # Unix time of the last return from a silence (0: never silent)
+        self.silences = 0
+
+    def _silent(self) -> bool:
+        return self._clock() - self._last > self.dead_after
+
+    def beat(self) -> None:
+        """A heartbeat goes out now (called before sending it, so the arbiter never hears it before `back` moves)."""
+        with self._lock:
+            if self._silent():
+                self._back = self._wall()
+                self.silences += 1
+            self._last = self._clock()
+
+    def back(self) -> float:
+        """Unix time before which opened work is waited for by no one: the last return from a silence, or now while
+        still silent (the heartbeat that ends it has not gone out yet)."""
+        with self._lock:
+            if self._silent():
+                self._back = self._wall()
+            return self._back
+
+
 @dataclass
 class _Prepared:
     """A request that passed every check, with its slot embeddings, ready to generate."""
@@ -80,6 +124,8 @@ class Receiver:
     m: int | None = None  # soft tokens per latent of the checkpoint (`encoder.m`); None accepts any M
     max_slot_tokens: int = MAX_SLOT_TOKENS  # cap on the slot of the text and token-budget paths
     max_batch_positions: int = MAX_BATCH_POSITIONS  # cap on one generate call's padded positions
+    liveness: Liveness | None = None  # set by `serve`: work opened before a silence is dropped; None: never
+    wall: Callable[[], float] = time.time  # the clock deadlines are read on (Unix time)
 
     def handle(self, data: bytes) -> Reply | ErrorReply:
         return self.handle_many([data])[0]
@@ -98,7 +144,8 @@ class Receiver:
         Refusals come first. Valid requests are decoded together, one `generate` call per path, token cap and
         sub-batch of at most `max_batch_positions` padded positions (left-padded, so each answer is the one it
         would get alone), the shortest sub-batch first so short asks are not kept waiting behind long ones; a
-        failing request costs only its own answer.
+        failing request costs only its own answer. Right before each sub-batch, and once more after it, a request
+        nobody waits for any more (`expired`) gets that error instead: earlier sub-batches take time.
         """
         groups: dict[tuple[bool, int], list[tuple[int, _Prepared]]] = {}
         for i, data in enumerate(frames):
@@ -109,7 +156,28 @@ class Receiver:
                 cap = min(prep.msg.max_new_tokens, self.max_new_tokens)
                 groups.setdefault((isinstance(prep.msg, LatentRequest), cap), []).append((i, prep))
         for cap, items in self._batches(groups):
-            yield from zip((i for i, _ in items), self._generate([p for _, p in items], cap), strict=True)
+            live = []
+            for i, p in items:
+                gone = self._expired(p.msg)
+                if gone is None:
+                    live.append((i, p))
+                else:
+                    yield i, gone
+            if live:
+                for (i, p), reply in zip(live, self._generate([p for _, p in live], cap), strict=True):
+                    # stopped mid-generate: the answer would arrive after the arbiter stopped waiting for it
+                    yield i, (self._expired(p.msg) if isinstance(reply, Reply) else None) or reply
+
+    def _expired(self, msg: LatentRequest | TextRequest) -> ErrorReply | None:
+        """An `expired` error when nobody waits for `msg`'s answer any more (SPEC.md "Deadlines"), else None."""
+        now = self.wall()
+        if msg.deadline is not None and now >= msg.deadline:
+            why = f"deadline passed {now - msg.deadline:.1f} s ago"
+        elif msg.opened is not None and self.liveness is not None and msg.opened < (back := self.liveness.back()):
+            why = f"opened {back - msg.opened:.1f} s before it came back from a silence (taken for dead)"
+        else:
+            return None
+        return error_reply(msg.rid, self.pid, "expired", f"{self.name}: dropped, nobody waits for it: {why}")
 
     def _batches(
         self, groups: dict[tuple[bool, int], list[tuple[int, _Prepared]]]
@@ -130,6 +198,8 @@ class Receiver:
         except ProtocolError as e:
             return error_reply(peek_rid(data), self.pid, error_code(e), str(e))
         try:
+            if isinstance(msg, (LatentRequest, TextRequest)) and (gone := self._expired(msg)) is not None:
+                return gone  # before any work: a stopped receiver wades through its backlog at decoding speed
             if isinstance(msg, LatentRequest):
                 return self._latent(msg, t0)
             if isinstance(msg, TextRequest):
@@ -262,17 +332,23 @@ def slot_cap(llm: object, cap: int = MAX_SLOT_TOKENS) -> int:
 class _Heartbeats(threading.Thread):
     """Sends "alive" on its own socket every HEARTBEAT_S, also while the main thread is generating."""
 
-    def __init__(self, ctx: zmq.Context, replies: str, curve: net.Curve | None, hb: Heartbeat) -> None:
+    def __init__(
+        self, ctx: zmq.Context, replies: str, curve: net.Curve | None, hb: Heartbeat, liveness: Liveness
+    ) -> None:
         super().__init__(daemon=True, name="heartbeats")
         self.sock = net.make_socket(ctx, zmq.PUSH)
         if curve:
             curve.client(self.sock, "arbiter")
         self.sock.connect(replies)
-        self.hb, self.stop = hb, threading.Event()
+        self.hb, self.liveness, self.stop = hb, liveness, threading.Event()
 
     def run(self) -> None:
         frame = encode_frame(self.hb)
         while not self.stop.wait(net.HEARTBEAT_S):
+            silences = self.liveness.silences
+            self.liveness.beat()
+            if self.liveness.silences > silences:
+                log.warning("silent for over %.0f s (stopped?): dropping the work opened meanwhile", net.DEAD_AFTER_S)
             with contextlib.suppress(zmq.Again):  # no arbiter yet: it will hear the next one
                 self.sock.send(frame, zmq.NOBLOCK)
         self.sock.close(0)
@@ -347,10 +423,12 @@ def serve(
     if stale:
         log.info("dropped %d frames that arrived before this receiver was ready", stale)
     ready = Heartbeat("", pid, "receiver", "ready", info)
+    rx.liveness = Liveness()  # from the first heartbeat on, a silence means the arbiter took this one for dead
     out.send(encode_frame(ready))
-    beats = _Heartbeats(ctx, replies, curve, Heartbeat("", pid, "receiver", "alive", info))
+    beats = _Heartbeats(ctx, replies, curve, Heartbeat("", pid, "receiver", "alive", info), rx.liveness)
     beats.start()
     log.info("receiver %s ready on %s (load %.1f s)", rx.name, bind, load_s)
+    dropped = 0  # expired frames of the current backlog
     try:
         while not stop:
             if not pull.poll(200):
@@ -358,8 +436,14 @@ def serve(
             frames = [pull.recv()]
             while len(frames) < max(1, max_batch) and pull.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                 frames.append(pull.recv(zmq.NOBLOCK))  # what queued meanwhile is decoded together
+            expired = 0
             for _, reply in rx.replies(frames):  # sent as each sub-batch is done: short asks leave first
                 out.send(encode_frame(reply))
+                expired += isinstance(reply, ErrorReply) and reply.code == "expired"
+            dropped += expired
+            if dropped and not expired:  # one line per backlog, when it is through
+                log.info("dropped %d frames unanswered: nobody waited for them any more", dropped)
+                dropped = 0
         while pull.poll(0):  # explicit failures for everything already queued here
             data = pull.recv()
             out.send(encode_frame(error_reply(peek_rid(data), pid, "shutting_down", f"receiver {rx.name} stopping")))

@@ -108,13 +108,14 @@ class Sender:
             raise doc
         t0 = time.perf_counter()
         durations: dict[str, float] = {}
+        times = {"deadline": ask.deadline, "opened": ask.opened}  # the arbiter's: receivers drop what nobody awaits
         msg: Message
         if doc is not None:
             out = payload(self.encoder, ask.mode, doc, reading)  # type: ignore[arg-type]
             t1 = time.perf_counter()
             durations["encode_s"] = t1 - t0
             if isinstance(out, str):
-                msg = TextRequest(ask.rid, self.pid, out, None, ask.max_new_tokens)
+                msg = TextRequest(ask.rid, self.pid, out, None, ask.max_new_tokens, **times)
             else:
                 msg = latent_request(
                     ask.rid,
@@ -124,11 +125,13 @@ class Sender:
                     ask.quant,
                     ask.group_size,
                     max_new_tokens=ask.max_new_tokens,
+                    **times,
                 )
         else:
             t1 = t0
             budget = (ask.budget or self.m) if ask.mode == "token-budget" else None
-            msg = TextRequest(ask.rid, self.pid, slot_text(ask.question, ask.context), budget, ask.max_new_tokens)
+            text = slot_text(ask.question, ask.context)
+            msg = TextRequest(ask.rid, self.pid, text, budget, ask.max_new_tokens, **times)
         frame = encode_frame(msg)
         durations["frame_s"] = time.perf_counter() - t1
         return frame, durations
