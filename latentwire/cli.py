@@ -212,6 +212,7 @@ def train(
         "runs/default"
     ),
     models: Annotated[list[str] | None, typer.Option("--model", help="receivers (repeat; default llama, qwen)")] = None,
+    m: Annotated[int, typer.Option("--soft-tokens", "-M", help="soft tokens M (latent rows)")] = 8,
     limit_train: Annotated[int | None, typer.Option(help="first N training questions only")] = None,
     dev_eval: Annotated[bool, typer.Option(help="evaluate the final checkpoint on dev (500)")] = True,
     threads: Threads = None,
@@ -222,15 +223,14 @@ def train(
     on the sender's hidden channel and each receiver's prompt, residual and tau (trainer/recipe.py). Multi-GPU:
     `accelerate launch -m latentwire.trainer ...` or `torchrun --nproc-per-node N -m latentwire.trainer ...`.
     """
-    from accelerate import PartialState
-
     from .device import set_threads
+    from .trainer.loop import process_state
     from .trainer.recipe import build
 
     set_threads(threads)
     ckpt = build(recipe, out)
     typer.echo(f"checkpoint: {ckpt}")
-    if dev_eval and PartialState().is_main_process:  # one rank evaluates; the others are done
+    if dev_eval and process_state().is_main_process:  # one rank evaluates; the others are done
         for mode in (Mode.relay, Mode.latent):
             _dev_eval(
                 ckpt,

@@ -50,6 +50,9 @@ class LoopConfig:
     channel_weight: float = 0.1
     eval_every: int = 100  # validate (and keep the best step) every N steps; 0: only at the end
     seed: int = 0
+    # the frozen receivers' forward and backward passes under bfloat16 autocast (the trained parts and the loss
+    # stay float32): 2-4x faster on CPUs with AMX/AVX512-BF16 and on GPUs; serving stays in the model's dtype
+    bf16: bool = True
 
 
 class TrainedParts(nn.Module):
@@ -70,6 +73,11 @@ class TrainedParts(nn.Module):
         self._encoder, self._llms, self.cfg = encoder, llms, cfg  # frozen: not registered
 
     def forward(self, readings: Sequence[Reading], answers: Sequence[str]) -> tuple[torch.Tensor, dict[str, float]]:
+        device = next(iter(self._llms.values())).device.type
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=self.cfg.bf16):
+            return self._losses(readings, answers)
+
+    def _losses(self, readings: Sequence[Reading], answers: Sequence[str]) -> tuple[torch.Tensor, dict[str, float]]:
         z = self._encoder.latents(readings)  # grads reach the channel through every receiver
         total = z.new_zeros(())
         parts: dict[str, float] = {}
@@ -94,6 +102,15 @@ class TrainedParts(nn.Module):
                 total = total + loss
                 parts[f"{name}/{path}"] = float(loss.detach())
         return total, parts
+
+
+def process_state():
+    """This process's place in the run (Accelerate's `PartialState`): one process, or a rank of `accelerate launch`
+    or `torchrun`. Without a GPU it must be asked for CPU processes, or a torchrun rank takes itself for the
+    only one."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
 
 
 def _state(parts: TrainedParts, opt, sched, step: int, best: dict) -> dict:

@@ -101,7 +101,7 @@ def test_train_builds_the_recipe(monkeypatch, tmp_path: Path) -> None:
 
     got: list = []
     monkeypatch.setattr(recipe, "build", lambda r, out: got.append(r) or out / "ckpt")
-    args = ["train", "--out", str(tmp_path), "--model", "a", "--model", "b", "--sharer", "a", "--topk", "3", "--m", "4"]
+    args = ["train", "--out", str(tmp_path), "--model", "a", "--model", "b", "--sharer", "a", "--topk", "3", "-M", "4"]
     args += ["--d-z", "64", "--context", "gold", "--limit-train", "9", "--tau", "5", "--no-dev-eval", "--eval-n", "2"]
     args += ["--steps", "7", "--prompt-len", "3", "--no-channel"]
     res = CliRunner().invoke(app, args)
@@ -137,7 +137,7 @@ def test_train_reads_a_yaml_recipe(monkeypatch, tmp_path: Path) -> None:
     monkeypatch.setattr(recipe, "build", lambda r, out: got.append(r) or out / "ckpt")
     cfg = tmp_path / "recipe.yaml"
     cfg.write_text("context: gold\nm: 6\ntau: 7.5\nmodels: [a]\ntrain_limit: 3\n")
-    res = CliRunner().invoke(app, ["train", "--out", str(tmp_path), "--config", str(cfg), "--no-dev-eval", "--m", "5"])
+    res = CliRunner().invoke(app, ["train", "--out", str(tmp_path), "--config", str(cfg), "--no-dev-eval", "-M", "5"])
     assert res.exit_code == 0, res.output
     assert got == [recipe.TrainRecipe(models=["a"], context="gold", m=5, tau=7.5, train_limit=3)]
 

@@ -91,7 +91,14 @@ def child(parent, gemma, tmp_path_factory):
     ckpt, llms = parent
     out = tmp_path_factory.mktemp("child") / "ckpt"
     recipe = ExtendRecipe(
-        model="tiny-gemma", eval_n=4, grid=[(50.0, 1)], device="cpu", dtype="float32", steps=2, train_limit=8, eval_every=0
+        model="tiny-gemma",
+        eval_n=4,
+        grid=[(50.0, 1)],
+        device="cpu",
+        dtype="float32",
+        steps=2,
+        train_limit=8,
+        eval_every=0,
     )
     return extend(recipe, ckpt, out, llms={**llms, "tiny-gemma": gemma[0]}, log=lambda s: None)
 
