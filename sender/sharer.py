@@ -52,6 +52,9 @@ class SharerConfig:
     code_seed: int = 0
     hidden_layer: int | None = None  # read this layer's states along the answer (the hidden channel's input)
     channel: bool = False  # the trained hidden channel: the states, projected to d_z, added to the codes
+    # the channel's norm per step is capped (smoothly) at this fraction of a code's (unit) norm: a larger one
+    # would drown the codes, and a receiver drops the rows whose codes it no longer recognises
+    channel_max: float = 0.5
     selector: SelectorConfig = field(default_factory=SelectorConfig)
 
     def to_dict(self) -> dict:
@@ -142,17 +145,21 @@ class ReadingCache:
 
 
 class HiddenChannel(torch.nn.Module):
-    """The sharer's states (S, H) -> (S, d_z): RMS-normalised, then a linear map that starts at zero, so a freshly
-    built channel adds nothing and training starts from the closed-form code."""
+    """The sharer's states (S, H) -> (S, d_z): RMS-normalised, then a linear map that starts at zero (a freshly
+    built channel adds nothing: training starts from the closed-form code), its norm per step smoothly capped at
+    `max_norm` (`cap * tanh(|v| / cap)`), so the codes stay recognisable under it."""
 
-    def __init__(self, hidden_size: int, d_z: int):
+    def __init__(self, hidden_size: int, d_z: int, max_norm: float = 0.5):
         super().__init__()
         self.proj = torch.nn.Linear(hidden_size, d_z, bias=False)
         torch.nn.init.zeros_(self.proj.weight)
+        self.max_norm = max_norm
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         h = h.float()
-        return self.proj(h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6))
+        v = self.proj(h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6))
+        n = v.norm(dim=-1, keepdim=True).clamp(min=1e-8)
+        return v * (self.max_norm * torch.tanh(n / self.max_norm) / n)
 
 
 class SharerEncoder(torch.nn.Module):
@@ -172,7 +179,9 @@ class SharerEncoder(torch.nn.Module):
         self.cache: ReadingCache | None = None
         if cfg.channel and cfg.hidden_layer is None:
             raise ValueError("encoder: channel needs hidden_layer (the sharer layer it reads)")
-        self.channel = HiddenChannel(self.llm.hidden_size, cfg.d_z).to(self.llm.device) if cfg.channel else None
+        self.channel = (
+            HiddenChannel(self.llm.hidden_size, cfg.d_z, cfg.channel_max).to(self.llm.device) if cfg.channel else None
+        )
 
     def use_cache(self, directory: Path | None = None) -> SharerEncoder:
         """Keep readings on disk (eval, bench, training): each question is read once per sharer and selector."""

@@ -57,6 +57,7 @@ class ExtendRecipe:
     lr: float = 3e-3
     eval_every: int = 100
     train_limit: int | None = None  # the first N training questions only
+    run_dir: str = "runs/extend"  # the training's log.jsonl, training.png and state.pt (rerunning resumes)
     max_new_tokens: int | None = None  # default: the parent recipe's
     device: str = "auto"
     dtype: str = "auto"
@@ -211,7 +212,7 @@ def _train(recipe: ExtendRecipe, wire, name: str, rows, max_new: int, out: Path)
     parts = TrainedParts(enc, {name: wire.adapters[name]}, wire.llms, loop, train_sender=False)
     scoring = TrainRecipe(context=recipe.context, max_new_tokens=max_new)
     data = list(zip(readings, train_rows, strict=True))
-    run = out.parent / f"{out.name}.train"
+    run = Path(recipe.run_dir) / name
     summary = train_loop(parts, data, run, lambda: val_score(wire, [name], rows, scoring), progress=True)
     plot_training(run / "log.jsonl")
     return summary

@@ -70,7 +70,10 @@ class TrainedParts(nn.Module):
         super().__init__()
         self.channel = encoder.channel if train_sender else None
         self.adapters = nn.ModuleDict(adapters)
-        self._encoder, self._llms, self.cfg = encoder, llms, cfg  # frozen: not registered
+        # the encoder (its sharer) and the receivers are frozen: kept out of the module's registry, so only the
+        # trained parts above are this module's parameters (and DDP's)
+        object.__setattr__(self, "_encoder", encoder)
+        self._llms, self.cfg = llms, cfg
 
     def forward(self, readings: Sequence[Reading], answers: Sequence[str]) -> tuple[torch.Tensor, dict[str, float]]:
         device = next(iter(self._llms.values())).device.type

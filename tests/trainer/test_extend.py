@@ -98,6 +98,7 @@ def child(parent, gemma, tmp_path_factory):
         dtype="float32",
         steps=2,
         train_limit=8,
+        run_dir=str(tmp_path_factory.mktemp("extend-run")),
         eval_every=0,
     )
     return extend(recipe, ckpt, out, llms={**llms, "tiny-gemma": gemma[0]}, log=lambda s: None)

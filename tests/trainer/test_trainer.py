@@ -112,3 +112,20 @@ def test_two_process_gloo_training(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     summary = checkpoint.read_config(tmp_path / "ckpt")["summary"]
     assert summary["world_size"] == 2 and summary["steps"] == 2 and summary["examples_seen"] == 8
+
+
+def test_the_hidden_channel_never_drowns_the_codes():
+    """However large its weights grow, the channel adds at most `max_norm` per step to a unit-norm code, so a
+    receiver still recognises the code under it (an uncapped channel made every row drop: EXPERIMENTS E17)."""
+    from latentwire.sender.sharer import HiddenChannel
+
+    ch = HiddenChannel(16, 8, max_norm=0.5)
+    h = torch.randn(5, 16)
+    assert torch.equal(ch(h), torch.zeros(5, 8))  # zero-initialised: the closed form
+    with torch.no_grad():
+        ch.proj.weight.normal_(0, 10.0)
+    out = ch(h)
+    assert (out.norm(dim=-1) <= 0.5 + 1e-6).all() and (out.norm(dim=-1) > 0.45).all()
+    with torch.no_grad():
+        ch.proj.weight.mul_(1e-4)  # small contributions pass through almost unchanged
+    assert torch.allclose(ch(h), ch.proj(h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)), rtol=1e-3)
