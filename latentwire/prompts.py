@@ -14,11 +14,9 @@ from dataclasses import dataclass
 from transformers import PreTrainedTokenizerBase
 
 from .data import Example
-from .protocol import PATH_NAMES
 
 INSTRUCTION = "Answer with a short phrase only."
 PROMPT_VERSION = 1
-MODES = PATH_NAMES  # the one list lives in `protocol/paths.py`
 _MARK = "\u2063SLOT\u2063"
 
 

@@ -20,8 +20,7 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass, field, fields
 
 from latentwire import net
-from latentwire.prompts import MODES
-from latentwire.protocol import Heartbeat
+from latentwire.protocol import PATH_NAMES, Heartbeat
 from latentwire.protocol.base import INT32_MAX
 from latentwire.receivers.calibration import Calibration
 
@@ -128,7 +127,7 @@ class Roster:
         fp = hb.info.get("fingerprint")
         peer.fingerprint = fp if isinstance(fp, str) else ""
         if hb.role == "receiver":
-            peer.calibrations = {path: calibration_from_info(hb.info, path) for path in MODES}
+            peer.calibrations = {path: calibration_from_info(hb.info, path) for path in PATH_NAMES}
         else:
             models = hb.info.get("models")
             peer.models = tuple(sorted(m for m in models.split(",") if m)) if isinstance(models, str) else ()
