@@ -38,10 +38,16 @@ def _source_tree(dest: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def src(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tree the wheel is built from; the checks compare with it, not with the checkout, which others may
+    change meanwhile (a new default checkpoint)."""
     if shutil.which("git") is None or not (ROOT / ".git").exists():
         pytest.skip("needs a git checkout to know which files ship")
-    src = _source_tree(tmp_path_factory.mktemp("src"))
+    return _source_tree(tmp_path_factory.mktemp("src"))
+
+
+@pytest.fixture(scope="module")
+def wheel(src: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("dist")
     cmd = [sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation", "-q", "-w", str(out)]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
@@ -50,21 +56,21 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return whl
 
 
-def test_the_wheel_carries_the_checkpoints_and_the_rows(wheel: Path) -> None:
+def test_the_wheel_carries_the_checkpoints_and_the_rows(wheel: Path, src: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     for ckpt in ("default", "three"):
         for f in CHECKPOINT_FILES:
             assert f"latentwire/checkpoints/{ckpt}/{f}" in names, sorted(n for n in names if "checkpoints" in n)
     rows = {n for n in names if n.startswith("latentwire/bench/rows/")}
-    assert rows == {f"latentwire/bench/rows/{p.name}" for p in (ROOT / "bench" / "rows").glob("*.jsonl")}
+    assert rows == {f"latentwire/bench/rows/{p.name}" for p in (src / "bench" / "rows").glob("*.jsonl")}
     assert rows, "no committed rows shipped"
     # byte for byte: a fingerprint (stamped in every latent frame) covers both checkpoint files
     with zipfile.ZipFile(wheel) as z:
         for f in CHECKPOINT_FILES:
-            assert z.read(f"latentwire/checkpoints/default/{f}") == (ROOT / "checkpoints" / "default" / f).read_bytes()
+            assert z.read(f"latentwire/checkpoints/default/{f}") == (src / "checkpoints" / "default" / f).read_bytes()
 
 
-def test_the_installed_core_finds_its_data_inside_the_package(wheel: Path, tmp_path: Path) -> None:
+def test_the_installed_core_finds_its_data_inside_the_package(wheel: Path, src: Path, tmp_path: Path) -> None:
     """The wheel unpacked (its purelib is the install) and imported ahead of the editable checkout: DEFAULT_CKPT,
     ROWS_DIR and the default process list resolve under the unpacked package."""
     site = tmp_path / "site"
@@ -91,5 +97,5 @@ def test_the_installed_core_finds_its_data_inside_the_package(wheel: Path, tmp_p
     assert Path(got["rows"]) == pkg / "bench" / "rows"
     from latentwire import checkpoint
 
-    assert got["fp"] == checkpoint.fingerprint(ROOT / "checkpoints" / "default")
+    assert got["fp"] == checkpoint.fingerprint(src / "checkpoints" / "default")
     assert got["procs"] == ["arbiter", "llama", "qwen", "sender"]
