@@ -59,12 +59,17 @@ MAX_BATCH = 8  # frames read off the socket together (serve's `max_batch`)
 # padded positions (requests x the longest one's slot + answer) decoded through one generate call: memory grows with
 # it, and eight text asks near the slot cap together would need ~10 GB; one request over it is decoded alone
 MAX_BATCH_POSITIONS = 8192
+# after a silence the arbiter took for death, work opened up to this long after the return is dropped too: the
+# arbiter may have opened it before it heard the heartbeat that ends the silence (then nobody waits for it)
+RETURN_GRACE_S = 0.5
 
 
 class Liveness:
     """When this process last told the arbiter it is alive, and when it last came back from a silence of more than
     `dead_after` (the arbiter's net.DEAD_AFTER_S): meanwhile the arbiter took it for dead, closed the requests that
     waited only on it and opened the next ones without it, so work opened before its return is waited for by no one.
+    The arbiter hears of the return a moment later (`grace`): work opened that moment is dropped too, at the cost of
+    a degraded answer where the arbiter had heard it already, rather than generated for a request that is gone.
 
     Shared by two threads: the heartbeat thread calls `beat` before each heartbeat, the serving thread asks `back`
     before it serves (a stopped process resumes both at once, so either may notice the silence first)."""
@@ -74,8 +79,9 @@ class Liveness:
         dead_after: float = net.DEAD_AFTER_S,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        grace: float = RETURN_GRACE_S,
     ) -> None:
-        self.dead_after, self._clock, self._wall = dead_after, clock, wall
+        self.dead_after, self._clock, self._wall, self.grace = dead_after, clock, wall, grace
         self._lock = threading.Lock()
         self._last = clock()  # the last heartbeat (monotonic: runs on while the process is stopped)
         self._back = 0.0  # Unix time of the last return from a silence (0: never silent)
@@ -88,7 +94,7 @@ class Liveness:
         """A heartbeat goes out now (called before sending it, so the arbiter never hears it before `back` moves)."""
         with self._lock:
             if self._silent():
-                self._back = self._wall()
+                self._back = self._wall() + self.grace
                 self.silences += 1
             self._last = self._clock()
 
@@ -97,7 +103,7 @@ class Liveness:
         still silent (the heartbeat that ends it has not gone out yet)."""
         with self._lock:
             if self._silent():
-                self._back = self._wall()
+                self._back = self._wall() + self.grace
             return self._back
 
 

@@ -96,19 +96,20 @@ def test_the_deadline_is_checked_again_before_each_sub_batch(
 
 def test_work_opened_before_a_silence_is_dropped_and_later_work_served(rx: Receiver, wall: Clock) -> None:
     mono = Clock(100.0)
-    rx.liveness = Liveness(dead_after=4.0, clock=mono, wall=wall)
+    rx.liveness = Liveness(dead_after=4.0, clock=mono, wall=wall, grace=0.5)
     before = _text("before", opened=WALL - 1.0)
     assert isinstance(rx.handle(before), Reply)  # no silence yet: served
     mono.t += 10.0  # stopped for 10 s: no heartbeat went out
     wall.t += 10.0
     out = rx.handle(before)  # the serving thread notices first: everything opened up to now is gone
     assert isinstance(out, ErrorReply) and out.code == "expired" and "silence" in out.message, out
-    rx.liveness.beat()  # the heartbeat that ends the silence; the arbiter waits for this receiver from now on
-    assert rx.liveness.silences == 1 and rx.liveness.back() == wall.t
+    rx.liveness.beat()  # the heartbeat that ends the silence: the arbiter waits for this receiver once it hears it
+    assert rx.liveness.silences == 1 and rx.liveness.back() == wall.t + 0.5
     assert rx.handle(_text("meanwhile", opened=wall.t - 0.5)).code == "expired"  # opened while it was taken for dead
+    assert rx.handle(_text("hearing", opened=wall.t + 0.25)).code == "expired"  # maybe before the arbiter heard it
     wall.t += 1.0
     mono.t += 1.0
-    assert isinstance(rx.handle(_text("after", opened=wall.t - 0.5)), Reply)
+    assert isinstance(rx.handle(_text("after", opened=wall.t - 0.25)), Reply)
 
 
 def test_a_reply_generated_across_a_silence_goes_out_as_expired(
