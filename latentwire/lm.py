@@ -92,7 +92,8 @@ _PREFIX: dict[tuple, object] = {}
 @torch.no_grad()
 def prefix_cache(llm: LLM, batch_size: int):
     """A fresh KV cache of the chat prefix for `batch_size` rows (the prefix is run once per model)."""
-    key = (id(llm.model), llm.model.dtype, str(llm.device))
+    # autocast (training) computes the prefix in another precision: its cache is kept apart from the exact one
+    key = (id(llm.model), llm.model.dtype, str(llm.device), torch.is_autocast_enabled(llm.device.type))
     if key not in _PREFIX:
         ids = torch.tensor([template_of(llm).prefix_ids], device=llm.device)
         _PREFIX[key] = llm.model(input_ids=ids, use_cache=True, logits_to_keep=1).cache

@@ -26,10 +26,10 @@ def test_default_config_round_trips(raw: dict) -> None:
     assert cfg.to_dict() == raw and CheckpointConfig.from_dict(raw).to_dict() == raw
     assert set(cfg.models) == {"llama", "qwen"} and isinstance(cfg.models["qwen"], ModelEntry)
     assert cfg.models["qwen"].hidden_size == 896 and cfg.models["qwen"].adapter["kind"] == "codebook"
-    assert cfg.encoder["backbone"] == "llm" and cfg.train["recipe"] == "sharer"
+    assert cfg.encoder["backbone"] == "llm" and cfg.train["recipe"] == "train"
     # each calibrated path's map, typed (the latent's is also the entry's `calibration`)
     cals = cfg.models["qwen"].calibrations()
-    assert set(cals) == {"text", "token-budget", "evidence", "relay", "latent"}  # `latentwire calibrate`: all five
+    assert set(cals) == {"evidence", "relay", "relay-tuned", "latent", "latent-closed"}  # every sender path
     assert cals["latent"] == raw["models"]["qwen"]["calibration"]
     assert "calibration_by_path" not in cfg.models["qwen"].extra
 

@@ -7,10 +7,13 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from latentwire import tiny
+from latentwire.codebook import string_code
+from latentwire.lm import generate
 from latentwire.models import TINY, load_llm
-from latentwire.smoke import smoke
+from latentwire.receivers.adapter import CodebookAdapter, CodebookAdapterConfig
 
 
 @pytest.mark.parametrize("first", ["latentwire.tiny", "latentwire.models", "latentwire.llm"])
@@ -32,7 +35,10 @@ def test_a_new_family_is_one_entry(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(tiny.FAMILIES, "llama-b", extra)
     llm = load_llm("tiny-llama-b")
     assert llm.spec == "tiny-llama-b" and type(llm.model).__name__ == "LlamaForCausalLM"
-    lines: list[str] = []
-    out = smoke(m=4, d_z=32, echo=lines.append)
-    assert set(out) == {"llama", "qwen", "llama-b"}
-    assert any(line.startswith("[llama-b] LlamaForCausalLM") for line in lines)
+    # it serves as a receiver at once: the codebook adapter reads its vocabulary, the slot decodes
+    ad = CodebookAdapter(CodebookAdapterConfig(d_z=32, hidden_size=llm.hidden_size, prompt_len=2), llm)
+    z = torch.from_numpy(string_code("A", 32))[None]
+    with torch.no_grad():
+        slot = ad(z)
+    assert slot.shape == (3, llm.hidden_size)  # the prompt and the one step
+    assert generate(llm, [slot], max_new_tokens=2)[0].score < 0
