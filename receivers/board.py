@@ -104,7 +104,7 @@ class Board(Roster):
         self.pid, self.timeout, self.max_inflight = pid, timeout, max_inflight
         self.pending: dict[str, Pending] = {}
         self._asking: Counter[tuple[bytes, ...]] = Counter()  # client (ROUTER envelope) -> its requests in flight
-        self.finished: OrderedDict[str, None] = OrderedDict()
+        self.finished: OrderedDict[str, bool] = OrderedDict()  # rid -> a probe? (their late replies are the norm)
         # 64 random bits: a request id must be unguessable, answering one proves a receiver (see Roster)
         self._prefix, self._seq = uuid.uuid4().hex[:16], 0
         self._next_probe = 0.0
@@ -333,7 +333,7 @@ class Board(Roster):
     def _stray(self, msg: Message) -> None:
         if msg.rid in self.finished:
             self.stats["late"] += 1
-            if isinstance(msg, Reply):  # generated after its request closed: the work a deadline is there to save
+            if isinstance(msg, Reply) and not self.finished[msg.rid]:  # generated after it closed: what deadlines save
                 self.stats["late_reply"] += 1
             elif isinstance(msg, ErrorReply) and msg.code == "expired":  # dropped instead: counted like any error
                 self._count_error(msg.code)
@@ -364,7 +364,7 @@ class Board(Roster):
         """Drop `p` from the join (answered, or failed); its sender has one request less in flight."""
         if self.pending.pop(p.rid, None) is None:
             return
-        self.finished[p.rid] = None
+        self.finished[p.rid] = p.probe
         while len(self.finished) > FINISHED_MEMORY:
             self.finished.popitem(last=False)
         if p.client:

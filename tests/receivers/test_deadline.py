@@ -147,7 +147,7 @@ def test_liveness_without_a_silence_never_moves() -> None:
 def _board(timeout: float = 10.0) -> Board:
     """Sender s1 and a proven receiver r-llama, heard at t=0."""
     b = Board("arb", timeout=timeout, dead_after=4.0)
-    b.heartbeat(Heartbeat("", "s1", "sender", "ready", {"models": "llama", "receivers": 1}), 0.0, b"s1", "sender")
+    b.heartbeat(Heartbeat("", "s1", "sender", "ready", {"models": "llama,qwen", "receivers": 1}), 0.0, b"s1", "sender")
     b.heartbeat(Heartbeat("", "r-llama", "receiver", "ready", {"model": "llama"}), 0.0, role="receiver")
     b.prove("r-llama")
     return b
@@ -180,6 +180,19 @@ def test_expired_errors_are_counted_and_late_replies_told_apart() -> None:
     b.on_receiver(ErrorReply(p1.rid, "r-llama", "expired", "dropped"), 10, 21.0)
     b.on_receiver(Reply(p2.rid, "r-llama", "llama", "Ada", -0.1, {}), 10, 21.0)
     assert (b.stats["late"], b.stats["error.expired"], b.stats["late_reply"]) == (2, 1, 1)
+
+
+def test_a_late_reply_to_a_probe_is_no_wasted_work() -> None:
+    """A probe waits only for the receivers yet to answer one; every receiver gets it, so the others answer late."""
+    b = _board()
+    b.heartbeat(Heartbeat("", "r-new", "receiver", "ready", {"model": "qwen"}), 0.0, role="receiver")
+    p, sender = b.probe(0.0)
+    assert p.expected == {"qwen"}
+    b.on_sender(Heartbeat(p.rid, "s1", "sender", "sent", {"reached": 2}), route=sender.route)
+    assert b.on_receiver(Reply(p.rid, "r-new", "qwen", "yes", -0.1, {}), 10, 0.5) is p
+    b.finish(p, 0.5)
+    b.on_receiver(Reply(p.rid, "r-llama", "llama", "yes", -0.1, {}), 10, 0.6)
+    assert (b.stats["late"], b.stats["late_reply"]) == (1, 0)
 
 
 # ---- the sender copies them into the frame it fans out ----

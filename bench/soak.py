@@ -1,0 +1,429 @@
+"""Soak: the whole system live on tiny models over loopback, normal traffic mixed with the hostile cases, for a while.
+
+`python -m latentwire.bench.soak --minutes 10` (or `--seconds 20`) starts `latentwire up` on free 127.0.0.1 ports
+(a tiny checkpoint is built first unless `--ckpt` names one), runs these roles side by side until the time is up, and
+prints one line per role: lost / degraded / p50 latency / peak resident memory (psutil).
+
+Traffic roles, each on its own connection, each bounded in rate and so in count:
+
+* `normal`: a client keeping two asks in flight, rotating latent int8 / latent int4 / text / token-budget;
+* `oversized`: every 2 s a text ask of 3 KB, of 100 KB (over the receivers' slot cap: `too_large`) or of 2 MB (over
+  the frame limit: refused by the client);
+* `flood`: every FLOOD_EVERY_S a burst of FLOOD_ASKS asks with a window far over its fair share (`busy`);
+* `garbage`: mutated frames at the arbiter's three sockets and at each receiver, and now and then one message over
+  the frame limit (dropped by the socket);
+* `forged`: heartbeats of receivers nobody started (some under the real models' names), of roles on the wrong socket,
+  and replies to request ids nobody issued;
+* `sigstop`: every STOP_EVERY_S one receiver in turn is stopped (SIGSTOP) for longer than the arbiter waits for a
+  silent process, then resumed (SIGCONT).
+
+An ask is lost when the client heard nothing back (its own `timeout`); every frame at the arbiter's client socket
+must be answered, garbage included. Process roles (arbiter, sender, receivers) report their peak memory and restarts.
+A sender on the arbiter's backend is trusted on plain TCP (see receivers/arbiter.py), so no role impersonates one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import random
+import signal
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import zmq
+
+from latentwire import net
+from latentwire.client import Answer
+from latentwire.protocol import (
+    DEFAULT_LIMITS,
+    Ask,
+    ErrorReply,
+    Heartbeat,
+    Reply,
+    TextRequest,
+    encode_frame,
+)
+from latentwire.protocol.fuzz import mutate
+
+RECEIVERS = {"llama": "tiny-llama", "qwen": "tiny-qwen"}
+PROCESSES = ("arbiter", "sender", *RECEIVERS)
+TIMEOUT_S = 30.0  # the arbiter's timeout: a client gives up (lost) GRACE_S after it
+READY_S = 900.0  # models load in seconds, but a machine busy with other work may take minutes to start the processes
+MODES = (("latent", "int8"), ("latent", "int4"), ("text", "int8"), ("token-budget", "int8"))
+CONTEXT = "Ada Lovelace wrote the notes on the Analytical Engine in 1843. "
+OVERSIZED = (3_000, 100_000, 2_000_000)  # text ask sizes: served, refused by receivers, refused by the client
+OVERSIZED_EVERY_S = 2.0
+FLOOD_EVERY_S, FLOOD_ASKS, FLOOD_WINDOW = 60.0, 150, 150
+GARBAGE_PER_S = 10.0  # frames per second at each arbiter socket (receivers get a fifth of it)
+FORGED_PER_S = 5.0
+STOP_EVERY_S, STOP_S = 60.0, net.DEAD_AFTER_S + 1.5  # a stop long enough to be taken for dead
+FIRST_STOP_S, QUIET_END_S = 5.0, 8.0  # no stop starts before the first, or ends within the last seconds
+
+
+@dataclass
+class Tally:
+    """What one traffic role sent and heard back."""
+
+    sent: int = 0
+    answered: int = 0
+    lost: int = 0  # no answer at all
+    failed: int = 0  # an explicit error (busy, too_large, bad_request, ...)
+    degraded: int = 0
+    latencies: list[float] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, a: Answer) -> None:
+        with self._lock:
+            self.sent += 1
+            if a.error is not None and a.error.code == "timeout":
+                self.lost += 1
+                return
+            self.answered += 1
+            self.latencies.append(a.latency_s)
+            self.failed += a.reply is None
+            self.degraded += a.reply is not None and bool(a.reply.degraded)
+
+    def summary(self) -> dict[str, Any]:
+        p50 = round(statistics.median(self.latencies), 3) if self.latencies else None
+        keys = ("sent", "answered", "lost", "failed", "degraded")
+        return {**{k: getattr(self, k) for k in keys}, "p50_s": p50}
+
+
+@dataclass
+class Soak:
+    """The running system, the end of the run, and what each role counted."""
+
+    system: Any  # latentwire.up.LocalSystem, started
+    end: float  # monotonic time the roles stop starting new work
+    rng: random.Random
+    seeds: list[bytes]  # valid request frames of the checkpoint (the receivers' garbage is made from them)
+    tallies: dict[str, Tally] = field(default_factory=dict)
+    peaks: dict[str, float] = field(default_factory=dict)  # process role -> peak RSS in MiB
+    stops: list[str] = field(default_factory=list)
+
+    def tally(self, role: str) -> Tally:
+        return self.tallies.setdefault(role, Tally())
+
+    def running(self) -> bool:
+        return time.monotonic() < self.end
+
+    def pace(self, per_s: float) -> None:
+        time.sleep(min(1.0 / per_s, max(0.0, self.end - time.monotonic())))
+
+
+# ---- traffic roles ----
+
+
+def _question(i: int) -> tuple[int, str, str]:
+    return i, f"Who wrote note {i}?", CONTEXT * (1 + i % 3)
+
+
+def normal(s: Soak) -> None:
+    """Two asks in flight at all times, the mode rotating every eight asks."""
+    with s.system.client() as c:
+        i = 0
+        while s.running():
+            mode, quant = MODES[(i // 8) % len(MODES)]
+            chunk = [_question(j) for j in range(i, i + 8)]
+            for a in c.ask_many(chunk, window=2, mode=mode, quant=quant, max_new_tokens=4):
+                s.tally("normal").add(a)
+            i += 8
+
+
+def oversized(s: Soak) -> None:
+    with s.system.client() as c:
+        i = 0
+        while s.running():
+            size = OVERSIZED[i % len(OVERSIZED)]
+            s.tally("oversized").add(c.ask("Who wrote it?", (CONTEXT * (size // len(CONTEXT) + 1))[:size], mode="text"))
+            i += 1
+            s.pace(1.0 / OVERSIZED_EVERY_S)
+
+
+def flood(s: Soak) -> None:
+    """Bursts far over the client's fair share of the arbiter's window: most are refused with `busy`, none lost."""
+    with s.system.client() as c:
+        while s.running():
+            burst = [(i, f"Flood {i}?", "Ada.") for i in range(FLOOD_ASKS)]
+            for a in c.ask_many(burst, window=FLOOD_WINDOW, mode="text", max_new_tokens=2):
+                s.tally("flood").add(a)
+            _sleep_until(s, time.monotonic() + FLOOD_EVERY_S)
+
+
+def _sleep_until(s: Soak, t: float) -> None:
+    while s.running() and time.monotonic() < t:
+        time.sleep(min(0.5, t - time.monotonic()))
+
+
+def _front_seed(rng: random.Random, i: int) -> bytes:
+    seeds = [
+        Ask(f"g-{i}", "garbage", "Who wrote it?", "Ada wrote it.", "text", max_new_tokens=1),
+        Heartbeat(f"g-{i}", "garbage", "client", "ping"),
+        ErrorReply(f"g-{i}", "garbage", "x", "y"),
+    ]
+    return encode_frame(rng.choice(seeds))
+
+
+def garbage(s: Soak) -> None:
+    """Mutated frames at every socket; each one at the client socket must be answered (counted by the dealer)."""
+    env, ctx = s.system.env, zmq.Context()
+    front = net.make_socket(ctx, zmq.DEALER)
+    front.connect(env["LATENTWIRE_ARBITER"])
+    pushes = {k: net.make_socket(ctx, zmq.PUSH) for k in ("replies", *RECEIVERS)}
+    back = net.make_socket(ctx, zmq.DEALER)
+    back.connect(env["LATENTWIRE_BACKEND"])
+    pushes["replies"].connect(env["LATENTWIRE_REPLIES"])
+    for name in RECEIVERS:
+        pushes[name].connect(s.system.receiver_address(name))
+    raw = ctx.socket(zmq.PUSH)  # no MAXMSGSIZE of its own: one message over the limit now and then, to a receiver
+    raw.linger = 0
+    for name in RECEIVERS:
+        raw.connect(s.system.receiver_address(name))  # it drops the connection; ZeroMQ reconnects
+    tally, sent, heard, i = s.tally("garbage"), 0, 0, 0
+    try:
+        while s.running():
+            if sent - heard < 64:
+                front.send(_maybe_mutate(s.rng, _front_seed(s.rng, i)))
+                sent += 1
+            _send(back, _maybe_mutate(s.rng, _front_seed(s.rng, i)))
+            _send(pushes["replies"], _maybe_mutate(s.rng, encode_frame(Reply(f"g-{i}", "rx-g", "x", "x", 0.0, {}))))
+            if i % 5 == 0:
+                name = list(RECEIVERS)[(i // 5) % len(RECEIVERS)]
+                _send(pushes[name], _maybe_mutate(s.rng, s.rng.choice(s.seeds)))
+            if i % 200 == 0:
+                _send(raw, b"\x00" * (DEFAULT_LIMITS.max_frame_bytes + 1))
+            heard += _drain(front)
+            i += 1
+            s.pace(GARBAGE_PER_S)
+        end = time.monotonic() + TIMEOUT_S + 5.0  # what is still owed: as long as a client would wait
+        while heard < sent and time.monotonic() < end:
+            heard += _drain(front, 100)
+    finally:
+        for sock in (front, back, raw, *pushes.values()):
+            sock.close(0)
+        ctx.term()
+    tally.sent, tally.answered, tally.lost = sent, heard, max(0, sent - heard)  # answers are not matched: no p50
+
+
+def _maybe_mutate(rng: random.Random, frame: bytes) -> bytes:
+    return mutate(rng, frame) if rng.random() < 0.7 else frame
+
+
+def _send(sock: zmq.Socket, data: bytes) -> None:
+    with contextlib.suppress(zmq.Again):  # the peer is not reading (stopped): hostile traffic never waits
+        sock.send(data, zmq.NOBLOCK)
+
+
+def _drain(sock: zmq.Socket, timeout_ms: int = 0) -> int:
+    n = 0
+    if sock.poll(timeout_ms):
+        while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            sock.recv(zmq.NOBLOCK)
+            n += 1
+    return n
+
+
+def forged(s: Soak) -> None:
+    """Heartbeats nobody should believe, and replies to ids nobody issued."""
+    env, ctx = s.system.env, zmq.Context()
+    replies, back = net.make_socket(ctx, zmq.PUSH), net.make_socket(ctx, zmq.DEALER)
+    replies.connect(env["LATENTWIRE_REPLIES"])
+    back.connect(env["LATENTWIRE_BACKEND"])
+    tally, i = s.tally("forged"), 0
+    try:
+        while s.running():
+            pid, model = f"forged-{s.rng.randrange(10**9)}", s.rng.choice([*RECEIVERS.values(), "evil"])
+            fp = s.rng.choice(["0" * 64, ""])
+            frames = [
+                (replies, Heartbeat("", pid, "receiver", "alive", {"model": model, "fingerprint": fp})),
+                (replies, Heartbeat("", pid, "sender", "alive", {"receivers": 9})),  # wrong socket for the role
+                (back, Heartbeat("", pid, "receiver", "alive", {"model": model})),
+                (replies, Reply(f"nobody-{i}", pid, model, "forged", 0.0, {})),
+            ]
+            sock, msg = frames[i % len(frames)]
+            _send(sock, encode_frame(msg))
+            tally.sent += 1
+            i += 1
+            s.pace(FORGED_PER_S)
+    finally:
+        replies.close(0)
+        back.close(0)
+        ctx.term()
+
+
+def stop_receivers(s: Soak, start: float) -> None:
+    """Every STOP_EVERY_S one receiver in turn is stopped for STOP_S and resumed (always resumed)."""
+    k = 0
+    while True:
+        at = start + FIRST_STOP_S + k * STOP_EVERY_S
+        if at + STOP_S + QUIET_END_S > s.end:
+            return
+        _sleep_until(s, at)
+        name = list(RECEIVERS)[k % len(RECEIVERS)]
+        pid = s.system.pid(name)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            time.sleep(STOP_S)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        s.stops.append(name)
+        k += 1
+
+
+def sample_memory(s: Soak) -> None:
+    """Peak resident memory of each process role, sampled every second (a restarted process is followed)."""
+    while s.running():
+        for name in PROCESSES:
+            try:
+                rss = psutil.Process(s.system.pid(name)).memory_info().rss / 2**20
+            except (KeyError, psutil.Error):
+                continue
+            s.peaks[name] = max(s.peaks.get(name, 0.0), round(rss, 1))
+        time.sleep(1.0)
+
+
+# ---- the run ----
+
+
+def _checkpoint(folder: Path) -> Path:
+    from latentwire.trainer.recipe import tiny_checkpoint
+
+    return tiny_checkpoint(folder)
+
+
+def _seeds(ckpt: Path) -> list[bytes]:
+    """Valid frames a receiver of `ckpt` answers, and one past its deadline (answered `expired`)."""
+    from latentwire import checkpoint
+
+    from .socket_fuzz import receiver_seeds
+
+    cfg = checkpoint.read_config(ckpt)
+    seeds = receiver_seeds(checkpoint.fingerprint(ckpt), int(cfg["encoder"]["m"]), int(cfg["encoder"]["d_z"]))
+    late = TextRequest("late", "s", "Question: Who?\nContext: Ada.", max_new_tokens=2, deadline=time.time() - 1.0)
+    return [*seeds, encode_frame(late)]
+
+
+def _final_check(system: Any) -> bool:
+    """After the roles: both receivers back, and one ask answered in full."""
+    with system.client() as c:
+        c.wait_ready(60, receivers=len(RECEIVERS))
+        end = time.monotonic() + 30
+        while time.monotonic() < end:
+            a = c.ask("Who wrote it?", "Ada Lovelace wrote it.", quant="int8", max_new_tokens=4)
+            if a.ok and not a.degraded:
+                return True
+            time.sleep(1.0)
+    return False
+
+
+def _restarts(log: Path) -> dict[str, int]:
+    text = log.read_text(errors="replace")
+    return {name: max(0, text.count(f"| {name} started (pid=") - 1) for name in PROCESSES}
+
+
+def run(
+    seconds: float, ckpt: str | Path | None = None, seed: int = 0, out: Callable[[str], None] | None = print
+) -> dict:
+    """Soak the system for `seconds`; returns (and prints, unless `out` is None) the figures per role."""
+    from latentwire.up import LocalSystem
+
+    with tempfile.TemporaryDirectory(prefix="latentwire-soak-") as tmp:
+        ckpt = Path(ckpt) if ckpt else _checkpoint(Path(tmp) / "ckpt")
+        log = Path(tmp) / "up.log"
+        with LocalSystem(ckpt, RECEIVERS, log=log, timeout=TIMEOUT_S, ready_timeout=READY_S) as system:
+            addresses = [v for v in system.env.values() if v.startswith("tcp://")]
+            assert all(v.startswith("tcp://127.0.0.1:") for v in addresses), addresses  # loopback only
+            start = time.monotonic()
+            s = Soak(system, start + seconds, random.Random(seed), _seeds(ckpt))
+            roles = [normal, oversized, flood, garbage, forged, sample_memory]
+            threads = [threading.Thread(target=_guard, args=(r, s), name=r.__name__) for r in roles]
+            threads.append(threading.Thread(target=_guard, args=(stop_receivers, s, start), name="sigstop"))
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            took = time.monotonic() - start
+            final_ok = _final_check(system)
+            with system.client() as c:
+                status = c.status(timeout=5.0)
+            arbiter = dict(status.info) if status else {}
+        result = _result(s, seconds, took, final_ok, arbiter, _restarts(log), seed)
+    if out is not None:
+        out(report(result))
+    return result
+
+
+def _guard(role: Callable[..., None], *args: Any) -> None:
+    """A role that fails is a finding, not a reason to stop the others: say so and count it."""
+    try:
+        role(*args)
+    except Exception as e:  # noqa: BLE001 - reported in the figures
+        print(f"soak: role {role.__name__} failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        args[0].tally("errors").failed += 1
+
+
+def _result(
+    s: Soak, seconds: float, took: float, final_ok: bool, arbiter: dict, restarts: dict[str, int], seed: int
+) -> dict:
+    counters = ("served", "degraded", "failed", "busy", "late", "late_reply", "error.expired", "internal_error")
+    return {
+        "seconds": seconds,
+        "took_s": round(took, 1),
+        "seed": seed,
+        "roles": {name: t.summary() for name, t in sorted(s.tallies.items())},
+        "processes": {n: {"peak_rss_mb": s.peaks.get(n), "restarts": restarts.get(n, 0)} for n in PROCESSES},
+        "stops": len(s.stops),
+        "final_ok": final_ok,
+        "arbiter": {k: arbiter.get(k, 0) for k in counters},
+    }
+
+
+COLUMNS = (("role", 10), ("sent", 6), ("lost", 5), ("failed", 6), ("degraded", 8), ("p50_s", 7), ("peak_rss_mb", 11))
+
+
+def _row(*values: object) -> str:
+    """One line of the table: the role left-aligned, the figures right-aligned, `-` where a figure does not apply."""
+    cells = ["-" if v is None else str(v) for v in values]
+    widths = [w for _, w in COLUMNS]
+    return " ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
+
+
+def report(r: dict) -> str:
+    """The figures as a table: traffic roles (lost / degraded / p50), then process roles (peak RSS, restarts)."""
+    lines = [f"soak: {r['took_s']} s on tiny models over loopback (seed {r['seed']}), {r['stops']} receiver stops"]
+    lines.append(_row(*(name for name, _ in COLUMNS)))
+    for name, t in r["roles"].items():
+        lines.append(_row(name, t["sent"], t["lost"], t["failed"], t["degraded"], t["p50_s"], None))
+    for name, p in r["processes"].items():
+        lines.append(_row(name, None, None, None, None, None, p["peak_rss_mb"]) + f"  restarts {p['restarts']}")
+    counters = ", ".join(f"{k} {v}" for k, v in r["arbiter"].items())
+    lines.append(f"arbiter: {counters}; final ask answered in full: {r['final_ok']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--minutes", type=float, default=10.0, help="how long to soak")
+    ap.add_argument("--seconds", type=float, default=None, help="how long to soak, in seconds (overrides --minutes)")
+    ap.add_argument("--ckpt", default=None, help="checkpoint of the tiny models (default: build one)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", action="store_true", help="print the figures as JSON too")
+    a = ap.parse_args(argv)
+    result = run(a.seconds if a.seconds is not None else a.minutes * 60.0, a.ckpt, a.seed)
+    if a.json:
+        print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""The soak entry point (`python -m latentwire.bench.soak`) for 20 s on the tiny checkpoint: normal traffic beside
+garbage, forged heartbeats, a flooding client, oversized asks and a receiver stopped and resumed; every role's figures
+are printed and returned, nothing is lost, no process restarts, and the system answers in full at the end."""
+
+from __future__ import annotations
+
+import pytest
+
+from latentwire.bench import soak
+
+ROLES = ("normal", "oversized", "flood", "garbage", "forged")
+
+
+def test_a_short_soak_loses_nothing(tiny_trained, capsys: pytest.CaptureFixture[str]) -> None:
+    result = soak.run(20, ckpt=tiny_trained[0])
+    out = capsys.readouterr().out
+    roles = result["roles"]
+    assert set(roles) == set(ROLES), roles  # and no `errors` role: none of them failed
+    assert all(roles[r]["lost"] == 0 for r in ROLES), roles
+    assert roles["normal"]["answered"] > 0 and roles["normal"]["p50_s"] is not None
+    assert roles["flood"]["failed"] > 0  # refused with `busy` over its fair share, answered all the same
+    assert roles["oversized"]["failed"] > 0 and roles["garbage"]["answered"] == roles["garbage"]["sent"] > 0
+    assert result["stops"] == 1 and roles["normal"]["degraded"] > 0  # the stopped receiver was missed meanwhile
+    for name, p in result["processes"].items():
+        assert p["restarts"] == 0 and p["peak_rss_mb"] > 0, (name, p)
+    assert result["final_ok"] and result["arbiter"]["late_reply"] == 0, result["arbiter"]
+    assert result["arbiter"]["internal_error"] == 0
+    lines = out.splitlines()
+    assert lines[1].split() == ["role", "sent", "lost", "failed", "degraded", "p50_s", "peak_rss_mb"]
+    for name in (*ROLES, *soak.PROCESSES):
+        assert any(line.split()[0] == name for line in lines[2:]), out
+
+
+def test_seconds_override_minutes(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[float] = []
+    monkeypatch.setattr(soak, "run", lambda seconds, ckpt, seed: seen.append(seconds) or {})
+    soak.main(["--minutes", "2"])
+    soak.main(["--minutes", "2", "--seconds", "20"])
+    assert seen == [120.0, 20.0]
