@@ -25,11 +25,8 @@ A sender on the arbiter's backend is trusted on plain TCP (see receivers/arbiter
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import random
-import signal
 import statistics
 import sys
 import tempfile
@@ -40,35 +37,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
-import zmq
-
-from latentwire import net
 from latentwire.client import Answer
 from latentwire.protocol import (
-    DEFAULT_LIMITS,
-    Ask,
-    ErrorReply,
-    Heartbeat,
-    Reply,
     TextRequest,
     encode_frame,
 )
-from latentwire.protocol.fuzz import mutate
+from latentwire.trainer.recipe import tiny_checkpoint
 
-RECEIVERS = {"llama": "tiny-llama", "qwen": "tiny-qwen"}
-PROCESSES = ("arbiter", "sender", *RECEIVERS)
-TIMEOUT_S = 30.0  # the arbiter's timeout: a client gives up (lost) GRACE_S after it
-READY_S = 900.0  # models load in seconds, but a machine busy with other work may take minutes to start the processes
-MODES = (("latent", "int8"), ("latent", "int4"), ("text", "int8"), ("token-budget", "int8"))
-CONTEXT = "Ada Lovelace wrote the notes on the Analytical Engine in 1843. "
-OVERSIZED = (3_000, 100_000, 2_000_000)  # text ask sizes: served, refused by receivers, refused by the client
-OVERSIZED_EVERY_S = 2.0
-FLOOD_EVERY_S, FLOOD_ASKS, FLOOD_WINDOW = 60.0, 150, 150
-GARBAGE_PER_S = 10.0  # frames per second at each arbiter socket (receivers get a fifth of it)
-FORGED_PER_S = 5.0
-STOP_EVERY_S, STOP_S = 60.0, net.DEAD_AFTER_S + 1.5  # a stop long enough to be taken for dead
-FIRST_STOP_S, QUIET_END_S = 5.0, 8.0  # no stop starts before the first, or ends within the last seconds
+from .soak_traffic import (
+    PROCESSES,
+    READY_S,
+    RECEIVERS,
+    TIMEOUT_S,
+    flood,
+    forged,
+    garbage,
+    normal,
+    oversized,
+    sample_memory,
+    stop_receivers,
+)
 
 
 @dataclass
@@ -122,184 +110,7 @@ class Soak:
         time.sleep(min(1.0 / per_s, max(0.0, self.end - time.monotonic())))
 
 
-# ---- traffic roles ----
-
-
-def _question(i: int) -> tuple[int, str, str]:
-    return i, f"Who wrote note {i}?", CONTEXT * (1 + i % 3)
-
-
-def normal(s: Soak) -> None:
-    """Two asks in flight at all times, the mode rotating every eight asks."""
-    with s.system.client() as c:
-        i = 0
-        while s.running():
-            mode, quant = MODES[(i // 8) % len(MODES)]
-            chunk = [_question(j) for j in range(i, i + 8)]
-            for a in c.ask_many(chunk, window=2, mode=mode, quant=quant, max_new_tokens=4):
-                s.tally("normal").add(a)
-            i += 8
-
-
-def oversized(s: Soak) -> None:
-    with s.system.client() as c:
-        i = 0
-        while s.running():
-            size = OVERSIZED[i % len(OVERSIZED)]
-            s.tally("oversized").add(c.ask("Who wrote it?", (CONTEXT * (size // len(CONTEXT) + 1))[:size], mode="text"))
-            i += 1
-            s.pace(1.0 / OVERSIZED_EVERY_S)
-
-
-def flood(s: Soak) -> None:
-    """Bursts far over the client's fair share of the arbiter's window: most are refused with `busy`, none lost."""
-    with s.system.client() as c:
-        while s.running():
-            burst = [(i, f"Flood {i}?", "Ada.") for i in range(FLOOD_ASKS)]
-            for a in c.ask_many(burst, window=FLOOD_WINDOW, mode="text", max_new_tokens=2):
-                s.tally("flood").add(a)
-            _sleep_until(s, time.monotonic() + FLOOD_EVERY_S)
-
-
-def _sleep_until(s: Soak, t: float) -> None:
-    while s.running() and time.monotonic() < t:
-        time.sleep(min(0.5, t - time.monotonic()))
-
-
-def _front_seed(rng: random.Random, i: int) -> bytes:
-    seeds = [
-        Ask(f"g-{i}", "garbage", "Who wrote it?", "Ada wrote it.", "text", max_new_tokens=1),
-        Heartbeat(f"g-{i}", "garbage", "client", "ping"),
-        ErrorReply(f"g-{i}", "garbage", "x", "y"),
-    ]
-    return encode_frame(rng.choice(seeds))
-
-
-def garbage(s: Soak) -> None:
-    """Mutated frames at every socket; each one at the client socket must be answered (counted by the dealer)."""
-    env, ctx = s.system.env, zmq.Context()
-    front = net.make_socket(ctx, zmq.DEALER)
-    front.connect(env["LATENTWIRE_ARBITER"])
-    pushes = {k: net.make_socket(ctx, zmq.PUSH) for k in ("replies", *RECEIVERS)}
-    back = net.make_socket(ctx, zmq.DEALER)
-    back.connect(env["LATENTWIRE_BACKEND"])
-    pushes["replies"].connect(env["LATENTWIRE_REPLIES"])
-    for name in RECEIVERS:
-        pushes[name].connect(s.system.receiver_address(name))
-    raw = ctx.socket(zmq.PUSH)  # no MAXMSGSIZE of its own: one message over the limit now and then, to a receiver
-    raw.linger = 0
-    for name in RECEIVERS:
-        raw.connect(s.system.receiver_address(name))  # it drops the connection; ZeroMQ reconnects
-    tally, sent, heard, i = s.tally("garbage"), 0, 0, 0
-    try:
-        while s.running():
-            if sent - heard < 64:
-                front.send(_maybe_mutate(s.rng, _front_seed(s.rng, i)))
-                sent += 1
-            _send(back, _maybe_mutate(s.rng, _front_seed(s.rng, i)))
-            _send(pushes["replies"], _maybe_mutate(s.rng, encode_frame(Reply(f"g-{i}", "rx-g", "x", "x", 0.0, {}))))
-            if i % 5 == 0:
-                name = list(RECEIVERS)[(i // 5) % len(RECEIVERS)]
-                _send(pushes[name], _maybe_mutate(s.rng, s.rng.choice(s.seeds)))
-            if i % 200 == 0:
-                _send(raw, b"\x00" * (DEFAULT_LIMITS.max_frame_bytes + 1))
-            heard += _drain(front)
-            i += 1
-            s.pace(GARBAGE_PER_S)
-        end = time.monotonic() + TIMEOUT_S + 5.0  # what is still owed: as long as a client would wait
-        while heard < sent and time.monotonic() < end:
-            heard += _drain(front, 100)
-    finally:
-        for sock in (front, back, raw, *pushes.values()):
-            sock.close(0)
-        ctx.term()
-    tally.sent, tally.answered, tally.lost = sent, heard, max(0, sent - heard)  # answers are not matched: no p50
-
-
-def _maybe_mutate(rng: random.Random, frame: bytes) -> bytes:
-    return mutate(rng, frame) if rng.random() < 0.7 else frame
-
-
-def _send(sock: zmq.Socket, data: bytes) -> None:
-    with contextlib.suppress(zmq.Again):  # the peer is not reading (stopped): hostile traffic never waits
-        sock.send(data, zmq.NOBLOCK)
-
-
-def _drain(sock: zmq.Socket, timeout_ms: int = 0) -> int:
-    n = 0
-    if sock.poll(timeout_ms):
-        while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-            sock.recv(zmq.NOBLOCK)
-            n += 1
-    return n
-
-
-def forged(s: Soak) -> None:
-    """Heartbeats nobody should believe, and replies to ids nobody issued."""
-    env, ctx = s.system.env, zmq.Context()
-    replies, back = net.make_socket(ctx, zmq.PUSH), net.make_socket(ctx, zmq.DEALER)
-    replies.connect(env["LATENTWIRE_REPLIES"])
-    back.connect(env["LATENTWIRE_BACKEND"])
-    tally, i = s.tally("forged"), 0
-    try:
-        while s.running():
-            pid, model = f"forged-{s.rng.randrange(10**9)}", s.rng.choice([*RECEIVERS.values(), "evil"])
-            fp = s.rng.choice(["0" * 64, ""])
-            frames = [
-                (replies, Heartbeat("", pid, "receiver", "alive", {"model": model, "fingerprint": fp})),
-                (replies, Heartbeat("", pid, "sender", "alive", {"receivers": 9})),  # wrong socket for the role
-                (back, Heartbeat("", pid, "receiver", "alive", {"model": model})),
-                (replies, Reply(f"nobody-{i}", pid, model, "forged", 0.0, {})),
-            ]
-            sock, msg = frames[i % len(frames)]
-            _send(sock, encode_frame(msg))
-            tally.sent += 1
-            i += 1
-            s.pace(FORGED_PER_S)
-    finally:
-        replies.close(0)
-        back.close(0)
-        ctx.term()
-
-
-def stop_receivers(s: Soak, start: float) -> None:
-    """Every STOP_EVERY_S one receiver in turn is stopped for STOP_S and resumed (always resumed)."""
-    k = 0
-    while True:
-        at = start + FIRST_STOP_S + k * STOP_EVERY_S
-        if at + STOP_S + QUIET_END_S > s.end:
-            return
-        _sleep_until(s, at)
-        name = list(RECEIVERS)[k % len(RECEIVERS)]
-        pid = s.system.pid(name)
-        os.kill(pid, signal.SIGSTOP)
-        try:
-            time.sleep(STOP_S)
-        finally:
-            os.kill(pid, signal.SIGCONT)
-        s.stops.append(name)
-        k += 1
-
-
-def sample_memory(s: Soak) -> None:
-    """Peak resident memory of each process role, sampled every second (a restarted process is followed)."""
-    while s.running():
-        for name in PROCESSES:
-            try:
-                rss = psutil.Process(s.system.pid(name)).memory_info().rss / 2**20
-            except (KeyError, psutil.Error):
-                continue
-            s.peaks[name] = max(s.peaks.get(name, 0.0), round(rss, 1))
-        time.sleep(1.0)
-
-
 # ---- the run ----
-
-
-def _checkpoint(folder: Path) -> Path:
-    from latentwire.trainer.recipe import tiny_checkpoint
-
-    return tiny_checkpoint(folder)
 
 
 def _seeds(ckpt: Path) -> list[bytes]:
@@ -339,7 +150,7 @@ def run(
     from latentwire.up import LocalSystem
 
     with tempfile.TemporaryDirectory(prefix="latentwire-soak-") as tmp:
-        ckpt = Path(ckpt) if ckpt else _checkpoint(Path(tmp) / "ckpt")
+        ckpt = Path(ckpt) if ckpt else tiny_checkpoint(Path(tmp) / "ckpt")
         log = Path(tmp) / "up.log"
         with LocalSystem(ckpt, RECEIVERS, log=log, timeout=TIMEOUT_S, ready_timeout=READY_S) as system:
             addresses = [v for v in system.env.values() if v.startswith("tcp://")]

@@ -290,13 +290,6 @@ def fuzz_receiver(
     }
 
 
-def tiny_checkpoint(folder: Path) -> Path:
-    """A tiny trained checkpoint of the shipped design for the tiny models (M=4, d_z=32)."""
-    from latentwire.trainer.recipe import tiny_checkpoint as build
-
-    return build(folder)
-
-
 def _latentwire() -> str:
     return str(Path(sys.executable).parent / "latentwire")
 
@@ -340,6 +333,7 @@ def run(frames: int = 100_000, receiver_frames: int = 100_000, seed: int = 0) ->
 
 def _run_receiver(n: int, seed: int, env: dict[str, str]) -> dict[str, Any]:
     from latentwire import checkpoint
+    from latentwire.trainer.recipe import tiny_checkpoint
 
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = tiny_checkpoint(Path(tmp))

@@ -7,12 +7,8 @@ This module only reads and writes the folder; each role builds its own half (`se
       weights.safetensors   encoder (trainable part) + one adapter per model, flat names
       config.json           encoder config, per-model adapter config + model spec/fingerprint, calibration, summary
 
-`CheckpointConfig` / `ModelEntry` are config.json typed: read and validated in one place, so a reader gets
-attributes instead of keys and a broken file fails at load, before any model loads, with one line
-`<file>: <field>: <why>`, not later with a KeyError or a traceback. Adapter kinds belong to the receivers (a role
-this core may not import), so a caller that has their registry passes it (`adapters=`) and each adapter's fields
-are checked against its kind's config dataclass too. Keys they do not know are kept as they are, so reading and
-writing a config loses nothing.
+config.json, typed and validated (`CheckpointConfig`, `read_config`, `load_config`), lives in
+`checkpoint_config.py`; its names are re-exported here, so `checkpoint.X` stays the one way in.
 
 The checkpoint fingerprint hashes both files and is stamped in every latent frame, so a
 receiver refuses latents from another checkpoint. Loading against a model whose weights differ from the
@@ -21,38 +17,34 @@ ones it was trained with is refused with a clear message.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
-import math
-import types
-import typing
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, ClassVar
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from .checkpoint_config import (  # noqa: F401 - the folder's API re-exports its config's
+    CONFIG,
+    FORMAT_VERSION,
+    CheckpointConfig,
+    CheckpointError,
+    ModelEntry,
+    load_config,
+    read_config,
+    read_json,
+    write_config,
+)
 from .models import LLM
-from .protocol import DEFAULT_LIMITS
 
 try:  # safetensors raises its own error type for a truncated or garbled file
     from safetensors import SafetensorError
 except ImportError:  # pragma: no cover - older safetensors
     SafetensorError = OSError  # type: ignore[misc,assignment]
 
-WEIGHTS, CONFIG = "weights.safetensors", "config.json"
-FORMAT_VERSION = 1
-# deeper than any config we write: a hostile file nested 100k deep would otherwise exhaust the parser's recursion
-MAX_DEPTH = 32
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that is missing, malformed, or does not match the models or config it is loaded with."""
+WEIGHTS = "weights.safetensors"
 
 
 def packaged_checkpoint(name: str = "default") -> Path:
@@ -96,313 +88,6 @@ def save(
     save_file({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}, str(path / WEIGHTS))
     write_config(path, config)
     return fingerprint(path)
-
-
-def write_config(path: str | Path, config: dict | CheckpointConfig) -> None:
-    """config.json as every checkpoint has it: the format version first among sorted keys, 2-space indent."""
-    config = config.to_dict() if isinstance(config, CheckpointConfig) else config
-    text = json.dumps({"format": FORMAT_VERSION, **config}, indent=2, sort_keys=True) + "\n"
-    (Path(path) / CONFIG).write_text(text)
-
-
-def read_json(path: str | Path) -> Any:
-    """config.json parsed but not yet validated: a missing, unreadable, non-UTF-8, malformed or too deeply nested
-    file is one CheckpointError naming it (never a UnicodeDecodeError or RecursionError traceback)."""
-    file = Path(path) / CONFIG
-    try:
-        data = file.read_bytes()
-    except FileNotFoundError:
-        raise CheckpointError(f"{path} is not a LatentWire checkpoint: {CONFIG} is missing") from None
-    except OSError as e:
-        raise CheckpointError(f"{file}: unreadable ({e.strerror or e})") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise CheckpointError(f"{file}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    try:
-        cfg = json.loads(text)
-    except RecursionError:
-        raise CheckpointError(f"{file}: malformed JSON (nested over {MAX_DEPTH} deep)") from None
-    except ValueError as e:  # JSONDecodeError, and ints of more digits than Python converts
-        raise CheckpointError(f"{file}: malformed JSON ({e})") from None
-    _check_depth(cfg, file)
-    return cfg
-
-
-def _check_depth(value: Any, file: Path) -> None:
-    """Refuse nesting deeper than MAX_DEPTH (iteratively: the check itself must not recurse)."""
-    stack = [(value, 1)]
-    while stack:
-        v, depth = stack.pop()
-        if isinstance(v, dict | list):
-            if depth > MAX_DEPTH:
-                raise CheckpointError(f"{file}: malformed JSON (nested over {MAX_DEPTH} deep)")
-            stack.extend((c, depth + 1) for c in (v.values() if isinstance(v, dict) else v))
-
-
-def read_config(path: str | Path, adapters: Mapping[str, type] | None = None) -> dict:
-    """config.json as a dict, validated like `load_config` (for readers that still index it by key)."""
-    cfg = read_json(path)
-    CheckpointConfig.from_dict(cfg, path, adapters=adapters)
-    return cfg
-
-
-def load_config(path: str | Path, adapters: Mapping[str, type] | None = None) -> CheckpointConfig:
-    """config.json, typed and validated; with `adapters` (kind -> config dataclass, the receivers' registry) each
-    adapter's config is checked against its kind's fields too."""
-    return CheckpointConfig.from_dict(read_json(path), path, adapters=adapters)
-
-
-# ---- validation: every error is one line `<file>: <field>: <why>`, raised before any model loads ----
-
-
-@dataclass(frozen=True)
-class _At:
-    """Where a value sits in config.json: the file and the dotted field that an error about it names."""
-
-    file: str
-    field: str = ""
-
-    def __truediv__(self, key: object) -> _At:
-        return _At(self.file, f"{self.field}.{key}" if self.field else str(key))
-
-    def error(self, why: str) -> CheckpointError:
-        return CheckpointError(f"{self.file}: {self.field}: {why}" if self.field else f"{self.file}: {why}")
-
-
-def _kind_names(kinds: tuple[type, ...]) -> str:
-    return " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
-
-
-def _is(value: Any, kinds: tuple[type, ...]) -> bool:
-    """isinstance, except that a JSON true/false is no int or float and an int is a float."""
-    if isinstance(value, bool):
-        return bool in kinds
-    return isinstance(value, kinds) or (float in kinds and isinstance(value, int))
-
-
-def _typed(value: Any, kinds: type | tuple[type, ...], at: _At) -> Any:
-    kinds = kinds if isinstance(kinds, tuple) else (kinds,)
-    if not _is(value, kinds):
-        raise at.error(f"must be {_kind_names(kinds)}, not {type(value).__name__} ({value!r:.40})")
-    return value
-
-
-def _get(d: dict, key: str, kind: type | tuple[type, ...], at: _At) -> Any:
-    """d[key] checked against `kind`; a missing or wrongly typed field is one CheckpointError line naming it."""
-    if key not in d:
-        raise (at / key).error("missing")
-    return _typed(d[key], kind, at / key)
-
-
-def _count(d: dict, key: str, at: _At, most: int | None = None) -> int:
-    """d[key] as a positive int (a size: of a latent, a model's hidden states), at most `most`."""
-    n = _get(d, key, int, at)
-    if n < 1:
-        raise (at / key).error(f"must be a positive int, not {n}")
-    if most is not None and n > most:
-        raise (at / key).error(f"{n} is over the protocol's limit of {most}")
-    return n
-
-
-def _finite(value: Any, at: _At) -> None:
-    """Every number in `value` finite: json reads NaN and Infinity, which would poison a score or a softmax."""
-    stack = [(value, at)]
-    while stack:
-        v, where = stack.pop()
-        if isinstance(v, float) and not math.isfinite(v):
-            raise where.error(f"{v} must be finite")
-        if isinstance(v, dict):
-            stack.extend((c, where / k) for k, c in v.items())
-        elif isinstance(v, list):
-            stack.extend((c, _At(where.file, f"{where.field}[{i}]")) for i, c in enumerate(v))
-
-
-def _nonempty_str(d: dict, key: str, at: _At) -> str:
-    value = _get(d, key, str, at)
-    if not value:
-        raise (at / key).error("must not be empty")
-    return value
-
-
-def _check_encoder(enc: dict, at: _At) -> None:
-    """What every reader of the encoder needs, whatever its backbone: M and d_z (the wire's shape), sizes that a
-    frame can carry; the backbone's own fields are its builder's (sender/encoder.py)."""
-    if "backbone" in enc:
-        _typed(enc["backbone"], str, at / "backbone")
-    _count(enc, "m", at, DEFAULT_LIMITS.max_m)
-    _count(enc, "d_z", at, DEFAULT_LIMITS.max_dz)
-    if enc.get("tokens_per_row") is not None:
-        _count(enc, "tokens_per_row", at)
-    _finite(enc, at)
-
-
-def _check_calibration(cal: Any, at: _At) -> dict[str, Any]:
-    """A score calibration (receivers/calibration.py): numbers only, each finite."""
-    _typed(cal, dict, at)
-    for k, v in cal.items():
-        _typed(v, (int, float), at / k)
-    _finite(cal, at)
-    return cal
-
-
-def _option_kinds(annotation: Any) -> tuple[type, ...] | None:
-    """The JSON types a config dataclass field may hold (int, float, str, bool, optionally None); None when the
-    annotation is anything else (left to the dataclass itself)."""
-    scalars = (int, float, str, bool)
-    if annotation in scalars:
-        return (annotation,)
-    args = typing.get_args(annotation)
-    is_union = isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union
-    if is_union and all(a in scalars or a is type(None) for a in args):
-        return tuple(args)
-    return None
-
-
-def _check_adapter(adapter: dict, adapters: Mapping[str, type] | None, at: _At) -> None:
-    """`kind` names a registered adapter (when the registry is given: config.json does not know the kinds) and
-    every field fits its kind's config dataclass; the dataclass is then built, so its own checks run too."""
-    kind = _nonempty_str(adapter, "kind", at)
-    _finite(adapter, at)
-    if adapters is None:
-        return
-    if kind not in adapters:
-        raise (at / "kind").error(f"unknown adapter kind {kind!r} (known: {', '.join(adapters)})")
-    schema = adapters[kind]
-    try:
-        hints = typing.get_type_hints(schema)
-    except (NameError, TypeError):  # an annotation only a type checker resolves: the dataclass alone checks
-        hints = {}
-    known = [f.name for f in dataclasses.fields(schema)]
-    for key, value in adapter.items():
-        if key not in known:
-            raise (at / key).error(f"not a field of a {kind!r} adapter (fields: {', '.join(known)})")
-        kinds = _option_kinds(hints.get(key))
-        if kinds is not None:
-            _typed(value, kinds, at / key)
-    try:
-        schema(**adapter)
-    except (TypeError, ValueError) as e:  # a missing required field, or the config's own refusal
-        raise at.error(" ".join(str(e).split())) from None
-
-
-@dataclass
-class ModelEntry:
-    """One receiver's entry under `models`: the model it was trained against and its adapter's config."""
-
-    spec: str
-    fingerprint: str  # of the model's weights (`latentwire.models`); a different model is refused at load
-    hidden_size: int
-    adapter: dict[str, Any]  # the adapter's config; its `kind` picks the family (receivers/adapter.py)
-    calibration: dict[str, Any] | None = None  # the latent's score calibration (receivers/calibration.py)
-    calibration_by_path: dict[str, dict[str, Any]] | None = None  # one per calibrated sender path, when fitted
-    extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know, kept as read
-
-    FIELDS: ClassVar[tuple[str, ...]] = (
-        "spec",
-        "fingerprint",
-        "hidden_size",
-        "adapter",
-        "calibration",
-        "calibration_by_path",
-    )
-
-    def calibrations(self) -> dict[str, dict[str, Any]]:
-        """Each sender path's Platt map as fitted on `val` (older checkpoints: the latent's alone)."""
-        return {"latent": self.calibration or {}, **(self.calibration_by_path or {})}
-
-    @classmethod
-    def from_dict(cls, d: Any, where: str | _At, adapters: Mapping[str, type] | None = None) -> ModelEntry:
-        """Validate and type one entry; `where` is the entry's place (`_At`) or a name for errors to start with."""
-        at = where if isinstance(where, _At) else _At(where)
-        _typed(d, dict, at)
-        adapter = _get(d, "adapter", dict, at)
-        _check_adapter(adapter, adapters, at / "adapter")
-        calibration = d.get("calibration")
-        by_path = d.get("calibration_by_path")
-        if calibration is not None:
-            _check_calibration(calibration, at / "calibration")
-        if by_path is not None:
-            _typed(by_path, dict, at / "calibration_by_path")
-            for path, cal in by_path.items():
-                _check_calibration(cal, at / "calibration_by_path" / path)
-        return cls(
-            spec=_nonempty_str(d, "spec", at),
-            fingerprint=_nonempty_str(d, "fingerprint", at),
-            hidden_size=_count(d, "hidden_size", at),
-            adapter=adapter,
-            calibration=calibration,
-            calibration_by_path=by_path,
-            extra={k: v for k, v in d.items() if k not in cls.FIELDS or v is None},
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {"spec": self.spec, "fingerprint": self.fingerprint, "hidden_size": self.hidden_size}
-        out["adapter"] = self.adapter
-        if self.calibration is not None:
-            out["calibration"] = self.calibration
-        if self.calibration_by_path is not None:
-            out["calibration_by_path"] = self.calibration_by_path
-        return {**out, **self.extra}
-
-
-@dataclass
-class CheckpointConfig:
-    """config.json: the sender's encoder config, one `ModelEntry` per receiver, and how the checkpoint was made."""
-
-    encoder: dict[str, Any]  # the encoder's config (sender/encoder.py:EncoderConfig, backbone-specific keys)
-    models: dict[str, ModelEntry]
-    format: int = FORMAT_VERSION
-    train: dict[str, Any] | None = None  # the recipe that trained it
-    summary: dict[str, Any] | None = None  # what training measured (steps, wall time, validation scores)
-    parent: str | None = None  # an extended checkpoint: its parent's fingerprint (trainer/extend.py)
-    extensions: list[dict[str, Any]] | None = None  # one record per receiver added after training
-    adapter_fingerprints: dict[str, str] | None = None  # `part_fingerprints` as written
-    extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know, kept as read
-
-    OPTIONAL: ClassVar[tuple[str, ...]] = ("train", "summary", "parent", "extensions", "adapter_fingerprints")
-
-    @classmethod
-    def from_dict(
-        cls, d: Any, path: str | Path | None = None, adapters: Mapping[str, type] | None = None
-    ) -> CheckpointConfig:
-        """Validate and type a parsed config.json; `path` (the checkpoint folder) is named in every error, with the
-        field at fault. With `adapters` (kind -> config dataclass) each adapter is checked against its kind."""
-        at = _At(str(Path(path) / CONFIG) if path is not None else CONFIG)
-        if not isinstance(d, dict):
-            raise at.error(f"not a LatentWire checkpoint config (a JSON object, not {type(d).__name__})")
-        if _get(d, "format", int, at) != FORMAT_VERSION:
-            raise (at / "format").error(f"{d['format']} is not a format this version reads ({FORMAT_VERSION})")
-        encoder = _get(d, "encoder", dict, at)
-        _check_encoder(encoder, at / "encoder")
-        models = _get(d, "models", dict, at)
-        if not models:
-            raise (at / "models").error("empty (a checkpoint serves at least one receiver)")
-        kinds = {"train": dict, "summary": dict, "parent": str, "extensions": list, "adapter_fingerprints": dict}
-        return cls(
-            encoder=encoder,
-            models={name: ModelEntry.from_dict(e, at / "models" / name, adapters) for name, e in models.items()},
-            format=d["format"],
-            **{k: _get(d, k, kinds[k], at) for k in cls.OPTIONAL if d.get(k) is not None},
-            extra={k: v for k, v in d.items() if k not in ("encoder", "models", "format", *cls.OPTIONAL) or v is None},
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON object as written: `from_dict(d).to_dict() == d` for every valid `d`."""
-        out: dict[str, Any] = {"format": self.format, "encoder": self.encoder}
-        out["models"] = {name: e.to_dict() for name, e in self.models.items()}
-        out.update({k: getattr(self, k) for k in self.OPTIONAL if getattr(self, k) is not None})
-        return {**out, **self.extra}
-
-    @classmethod
-    def from_pretrained(cls, path: str | Path) -> CheckpointConfig:
-        """The config of the checkpoint folder `path`."""
-        return load_config(path)
-
-    def save_pretrained(self, path: str | Path) -> None:
-        """Write config.json into the folder `path` (the weights are `save`'s)."""
-        Path(path).mkdir(parents=True, exist_ok=True)
-        write_config(path, self)
 
 
 def weights(path: Path, prefix: str) -> dict[str, torch.Tensor]:

@@ -181,31 +181,8 @@ def demo(
 
 # help for the sharer recipe's own options of `train` (`--backbone llm`); every other SharerRecipe field that
 # `train` does not declare itself is an option too, with its comment as help
-TRAIN_HELP = {
-    "sharer": "the frozen LLM that reads in the sender",
-    "topk": "sharer tokens mixed per answer step",
-    "tokens_per_row": "answer steps bound into one latent row",
-    "min_cos": "receivers drop rows matching no token better",
-    "temperature": "< 1 sharpens the sharer's distribution",
-    "tau": "receivers' snapping temperature (trained from there)",
-    "nearest": "receiver tokens mixed per row",
-    "evidence_paragraphs": "paragraphs the selector keeps",
-    "evidence_order": "reading order of the selection: score (best pair first) or source",
-    "evidence_unsure_below": "one paragraph more where the best pair's softmax share is below this",
-    "lexicon": "receivers spell the sharer's strings they have no token for",
-    "hidden_layer": "the sharer layer the hidden channel reads",
-    "channel": "train the sender's hidden channel",
-    "prompt_len": "each receiver's trained soft prompt (0: none)",
-    "rank": "each receiver's trained low-rank residual (0: none)",
-    "steps": "gradient steps (0: the closed form alone, no training)",
-    "eval_every": "validate and keep the best step every N steps",
-    "init": "take the selector from this checkpoint instead of fitting it",
-    "max_new_tokens": "answer tokens the receivers generate on val",
-}
-
-
 @app.command()
-@recipe_options("latentwire.trainer.recipe:TrainRecipe", help_text=TRAIN_HELP, rename={"train_limit": "limit_train"})
+@recipe_options("latentwire.trainer.recipe:TrainRecipe", rename={"train_limit": "limit_train"})
 def train(
     recipe: Any,
     out: Annotated[Path, typer.Option(help="run folder: ckpt/, log.jsonl, state.pt (resumed if present)")] = Path(
@@ -383,21 +360,8 @@ def main() -> None:  # pragma: no cover - console entry point
 
 
 # help for train-adapter's options; every other ExtendRecipe field is an option too, with its comment as help
-EXTEND_HELP = {
-    "model": "the new receiver's model: gemma, a .gguf, a folder or a HF id",
-    "name": "the receiver's name in the checkpoint (default: --model)",
-    "tau": "snapping temperature (default: the parent's)",
-    "nearest": "receiver tokens mixed per row (default: the parent's)",
-    "min_cos": "receivers drop rows matching no token better (default: the parent's)",
-    "tune": "pick tau and nearest on val (else: the zero-shot fit only)",
-    "eval_n": "validation questions for tuning and calibration",
-    "time_budget": "seconds of tuning at most",
-    "context": "the validation questions' context: distractor or gold",
-}
-
-
 @app.command("train-adapter")
-@recipe_options("latentwire.trainer.extend:ExtendRecipe", help_text=EXTEND_HELP)
+@recipe_options("latentwire.trainer.extend:ExtendRecipe")
 def train_adapter(
     recipe: Any,
     ckpt: Annotated[Path | None, typer.Option(help="the checkpoint to extend (default: the committed default)")] = None,

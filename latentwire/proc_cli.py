@@ -81,7 +81,7 @@ def _ckpt(ckpt: Path | None) -> Path:
     from safetensors import SafetensorError, safe_open
 
     from latentwire.checkpoint import CONFIG, DEFAULT_CKPT, WEIGHTS, CheckpointConfig, read_json  # torch
-    from latentwire.receivers.receiver import adapter_schemas
+    from latentwire.receivers.adapter import adapter_schemas
 
     path = ckpt or DEFAULT_CKPT
     if not (path / CONFIG).is_file():
@@ -136,7 +136,7 @@ def receiver(
 ) -> None:
     """Receiver process: one frozen LLM + adapter; answers latent and text frames, refuses bad ones."""
     from latentwire.device import set_threads  # torch
-    from latentwire.receivers.receiver import serve  # torch
+    from latentwire.receivers.process import serve  # torch
 
     _logging()
     set_threads(threads)

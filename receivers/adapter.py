@@ -170,6 +170,12 @@ ADAPTERS: dict[str, tuple[type, type]] = {
 }
 
 
+def adapter_schemas() -> dict[str, type]:
+    """Each adapter kind's config dataclass (`ADAPTERS`): what a checkpoint's adapter configs are validated against
+    at load, before any model loads (`latentwire.checkpoint.load_config(..., adapters=)`)."""
+    return {kind: entry[0] for kind, entry in ADAPTERS.items()}
+
+
 def build_adapter(cfg: dict, llm: Any) -> nn.Module:
     """An adapter from its config dict (the `kind` field picks the family)."""
     kind = cfg.get("kind")

@@ -267,11 +267,6 @@ def _handle_many(sender: Sender, batch: Sequence[bytes], pushes: list[zmq.Socket
     return [r for r in replies if r is not None]
 
 
-def _handle(sender: Sender, data: bytes, pushes: list[zmq.Socket]) -> Heartbeat | ErrorReply:
-    """One Ask from the arbiter -> fan-out -> the report (never raises)."""
-    return _handle_many(sender, [data], pushes)[0]
-
-
 def _fan_out(
     sender: Sender, ask: Ask, frame: bytes, durations: dict[str, float], pushes: list[zmq.Socket]
 ) -> Heartbeat:

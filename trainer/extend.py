@@ -32,7 +32,7 @@ from latentwire import checkpoint
 from latentwire.data import load_split
 from latentwire.models import LLM, load_llm
 from latentwire.receivers.adapter import CodebookAdapter, CodebookAdapterConfig
-from latentwire.system.pipeline import docs_of, load_checkpoint
+from latentwire.system.pipeline import load_checkpoint
 
 from .calibrate import fit, validate
 from .plot import plot_training
@@ -43,24 +43,24 @@ TUNE_GRID: tuple[tuple[float, int], ...] = ((50.0, 1), (20.0, 2), (10.0, 4), (20
 
 @dataclass
 class ExtendRecipe:
-    model: str = "gemma"  # the new receiver's model spec
-    name: str | None = None  # its name in the checkpoint (default: the spec)
-    tau: float | None = None  # snapping settings (default: the parent's first codebook adapter's)
-    nearest: int | None = None
-    min_cos: float | None = None
-    tune: bool = True  # pick (tau, nearest) on `val` among the zero-shot setting and TUNE_GRID
+    model: str = "gemma"  # the new receiver's model: gemma, a .gguf, a folder or a HF id
+    name: str | None = None  # the receiver's name in the checkpoint (default: --model)
+    tau: float | None = None  # snapping temperature (default: the parent's)
+    nearest: int | None = None  # receiver tokens mixed per step (default: the parent's)
+    min_cos: float | None = None  # receivers drop rows matching no token better (default: the parent's)
+    tune: bool = True  # pick tau and nearest on val (else: the zero-shot fit only)
     eval_n: int = 100  # validation questions for tuning and calibration
-    context: str = "distractor"
+    context: str = "distractor"  # the validation questions' context: distractor or gold
     time_budget: float = 1200.0  # seconds for tuning; the zero-shot point and calibration always run
-    steps: int = 300  # gradient steps on the new adapter's trained parts (when the parent's receivers have them)
-    batch_size: int = 8
-    lr: float = 3e-3
-    eval_every: int = 100
+    steps: int = 50  # gradient steps on the new adapter's trained parts (when the parent's receivers have them)
+    batch_size: int = 8  # questions per step
+    lr: float = 3e-3  # AdamW, 20 warm-up steps, cosine decay
+    eval_every: int = 50  # validate (and keep the best step) every N steps
     train_limit: int | None = None  # the first N training questions only
     run_dir: str = "runs/extend"  # the training's log.jsonl, training.png and state.pt (rerunning resumes)
     max_new_tokens: int | None = None  # default: the parent recipe's
-    device: str = "auto"
-    dtype: str = "auto"
+    device: str = "auto"  # auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps
+    dtype: str = "auto"  # auto (bfloat16 on CUDA, float32 elsewhere), float32, bfloat16, float16
     grid: list[tuple[float, int]] = field(default_factory=lambda: list(TUNE_GRID))
 
     def to_dict(self) -> dict:
@@ -176,7 +176,7 @@ def extend(
     _set(live, tau, nearest)
     trained = {}
     if live.trained_parts:
-        trained = _train(recipe, wire, name, rows, max_new, out)
+        trained = _train(recipe, wire, name, rows, max_new)
         log(f"trained {', '.join(live.trained_parts)} and tau: best val latent F1 {trained['best_val'].get('score')}")
     adapter = live
     # every path, fitted as the recipe fits the first receivers
@@ -197,22 +197,19 @@ def extend(
     return out
 
 
-def _train(recipe: ExtendRecipe, wire, name: str, rows, max_new: int, out: Path) -> dict:
+def _train(recipe: ExtendRecipe, wire, name: str, rows, max_new: int) -> dict:
     """The new adapter's trained parts through the gradient loop, the sender frozen (its channel included)."""
-    from .loop import LoopConfig, TrainedParts, train_loop
-    from .recipe import TrainRecipe, val_score
+    from .loop import LoopConfig, TrainedParts, train_loop, training_data
+    from .recipe import val_score
 
     enc = wire.encoder
     if enc.channel is not None:
         enc.channel.requires_grad_(False)
-    train_rows = load_split("train", limit=recipe.train_limit)
-    readings = enc.read(docs_of(train_rows, recipe.context), progress=True)
-    enc.read(docs_of(rows, recipe.context))
-    loop = LoopConfig(steps=recipe.steps, batch_size=recipe.batch_size, lr=recipe.lr, eval_every=recipe.eval_every)
-    parts = TrainedParts(enc, {name: wire.adapters[name]}, wire.llms, loop, train_sender=False)
-    scoring = TrainRecipe(context=recipe.context, max_new_tokens=max_new)
-    data = list(zip(readings, train_rows, strict=True))
+    data = training_data(enc, load_split("train", limit=recipe.train_limit), rows, recipe.context)
+    parts = TrainedParts(
+        enc, {name: wire.adapters[name]}, wire.llms, LoopConfig.from_recipe(recipe), train_sender=False
+    )
     run = Path(recipe.run_dir) / name
-    summary = train_loop(parts, data, run, lambda: val_score(wire, [name], rows, scoring), progress=True)
+    summary = train_loop(parts, data, run, lambda: val_score(wire, [name], rows, recipe.context, max_new))
     plot_training(run / "log.jsonl")
     return summary

@@ -25,7 +25,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -53,6 +53,23 @@ class LoopConfig:
     # the frozen receivers' forward and backward passes under bfloat16 autocast (the trained parts and the loss
     # stay float32): 2-4x faster on CPUs with AMX/AVX512-BF16 and on GPUs; serving stays in the model's dtype
     bf16: bool = True
+
+    @classmethod
+    def from_recipe(cls, recipe: object) -> LoopConfig:
+        """The loop's settings from a recipe (`TrainRecipe`, `ExtendRecipe`): the fields they share by name."""
+        return cls(**{f.name: getattr(recipe, f.name) for f in fields(cls) if hasattr(recipe, f.name)})
+
+
+def training_data(
+    encoder: SharerEncoder, train: Sequence[Example], val: Sequence[Example], context: str, progress: bool = True
+) -> list[tuple[Reading, Example]]:
+    """The sharer's readings of `train` (and of `val`, which validation reads), from the reading cache or read
+    into it: the loop itself never runs the sharer."""
+    from latentwire.system.pipeline import docs_of
+
+    readings = encoder.read(docs_of(train, context), progress=progress)
+    encoder.read(docs_of(val, context), progress=progress)
+    return list(zip(readings, train, strict=True))
 
 
 class TrainedParts(nn.Module):

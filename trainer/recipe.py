@@ -26,15 +26,14 @@ import numpy as np
 
 from latentwire import checkpoint
 from latentwire.data import load_split
-from latentwire.evaluate import evaluate
 from latentwire.models import LLM, load_llm
 from latentwire.receivers.adapter import CodebookAdapter, CodebookAdapterConfig
 from latentwire.sender.selector import Selector, SelectorConfig, selection_report
 from latentwire.sender.sharer import SharerConfig, SharerEncoder
-from latentwire.system.pipeline import docs_of, load_checkpoint
+from latentwire.system.pipeline import load_checkpoint
 
 from .calibrate import fit, validate
-from .loop import LoopConfig, TrainedParts, process_state, train_loop
+from .loop import LoopConfig, TrainedParts, process_state, train_loop, training_data
 from .plot import plot_training
 
 
@@ -42,39 +41,39 @@ from .plot import plot_training
 class TrainRecipe:
     models: list[str] | None = None  # receivers (default: llama, qwen)
     sharer: str = "qwen"  # the frozen LLM that reads in the sender
-    m: int = 8
-    d_z: int = 256
+    m: int = 8  # soft tokens M (latent rows)
+    d_z: int = 256  # latent width
     topk: int = 1  # sharer tokens mixed per step (val: 1 beats 2, 4 and 8; EXPERIMENTS E8)
-    temperature: float = 1.0
+    temperature: float = 1.0  # < 1 sharpens the sharer's distribution before mixing
     tokens_per_row: int = 2  # answer steps per latent row: 8 rows carry the sharer's 16-token answer (E8)
     # the selector's budget and reading order: the best pair, the question's paragraph first (E11)
-    evidence_paragraphs: int = 2
-    evidence_order: str = "score"
+    evidence_paragraphs: int = 2  # paragraphs the selector keeps
+    evidence_order: str = "score"  # reading order: score (best pair first) or source
     # one paragraph more where the pair scorer is unsure (the best pair's softmax share below this; 0: never; E16)
-    evidence_unsure_below: float = 0.8
+    evidence_unsure_below: float = 0.8  # one more paragraph where the best pair's share is below this
     tau: float = 20.0  # receivers' snapping temperature (the closed form's; trained from there)
-    nearest: int = 4
+    nearest: int = 4  # receiver tokens mixed per step
     min_cos: float = 0.45  # two steps share a row: each keeps cosine ~0.7 with its code, chance stays < 0.35
     lexicon: bool = True  # receivers spell the sharer's strings they have no token for (no string lost)
     hidden_layer: int = -1  # the sharer layer the hidden channel reads (-1: the last, normed)
     channel: bool = True  # train the hidden channel (the sender's trained part)
     prompt_len: int = 8  # each receiver's soft prompt (and its relay-tuned twin); 0: none
     rank: int = 16  # each receiver's low-rank residual; 0: none
-    steps: int = 300  # gradient steps; 0: the closed form alone
-    batch_size: int = 8
-    lr: float = 3e-3
+    steps: int = 100  # gradient steps; 0: the closed form alone
+    batch_size: int = 8  # questions per step
+    lr: float = 3e-3  # AdamW, 20 warm-up steps, cosine decay
     channel_weight: float = 0.1  # the cost on the hidden channel's size
     distill_weight: float = 0.0  # cross-entropy on the sharer's own answer besides the gold one
     bf16: bool = True  # the frozen receivers' passes under bfloat16 autocast while training (2-4x faster)
-    eval_every: int = 100
-    seed: int = 0
-    context: str = "distractor"
+    eval_every: int = 50  # validate (and keep the best step) every N steps
+    seed: int = 0  # batch sampling
+    context: str = "distractor"  # the questions' context: distractor or gold
     eval_n: int = 100  # validation questions for model selection, calibration and the run's figures
     train_limit: int | None = None  # the first N training questions only
     init: str = ""  # take the selector from this checkpoint instead of fitting it (same evidence, same readings)
-    max_new_tokens: int = 12
-    device: str = "auto"
-    dtype: str = "auto"
+    max_new_tokens: int = 12  # answer tokens the receivers generate on val
+    device: str = "auto"  # auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps
+    dtype: str = "auto"  # auto (bfloat16 on CUDA, float32 elsewhere), float32, bfloat16, float16
 
     def to_dict(self) -> dict:
         return {"recipe": "train", **asdict(self)}
@@ -149,23 +148,12 @@ def closed_form(recipe: TrainRecipe, llms: dict[str, LLM], sharer: LLM) -> tuple
     return enc, adapters
 
 
-def val_score(wire, names: list[str], rows, recipe: TrainRecipe, paths=("latent", "relay-tuned")) -> dict[str, float]:
-    """Mean val F1 per receiver and path (uncached: the parts are still training); `score` = the latent's mean."""
-    out: dict[str, float] = {}
-    for path in paths:
-        for name in names:
-            res = evaluate(
-                wire.llms[name],
-                rows,
-                path,
-                context=recipe.context,
-                split="val",
-                use_cache=False,
-                progress=False,
-                max_new_tokens=recipe.max_new_tokens,
-                **wire.eval_args(name, path, recipe.context),
-            )
-            out[f"{name}/{path}"] = res["f1"]
+def val_score(wire, names: list[str], rows, context: str, max_new_tokens: int) -> dict[str, float]:
+    """Val F1 per receiver on the latent and relay-tuned paths (uncached: the parts are still training);
+    `score`, what the loop keeps the best step by, is the latent's mean over receivers."""
+    paths = ("latent", "relay-tuned")
+    val = validate(wire, names, rows, context, max_new_tokens, paths, progress=False)
+    out = {f"{n}/{p}": val[p][n]["f1"] for p in paths for n in names}
     out["score"] = float(np.mean([out[f"{n}/latent"] for n in names]))
     return out
 
@@ -195,25 +183,19 @@ def build(recipe: TrainRecipe, out: str | Path, llms: dict[str, LLM] | None = No
         if recipe.steps:
             t_read = time.perf_counter()
             train_rows = load_split("train", limit=recipe.train_limit)
-            readings = enc.read(docs_of(train_rows, recipe.context), progress=progress and state.is_main_process)
-            enc.read(docs_of(val_rows, recipe.context), progress=progress and state.is_main_process)
+            data = training_data(enc, train_rows, val_rows, recipe.context, progress and state.is_main_process)
             summary["read_s"] = round(time.perf_counter() - t_read, 1)
     if recipe.steps:
-        loop = LoopConfig(
-            steps=recipe.steps,
-            batch_size=recipe.batch_size,
-            lr=recipe.lr,
-            channel_weight=recipe.channel_weight,
-            distill_weight=recipe.distill_weight,
-            eval_every=recipe.eval_every,
-            seed=recipe.seed,
-            bf16=recipe.bf16,
-        )
-        parts = TrainedParts(enc, dict(adapters), llms, loop)
-        data = list(zip(readings, train_rows, strict=True))
+        parts = TrainedParts(enc, dict(adapters), llms, LoopConfig.from_recipe(recipe))
         names = list(llms)
         summary.update(
-            train_loop(parts, data, out, lambda: val_score(wire, names, val_rows, recipe), progress=progress)
+            train_loop(
+                parts,
+                data,
+                out,
+                lambda: val_score(wire, names, val_rows, recipe.context, recipe.max_new_tokens),
+                progress=progress,
+            )
         )
         summary["world_size"] = state.num_processes
         if state.is_main_process:

@@ -31,7 +31,7 @@ TINY = ("tiny-llama", "tiny-qwen")
 @pytest.fixture(scope="module")
 def tiny_config() -> dict:
     """A valid tiny checkpoint config: the sharer is tiny-qwen, both tiny models receive."""
-    from latentwire.receivers.receiver import adapter_schemas
+    from latentwire.receivers.adapter import adapter_schemas
     from latentwire.tiny import tiny_llm
 
     llms = {name: tiny_llm(name.removeprefix("tiny-")) for name in TINY}
@@ -136,7 +136,7 @@ def loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     import latentwire.models
     import latentwire.proc_cli
-    import latentwire.receivers.receiver
+    import latentwire.receivers.process
     import latentwire.trainer.calibrate  # noqa: F401 - what `calibrate` imports, bound to the real load_llm first
 
     # every module holding load_llm by name: one imported while it is patched would keep the recorder for good
@@ -144,7 +144,7 @@ def loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     ours = [m for name, m in sys.modules.items() if name.startswith("latentwire.") or name == "latentwire"]
     for module in [m for m in ours if getattr(m, "load_llm", None) is real]:
         monkeypatch.setattr(module, "load_llm", record("load_llm"))
-    monkeypatch.setattr(latentwire.receivers.receiver, "serve", record("receiver serve"))
+    monkeypatch.setattr(latentwire.receivers.process, "serve", record("receiver serve"))
     monkeypatch.setattr(latentwire.proc_cli, "serve_sender", record("sender serve"))
     monkeypatch.setattr(latentwire.proc_cli, "Supervisor", record("up's supervisor"))
     return calls

@@ -182,7 +182,7 @@ def test_adapters_are_checked_against_their_kinds_config_dataclass(raw: dict, ad
 
 
 def test_the_committed_checkpoints_fit_the_adapter_registry() -> None:
-    from latentwire.receivers.receiver import adapter_schemas
+    from latentwire.receivers.adapter import adapter_schemas
 
     for name in ("default", "three"):
         checkpoint.load_config(DEFAULT_CKPT.parent / name, adapters=adapter_schemas())

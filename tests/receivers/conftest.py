@@ -32,3 +32,23 @@ def _frame(**changes) -> bytes:
 def frame() -> Callable[..., bytes]:
     """`_frame`: a valid latent frame of another checkpoint, with wire keys changed."""
     return _frame
+
+
+@pytest.fixture(scope="session")
+def same_replies() -> Callable[[list, list], None]:
+    """`assert_same_replies`, for the tests that compare batched decoding with one frame at a time."""
+    return assert_same_replies
+
+
+def assert_same_replies(batched: list, alone: list) -> None:
+    """Replies decoded in a batch are the ones each frame gets alone: same kind, answer (score within float
+    noise) or error code, in the same order."""
+    from latentwire.protocol import ErrorReply, Reply
+
+    assert [type(r) for r in batched] == [type(r) for r in alone]
+    for b, a in zip(batched, alone, strict=True):
+        assert b.rid == a.rid
+        if isinstance(a, Reply):
+            assert b.answer == a.answer and b.score == pytest.approx(a.score, abs=1e-4)
+        else:
+            assert isinstance(b, ErrorReply) and b.code == a.code

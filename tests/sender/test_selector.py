@@ -8,18 +8,8 @@ import numpy as np
 import pytest
 
 from latentwire.data import Paragraph, load_split
-from latentwire.sender.selector import (
-    PAIR_FEATURES,
-    PAIR_FEATURES_V2,
-    SINGLE_FEATURES,
-    Selector,
-    SelectorConfig,
-    _fit_listwise_mlp,
-    _mlp,
-    pair_features,
-    selection_report,
-    single_features,
-)
+from latentwire.sender.features import PAIR_FEATURES, PAIR_FEATURES_V2, SINGLE_FEATURES, pair_features, single_features
+from latentwire.sender.selector import Selector, SelectorConfig, _fit_listwise_mlp, _mlp, selection_report
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,155 @@
+"""The receiver process: a `Receiver` (`receiver.py`) behind sockets.
+
+Frames come in on a PULL socket the receiver binds (so with CURVE it authenticates its senders); replies, errors
+and heartbeats go out on a PUSH socket connected to the arbiter. A heartbeat thread keeps announcing the receiver
+while it generates, and tells `Liveness` when it comes back from a silence.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from pathlib import Path
+
+import torch
+import zmq
+
+from latentwire import net
+from latentwire.protocol import ErrorReply, Heartbeat, encode_frame, error_reply, peek_rid
+
+from .receiver import MAX_BATCH, MAX_BATCH_POSITIONS, MAX_SLOT_TOKENS, Liveness, load_receiver, slot_cap
+
+log = logging.getLogger("latentwire.receiver")
+
+
+class _Heartbeats(threading.Thread):
+    """Sends "alive" on its own socket every HEARTBEAT_S, also while the main thread is generating."""
+
+    def __init__(
+        self, ctx: zmq.Context, replies: str, curve: net.Curve | None, hb: Heartbeat, liveness: Liveness
+    ) -> None:
+        super().__init__(daemon=True, name="heartbeats")
+        self.sock = net.make_socket(ctx, zmq.PUSH)
+        if curve:
+            curve.client(self.sock, "arbiter")
+        self.sock.connect(replies)
+        self.hb, self.liveness, self.stop = hb, liveness, threading.Event()
+
+    def run(self) -> None:
+        frame = encode_frame(self.hb)
+        while not self.stop.wait(net.HEARTBEAT_S):
+            silences = self.liveness.silences
+            self.liveness.beat()
+            if self.liveness.silences > silences:
+                log.warning("silent for over %.0f s (stopped?): dropping the work opened meanwhile", net.DEAD_AFTER_S)
+            with contextlib.suppress(zmq.Again):  # no arbiter yet: it will hear the next one
+                self.sock.send(frame, zmq.NOBLOCK)
+        self.sock.close(0)
+
+
+def serve(
+    model: str,
+    ckpt: str | Path,
+    *,
+    name: str | None = None,
+    bind: str | None = None,
+    replies: str | None = None,
+    curve_dir: str | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    max_new_tokens: int = 64,
+    max_slot_tokens: int = MAX_SLOT_TOKENS,
+    max_batch: int = MAX_BATCH,
+    max_batch_positions: int = MAX_BATCH_POSITIONS,
+    stop: net.StopFlag | None = None,
+) -> None:
+    """Run a receiver until SIGINT/SIGTERM; queued frames are answered with `shutting_down` on the way out."""
+    bind, replies = net.address("receiver", bind), net.address("replies", replies)
+    pid = net.process_id("receiver", name or model)
+    curve = net.Curve.from_env("receiver", curve_dir)
+    ctx = zmq.Context()
+    pull = net.make_socket(ctx, zmq.PULL)
+    if curve:
+        curve.server(pull, "sender")
+    pull.bind(bind)  # before the slow load, so senders are connected by the time we announce readiness
+    bound_at = time.monotonic()
+    out = net.make_socket(ctx, zmq.PUSH)
+    if curve:
+        curve.client(out, "arbiter")
+    out.connect(replies)
+    t0 = time.perf_counter()
+    try:
+        rx = load_receiver(model, ckpt, name, pid, device, dtype)
+        from latentwire.checkpoint import load_config
+
+        cals = load_config(ckpt).models[rx.name].calibrations()
+    except BaseException:
+        pull.close(0)
+        out.close(0)
+        if curve:
+            curve.stop()
+        ctx.term()
+        raise
+    rx.max_new_tokens, rx.max_slot_tokens = max_new_tokens, slot_cap(rx.llm, max_slot_tokens)
+    rx.max_batch_positions = max_batch_positions
+    load_s = time.perf_counter() - t0
+    stop = stop if stop is not None else net.StopFlag()  # from here on a signal lets the request finish
+    info: dict[str, str | int | float] = {
+        "model": rx.name,
+        "spec": model,
+        "fingerprint": rx.fingerprint,
+        "addr": bind,
+        "load_s": round(load_s, 3),
+        "threads": torch.get_num_threads(),
+        **{  # each path's score calibration, for the arbiter's joint pick
+            f"cal.{path}.{k}": float(v)
+            for path, cal in cals.items()
+            for k, v in cal.items()
+            if isinstance(v, (int, float))
+        },
+    }
+    time.sleep(max(0.0, bound_at + 1.0 - time.monotonic()))  # let senders' reconnects land first
+    stale = 0
+    while pull.poll(0):  # sent while we were loading: their requests were opened without us, so they do not wait
+        pull.recv()
+        stale += 1
+    if stale:
+        log.info("dropped %d frames that arrived before this receiver was ready", stale)
+    ready = Heartbeat("", pid, "receiver", "ready", info)
+    rx.liveness = Liveness()  # from the first heartbeat on, a silence means the arbiter took this one for dead
+    out.send(encode_frame(ready))
+    beats = _Heartbeats(ctx, replies, curve, Heartbeat("", pid, "receiver", "alive", info), rx.liveness)
+    beats.start()
+    log.info("receiver %s ready on %s (load %.1f s)", rx.name, bind, load_s)
+    dropped = 0  # expired frames of the current backlog
+    try:
+        while not stop:
+            if not pull.poll(200):
+                continue
+            frames = [pull.recv()]
+            while len(frames) < max(1, max_batch) and pull.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                frames.append(pull.recv(zmq.NOBLOCK))  # what queued meanwhile is decoded together
+            expired = 0
+            for _, reply in rx.replies(frames):  # sent as each sub-batch is done: short asks leave first
+                out.send(encode_frame(reply))
+                expired += isinstance(reply, ErrorReply) and reply.code == "expired"
+            dropped += expired
+            if dropped and not expired:  # one line per backlog, when it is through
+                log.info("dropped %d frames unanswered: nobody waited for them any more", dropped)
+                dropped = 0
+        while pull.poll(0):  # explicit failures for everything already queued here
+            data = pull.recv()
+            out.send(encode_frame(error_reply(peek_rid(data), pid, "shutting_down", f"receiver {rx.name} stopping")))
+    finally:
+        beats.stop.set()
+        beats.join(2)
+        with contextlib.suppress(zmq.ZMQError):
+            out.send(encode_frame(Heartbeat("", pid, "receiver", "stopping", info)), zmq.NOBLOCK)
+        pull.close()
+        out.close()
+        if curve:
+            curve.stop()
+        ctx.term()
+        log.info("receiver %s stopped", rx.name)
