@@ -24,8 +24,7 @@ from latentwire.data import Example, parse_context
 from latentwire.lm import text_slots
 from latentwire.models import LLM, load_llm
 from latentwire.protocol import PATH_NAMES, dequantize, path_spec, quantize
-from latentwire.receivers.adapter import load_adapter
-from latentwire.receivers.receiver import adapter_schemas
+from latentwire.receivers.adapter import adapter_schemas, load_adapter
 from latentwire.sender.encoder import load_encoder
 from latentwire.sender.paths import payloads
 from latentwire.sender.sharer import SharerEncoder
