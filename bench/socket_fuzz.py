@@ -31,12 +31,15 @@ import zmq
 
 from latentwire import net
 from latentwire.protocol import (
+    DEFAULT_LIMITS,
     Ask,
     ErrorReply,
     Heartbeat,
     JointReply,
+    Limits,
     ProtocolError,
     Reply,
+    Sent,
     TextRequest,
     decode_frame,
     encode_frame,
@@ -106,8 +109,7 @@ class ArbiterFuzz:
 
     def complete(self, rid: str) -> None:
         """Answer a forwarded ask the way the real sender and receivers would."""
-        report = {"request": 200, "header": 72, "payload": 128, "scales": 0, "fanout": 400, "reached": 2}
-        self.sender.send(encode_frame(Heartbeat(rid, SENDER, "sender", "sent", report)))
+        self.sender.send(encode_frame(Sent(rid, SENDER, 200, 72, 128, 0, 400, 2, 2, {"encode": 0.01})))
         for m in MODELS:
             reply = Reply(rid, f"rx-{m}", m, "Ada", -0.5 - self.rng.random(), {"generate": 0.01}, FINGERPRINT)
             self.push.send(encode_frame(reply))
@@ -146,15 +148,18 @@ class ArbiterFuzz:
     def _back_seed(self) -> bytes:
         rid = self.rng.choice(self.rids) if self.rids else "none"
         big = 2**63 - 1
+        huge = Sent(rid, SENDER, big, big, 0, 0, big, 1, 2)  # a frame no peer accepts
         seeds = [
-            Heartbeat(rid, SENDER, "sender", "sent", {"request": 200, "fanout": 400, "reached": 2}),
-            Heartbeat(rid, SENDER, "sender", "sent", {"request": big, "fanout": big, "reached": 2}),
-            Heartbeat(rid, "someone", "sender", "sent", {"request": 1}),
+            Sent(rid, SENDER, 200, 72, 128, 0, 400, 2, 2),
+            huge,
+            Sent(rid, SENDER, 200, 72, 128, 0, 200 * 10**6, 10**6, 10**6),  # more receivers than a sender may have
+            Sent(rid, "someone", 1, 1, 0, 0, 1, 1, 1),
             ErrorReply(rid, SENDER, "bad_request", "no"),
             Heartbeat("", f"s-{self.rng.randrange(10**9)}", "sender", "alive", {"receivers": 9}),
             Heartbeat("", SENDER, "receiver", "alive", {"model": "evil"}),
         ]
-        return encode_frame(self.rng.choice(seeds))
+        msg = self.rng.choice(seeds)
+        return encode_frame(msg, Limits(max_frame_bytes=big) if msg is huge else DEFAULT_LIMITS)
 
     def _pull_seed(self) -> bytes:
         rid = self.rng.choice(self.rids) if self.rids else "none"
@@ -165,6 +170,7 @@ class ArbiterFuzz:
             ErrorReply(rid, f"rx-{m}", f"code{self.rng.randrange(10**9)}", "unique code"),
             ErrorReply(rid, f"rx-{m}", "too_large", "no"),
             Heartbeat("", f"r-{self.rng.randrange(10**9)}", "receiver", "alive", {"model": "evil"}),
+            Heartbeat("", f"r-{m}-x", "receiver", "alive", {"model": m}, {"latent": (50.0, 50.0)}),  # tilt the pick
             Heartbeat("", f"r-{self.rng.randrange(10**9)}", "sender", "alive"),
             Heartbeat("", "rx-evil", f"role{self.rng.randrange(10**9)}", "alive"),
         ]

@@ -146,7 +146,7 @@ def tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str] |
 
 # entry keys no answer depends on: the score calibrations change which receiver the joint pick prefers, never what
 # a receiver answers, so recalibrating a checkpoint keeps its parts (and the rows measured on them)
-NOT_IN_PART = ("calibration", "calibration_by_path")
+NOT_IN_PART = ("calibration",)
 
 
 def part_fingerprint(entry: dict, tensors: dict[str, torch.Tensor]) -> str:

@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from .protocol import DEFAULT_LIMITS
+from .protocol import DEFAULT_LIMITS, PATH_NAMES
 
 CONFIG = "config.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 # deeper than any config we write: a hostile file nested 100k deep would otherwise exhaust the parser's recursion
 MAX_DEPTH = 32
 
@@ -32,9 +32,9 @@ class CheckpointError(ValueError):
 
 
 def write_config(path: str | Path, config: dict | CheckpointConfig) -> None:
-    """config.json as every checkpoint has it: the format version first among sorted keys, 2-space indent."""
+    """config.json as every checkpoint has it: this version's format, keys sorted, 2-space indent."""
     config = config.to_dict() if isinstance(config, CheckpointConfig) else config
-    text = json.dumps({"format": FORMAT_VERSION, **config}, indent=2, sort_keys=True) + "\n"
+    text = json.dumps({**config, "format": FORMAT_VERSION}, indent=2, sort_keys=True) + "\n"
     (Path(path) / CONFIG).write_text(text)
 
 
@@ -74,7 +74,8 @@ def _check_depth(value: Any, file: Path) -> None:
 
 
 def read_config(path: str | Path, adapters: Mapping[str, type] | None = None) -> dict:
-    """config.json as a dict, validated like `load_config` (for readers that still index it by key)."""
+    """config.json as a dict, validated like `load_config` (for readers that index it by key: part fingerprints
+    hash the entries as written, `extend` copies them)."""
     cfg = read_json(path)
     CheckpointConfig.from_dict(cfg, path, adapters=adapters)
     return cfg
@@ -170,12 +171,27 @@ def _check_encoder(enc: dict, at: _At) -> None:
     _finite(enc, at)
 
 
-def _check_calibration(cal: Any, at: _At) -> dict[str, Any]:
-    """A score calibration (receivers/calibration.py): numbers only, each finite."""
+PLATT = ("a", "b", "n", "positives")  # a score calibration (receivers/calibration.py): slope, offset, its sample
+
+
+def _check_calibration(cal: Any, at: _At) -> dict[str, dict[str, Any]]:
+    """Score calibrations by path: each a Platt map {a, b} (finite numbers) fitted on `n` answers, `positives`
+    of them right."""
     _typed(cal, dict, at)
-    for k, v in cal.items():
-        _typed(v, (int, float), at / k)
-    _finite(cal, at)
+    for path, platt in cal.items():
+        where = at / path
+        if path not in PATH_NAMES:
+            raise where.error(f"unknown path (paths: {', '.join(PATH_NAMES)})")
+        _typed(platt, dict, where)
+        for key in platt:
+            if key not in PLATT:
+                raise (where / key).error(f"not a field of a calibration (fields: {', '.join(PLATT)})")
+        _get(platt, "a", float, where)
+        _get(platt, "b", float, where)
+        n, positives = _get(platt, "n", int, where), _get(platt, "positives", int, where)
+        if not 0 <= positives <= n:
+            raise where.error(f"positives {positives} must be within 0..n ({n})")
+        _finite(platt, where)
     return cal
 
 
@@ -221,28 +237,23 @@ def _check_adapter(adapter: dict, adapters: Mapping[str, type] | None, at: _At) 
 
 @dataclass
 class ModelEntry:
-    """One receiver's entry under `models`: the model it was trained against and its adapter's config."""
+    """One receiver's entry under `models`: the model it was trained against, its adapter's config, and how its
+    scores read as P(correct) on each path."""
 
     spec: str
     fingerprint: str  # of the model's weights (`latentwire.models`); a different model is refused at load
     hidden_size: int
     adapter: dict[str, Any]  # the adapter's config; its `kind` picks the family (receivers/adapter.py)
-    calibration: dict[str, Any] | None = None  # the latent's score calibration (receivers/calibration.py)
-    calibration_by_path: dict[str, dict[str, Any]] | None = None  # one per calibrated sender path, when fitted
+    # path -> its Platt map {a, b, n, positives} fitted on `val` (receivers/calibration.py); a path without one
+    # is compared on raw scores
+    calibration: dict[str, dict[str, Any]] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know, kept as read
 
-    FIELDS: ClassVar[tuple[str, ...]] = (
-        "spec",
-        "fingerprint",
-        "hidden_size",
-        "adapter",
-        "calibration",
-        "calibration_by_path",
-    )
+    FIELDS: ClassVar[tuple[str, ...]] = ("spec", "fingerprint", "hidden_size", "adapter", "calibration")
 
     def calibrations(self) -> dict[str, dict[str, Any]]:
-        """Each sender path's Platt map as fitted on `val` (older checkpoints: the latent's alone)."""
-        return {"latent": self.calibration or {}, **(self.calibration_by_path or {})}
+        """`calibration`, as the bench's quality figures read it (bench/quality.py)."""
+        return self.calibration
 
     @classmethod
     def from_dict(cls, d: Any, where: str | _At, adapters: Mapping[str, type] | None = None) -> ModelEntry:
@@ -251,31 +262,18 @@ class ModelEntry:
         _typed(d, dict, at)
         adapter = _get(d, "adapter", dict, at)
         _check_adapter(adapter, adapters, at / "adapter")
-        calibration = d.get("calibration")
-        by_path = d.get("calibration_by_path")
-        if calibration is not None:
-            _check_calibration(calibration, at / "calibration")
-        if by_path is not None:
-            _typed(by_path, dict, at / "calibration_by_path")
-            for path, cal in by_path.items():
-                _check_calibration(cal, at / "calibration_by_path" / path)
         return cls(
             spec=_nonempty_str(d, "spec", at),
             fingerprint=_nonempty_str(d, "fingerprint", at),
             hidden_size=_count(d, "hidden_size", at),
             adapter=adapter,
-            calibration=calibration,
-            calibration_by_path=by_path,
-            extra={k: v for k, v in d.items() if k not in cls.FIELDS or v is None},
+            calibration=_check_calibration(_get(d, "calibration", dict, at), at / "calibration"),
+            extra={k: v for k, v in d.items() if k not in cls.FIELDS},
         )
 
     def to_dict(self) -> dict[str, Any]:
         out = {"spec": self.spec, "fingerprint": self.fingerprint, "hidden_size": self.hidden_size}
-        out["adapter"] = self.adapter
-        if self.calibration is not None:
-            out["calibration"] = self.calibration
-        if self.calibration_by_path is not None:
-            out["calibration_by_path"] = self.calibration_by_path
+        out.update(adapter=self.adapter, calibration=self.calibration)
         return {**out, **self.extra}
 
 
@@ -283,7 +281,7 @@ class ModelEntry:
 class CheckpointConfig:
     """config.json: the sender's encoder config, one `ModelEntry` per receiver, and how the checkpoint was made."""
 
-    encoder: dict[str, Any]  # the encoder's config (sender/encoder.py:EncoderConfig, backbone-specific keys)
+    encoder: dict[str, Any]  # the encoder's config: `backbone` picks the kind (sender/encoder.py; llm: SharerConfig)
     models: dict[str, ModelEntry]
     format: int = FORMAT_VERSION
     train: dict[str, Any] | None = None  # the recipe that trained it
@@ -305,7 +303,8 @@ class CheckpointConfig:
         if not isinstance(d, dict):
             raise at.error(f"not a LatentWire checkpoint config (a JSON object, not {type(d).__name__})")
         if _get(d, "format", int, at) != FORMAT_VERSION:
-            raise (at / "format").error(f"{d['format']} is not a format this version reads ({FORMAT_VERSION})")
+            how = ": rewrite it with the format-1 migration in docs/EXPERIMENTS.md (E18)" if d["format"] == 1 else ""
+            raise (at / "format").error(f"{d['format']} is not a format this version reads ({FORMAT_VERSION}){how}")
         encoder = _get(d, "encoder", dict, at)
         _check_encoder(encoder, at / "encoder")
         models = _get(d, "models", dict, at)

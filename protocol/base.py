@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 PROTOCOL_NAME = "latentwire"
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 INT32_MAX = 2**31 - 1
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1

@@ -16,6 +16,7 @@ from .messages import (
     LatentRequest,
     Message,
     Reply,
+    Sent,
     TextRequest,
     check_limits,
 )
@@ -28,7 +29,12 @@ _KEYS: dict[type, tuple[str, dict[str, str]]] = {
     TextRequest: ("txt", {**_COMMON, "x": "text", "n": "budget", "t": "max_new_tokens"}),
     Reply: ("rep", {**_COMMON, "o": "model", "a": "answer", "r": "score", "u": "durations", "f": "fingerprint"}),
     ErrorReply: ("err", {**_COMMON, "e": "code", "x": "message"}),
-    Heartbeat: ("hb", {**_COMMON, "l": "role", "h": "status", "y": "info"}),
+    Heartbeat: ("hb", {**_COMMON, "l": "role", "h": "status", "y": "info", "c": "calibration"}),
+    Sent: (
+        "snt",
+        {**_COMMON, "r": "request", "h": "header", "b": "payload", "c": "scales", "f": "fanout", "n": "reached"}
+        | {"m": "receivers", "u": "durations"},
+    ),
     Ask: (
         "ask",
         {**_COMMON, "x": "question", "c": "context", "m": "mode", "q": "quant", "g": "group_size", "n": "budget"}
@@ -41,11 +47,11 @@ _KEYS: dict[type, tuple[str, dict[str, str]]] = {
     ),
 }
 _CLASSES = {kind: (cls, keys) for cls, (kind, keys) in _KEYS.items()}
-# optional keys (v1 grew them after its release): written only when set, so a frame without them is byte for byte
-# what it always was; absent or nil reads as None, and decoders that predate them ignore them
+# optional keys: written only when set (most requests carry no deadline, and a frame should not pay for what it does
+# not say); absent or nil reads as None
 _TIMES = {"e": "deadline", "o": "opened"}
 _OPTIONAL: dict[type, dict[str, str]] = {LatentRequest: _TIMES, TextRequest: _TIMES, Ask: _TIMES}
-MAX_KEYS = 32  # top-level keys, known and unknown (a v1 frame uses at most 16)
+MAX_KEYS = 32  # top-level keys, known and unknown (the largest kind uses 16: room for keys a later minor adds)
 
 
 def _get(w: dict[str, Any], key: str) -> Any:

@@ -16,7 +16,7 @@ import numpy as np
 
 from .base import DEFAULT_LIMITS, Limits, ProtocolError
 from .frames import decode_frame, encode_frame
-from .messages import Ask, ErrorReply, Heartbeat, JointReply, Message, Reply, TextRequest, latent_request
+from .messages import Ask, ErrorReply, Heartbeat, JointReply, Message, Reply, Sent, TextRequest, latent_request
 
 _MAX_FAILURES = 50  # keep the first few; one is enough to fail a test
 
@@ -51,6 +51,8 @@ def sample_messages() -> list[Message]:
         Reply("r7", "recv-llama", "llama", "Ada Lovelace", -0.25, {"encode": 0.001, "generate": 0.2}, "ckpt-abc"),
         ErrorReply("", "recv-qwen", "bad_frame", "latent frame: missing field 'b'"),
         Heartbeat("", "recv-qwen", "receiver", "ready", {"model": "qwen", "d_model": 896, "load_s": 1.5}),
+        Heartbeat("", "recv-qwen", "receiver", "alive", {}, {"latent": (0.98, -0.8), "relay": (0.9, -1.5)}),
+        Sent("r3", "sender", 2100, 52, 2048, 32, 4200, 2, 2, {"encode": 0.5, "frame": 0.001}),
         Ask("c1", "client", "Who wrote it?", "Ada Lovelace wrote it.", "latent", "int4", 8, max_new_tokens=8),
         Ask("c2", "client", "Où?", "à Paris.", "token-budget", budget=8),
         Ask("c3", "arbiter", "Who?", "Ada.", "text", deadline=1.7e9 + 60.0, opened=1.7e9),

@@ -1,4 +1,4 @@
-"""The seven message kinds. Each validates itself on construction, so an existing message is valid.
+"""The eight message kinds. Each validates itself on construction, so an existing message is valid.
 
 Limits (string lengths, M, d_z, ...) are a property of the decoder, not of the message, so they are
 checked separately by `check_limits` (encode_frame and decode_frame both call it).
@@ -135,13 +135,18 @@ class ErrorReply:
 
 @dataclass(frozen=True)
 class Heartbeat:
-    """Readiness / liveness of a process; `info` carries small scalar facts (model name, device, ...)."""
+    """Readiness / liveness of a process; `info` carries small scalar facts (model name, device, ...).
+
+    A receiver also announces `calibration`: per wire path, the Platt map (a, b) that turns its raw score into
+    P(correct), P = 1 / (1 + exp(-(a * score + b))), so the arbiter can compare answers across models.
+    """
 
     rid: str
     sender: str
     role: str
     status: str = "ready"
     info: dict[str, InfoValue] = field(default_factory=dict)
+    calibration: dict[str, tuple[float, float]] = field(default_factory=dict)  # wire path -> (a, b)
 
     def __post_init__(self) -> None:
         _check_ids(self.rid, self.sender, rid_required=False)
@@ -150,6 +155,18 @@ class Heartbeat:
         if not isinstance(self.info, dict):
             raise ProtocolError(f"info: expected map, got {type(self.info).__name__}")
         _set(self, "info", {check_str("info key", k): _info_value(k, v) for k, v in self.info.items()})
+        _set(self, "calibration", _map("calibration", self.calibration, _platt))
+        unknown = [k for k in self.calibration if k not in WIRE_PATHS]
+        if unknown:
+            raise ProtocolError(f"calibration key: unknown path {unknown[0]!r}; expected one of {list(WIRE_PATHS)}")
+
+
+def _platt(name: str, v: object) -> tuple[float, float]:
+    """A Platt map as the wire carries it: a pair [a, b] of finite floats."""
+    if not isinstance(v, (list, tuple)) or len(v) != 2:
+        got = f"{len(v)} items" if isinstance(v, (list, tuple)) else type(v).__name__
+        raise ProtocolError(f"{name}: expected a pair [a, b], got {got}")
+    return check_float(f"{name}[0]", v[0]), check_float(f"{name}[1]", v[1])
 
 
 def _info_value(key: str, v: object) -> InfoValue:
@@ -161,6 +178,39 @@ def _info_value(key: str, v: object) -> InfoValue:
     if isinstance(v, (float, np.floating)):
         return check_float(name, v)
     raise ProtocolError(f"{name}: expected str, int or float, got {type(v).__name__}")
+
+
+@dataclass(frozen=True)
+class Sent:
+    """A sender's report that request `rid` went out: the exact bytes of the frame it fanned out (`FrameSize`),
+    how many receivers it reached of those it fans out to, and its own timings in seconds."""
+
+    rid: str
+    sender: str
+    request: int = 0  # bytes of the frame, as each receiver gets it: header + payload
+    header: int = 0  # everything but the payload (the int8/int4 scales included)
+    payload: int = 0  # the latent body or the UTF-8 text
+    scales: int = 0  # bytes of the int8/int4 scales (part of the header)
+    fanout: int = 0  # bytes sent in all: request * reached
+    reached: int = 0  # receivers the frame was queued to
+    receivers: int = 0  # receivers the sender fans out to
+    durations: dict[str, float] = field(default_factory=dict)  # e.g. "encode", "frame"
+
+    def __post_init__(self) -> None:
+        _check_ids(self.rid, self.sender)
+        for name in ("request", "header", "payload", "scales", "fanout"):
+            _set(self, name, check_int(name, getattr(self, name), 0, INT64_MAX))
+        for name in ("reached", "receivers"):
+            _set(self, name, check_int(name, getattr(self, name), 0, INT32_MAX))
+        if self.header + self.payload != self.request:
+            raise ProtocolError(f"request: {self.request} is not header + payload ({self.header} + {self.payload})")
+        if self.scales > self.header:
+            raise ProtocolError(f"scales: {self.scales} exceeds the header ({self.header})")
+        if self.reached > self.receivers:
+            raise ProtocolError(f"reached: {self.reached} exceeds receivers ({self.receivers})")
+        if self.fanout != self.request * self.reached:
+            raise ProtocolError(f"fanout: {self.fanout} is not request * reached ({self.request} * {self.reached})")
+        _set(self, "durations", _map("durations", self.durations, lambda n, v: check_float(n, v, 0.0)))
 
 
 # how a client asks: the paths an Ask may name (`paths.py` has the one list and what each path is)
@@ -257,7 +307,7 @@ def _map(name: str, value: object, check: Callable[[str, object], object]) -> di
     return {check_str(f"{name} key", k): check(f"{name}[{k!r}]", v) for k, v in value.items()}
 
 
-Message = LatentRequest | TextRequest | Reply | ErrorReply | Heartbeat | Ask | JointReply
+Message = LatentRequest | TextRequest | Reply | ErrorReply | Heartbeat | Sent | Ask | JointReply
 
 # bounded by max_text_bytes (for maps: each value); other strings by max_str
 _TEXT_FIELDS = frozenset({"text", "answer", "question", "context", "answers"})
@@ -293,8 +343,12 @@ def check_limits(msg: Message, limits: Limits = DEFAULT_LIMITS) -> None:
                     check_str_bytes(f"{name} key", k, limits.max_str)
                 if isinstance(v, str) and _over(v, limit):
                     check_str_bytes(f"{name}[{k!r}]", v, limit)
+                elif isinstance(v, tuple) and len(v) > limits.max_items:  # an array: the decoder bounds those too
+                    raise ProtocolError(f"{name}[{k!r}]: {len(v)} items exceeds the limit {limits.max_items}")
     if isinstance(msg, (LatentRequest, TextRequest, Ask)) and msg.max_new_tokens > limits.max_new_tokens:
         raise ProtocolError(f"max_new_tokens: {msg.max_new_tokens} exceeds the limit {limits.max_new_tokens}")
+    if isinstance(msg, Sent) and msg.request > limits.max_frame_bytes:  # no frame that large was ever sent
+        raise ProtocolError(f"request: {msg.request} bytes exceeds the limit {limits.max_frame_bytes}")
     if isinstance(msg, LatentRequest):
         m, d = msg.latent.shape
         if m > limits.max_m or d > limits.max_dz:

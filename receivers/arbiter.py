@@ -6,8 +6,8 @@
 `Board` (board.py; the peers in roster.py, the answer in joint.py) is the whole join/pick/timeout logic without
 sockets (unit-tested directly); `serve` wires it to ZeroMQ. Raw log-probs of two models are not comparable, so
 answers are picked on each receiver's calibrated P(correct) (Platt parameters from the checkpoint config, announced
-by the receiver in its heartbeat), ties broken by model name. Every Ask is answered exactly once: a JointReply, or
-an ErrorReply saying why.
+by the receiver in its heartbeats' `calibration`), ties broken by model name. Every Ask is answered exactly once: a
+JointReply, or an ErrorReply saying why.
 
 What the plain-TCP default trusts (`LATENTWIRE_CURVE` unset; with CURVE every peer is known by its key): whoever can
 reach a port gets the role of its socket. A client may ask (a fair share of the in-flight window per client
@@ -37,6 +37,7 @@ from latentwire.protocol import (
     Message,
     ProtocolError,
     Reply,
+    Sent,
     decode_frame,
     encode_frame,
     error_reply,
@@ -45,9 +46,9 @@ from latentwire.protocol import (
 from latentwire.receivers.board import Board, Peer, Pending
 
 # Re-exported for code that imports them from here (tests of other parts, the socket fuzz bench)
-from latentwire.receivers.roster import MAX_PEERS, calibration_from_info
+from latentwire.receivers.roster import MAX_PEERS
 
-__all__ = ["MAX_PEERS", "TICK_S", "Board", "calibration_from_info", "serve"]
+__all__ = ["MAX_PEERS", "TICK_S", "Board", "serve"]
 
 log = logging.getLogger("latentwire.arbiter")
 TICK_S = 0.02  # how often deadlines, dead processes and requests waiting for a sender are looked at
@@ -162,9 +163,9 @@ def serve(
             board.stats["bad_sender_frame"] += 1
             log.warning("bad frame from a sender: %s", e)
             return
-        if isinstance(msg, Heartbeat) and msg.status != "sent":
+        if isinstance(msg, Heartbeat):
             board.heartbeat(msg, time.monotonic(), route=ident, role="sender")
-        elif isinstance(msg, (Heartbeat, ErrorReply)):
+        elif isinstance(msg, (Sent, ErrorReply)):
             p = board.on_sender(msg, route=ident)
             if p is not None:
                 close(p, time.monotonic())

@@ -51,17 +51,16 @@ from latentwire.protocol import (
     JointReply,
     Message,
     Reply,
+    Sent,
     error_reply,
 )
 from latentwire.receivers.joint import Pending, add, agree, outcome, pick  # noqa: F401 - pick, agree: re-exported
-from latentwire.receivers.roster import (  # noqa: F401 - the peer limits and calibration_from_info: re-exported
+from latentwire.receivers.roster import (  # noqa: F401 - the peer limits: re-exported
     MAX_PEERS,
     PEER_MEMORY_S,
     Peer,
     Readiness,
     Roster,
-    bounded_count,
-    calibration_from_info,
 )
 
 log = logging.getLogger("latentwire.arbiter")
@@ -79,7 +78,7 @@ ERROR_CODES = frozenset(
         "too_large", "bad_output", "internal", "shutting_down", "busy", "expired",
     }
 )  # fmt: skip
-_REPORT_BYTES = ("request", "header", "payload", "scales")
+_REPORT_BYTES = ("request", "header", "payload", "scales", "fanout")  # a Sent's byte counts, kept per request
 
 
 def _clip(s: str, max_bytes: int) -> str:
@@ -243,7 +242,7 @@ class Board(Roster):
 
     def waiting(self) -> list[Pending]:
         """Requests without a sender (theirs vanished, or none was live), oldest first."""
-        return [p for p in self.pending.values() if not p.sender and p.failure is None and not p.report]
+        return [p for p in self.pending.values() if not p.sender and p.failure is None and not p.reported]
 
     def sender_lost(self, p: Pending, now: float, why: str) -> None:
         """`p`'s sender vanished before reporting it: dispatch it again (bounded), or fail it saying so."""
@@ -251,7 +250,7 @@ class Board(Roster):
         if peer is not None:
             peer.inflight = max(0, peer.inflight - 1)
         if p.answered():  # receivers got it, so the fan-out happened: only the report was lost
-            p.report = {"report": "lost"}
+            p.reported = True
             return
         self.stats["redispatched"] += 1
         lost = p.sender
@@ -261,7 +260,7 @@ class Board(Roster):
                 p.ask.rid, self.pid, "no_sender", f"sender {lost} {why} before sending (x{p.dispatches})"
             )
 
-    def on_sender(self, msg: Heartbeat | ErrorReply, route: bytes = b"") -> Pending | None:
+    def on_sender(self, msg: Sent | ErrorReply, route: bytes = b"") -> Pending | None:
         """The sender's report (or refusal) for a request; returns the request if it is now complete.
 
         Only the sender the request was given to may report it, once, with byte counts a frame can have.
@@ -274,27 +273,22 @@ class Board(Roster):
         if msg.sender != p.sender or peer is None or (route and route != peer.route):
             self.stats["forged"] += 1
             return None
-        if p.report or p.failure is not None:
+        if p.reported or p.failure is not None:
             self.stats["duplicate"] += 1
             return None
         if isinstance(msg, ErrorReply):
             p.failure = error_reply(p.ask.rid, self.pid, msg.code, msg.message)
             return p
-        report = dict(msg.info)
-        limit = DEFAULT_LIMITS.max_frame_bytes
-        counts = {k: bounded_count(report.get(k), limit) for k in _REPORT_BYTES}
-        counts["fanout"] = bounded_count(report.get("fanout"), limit * net.MAX_FANOUT)
-        reached = bounded_count(report.get("reached", 1), net.MAX_FANOUT)
-        if reached is None or any(v is None for k, v in counts.items() if k in report):
-            self.stats["bad_report"] += 1
-            log.warning("sender %s reported impossible counts for %s: %s", msg.sender, p.rid, report)
-            report = {k: v for k, v in report.items() if k not in counts and k != "reached"}
-            reached = 1
-        for k, v in counts.items():
-            if k in report and v is not None:
-                add(p.nbytes, k, v)
-        p.report = report or {"report": "empty"}
-        if reached == 0:
+        p.reported = True
+        if msg.request > DEFAULT_LIMITS.max_frame_bytes or msg.receivers > net.MAX_FANOUT:
+            self.stats["bad_report"] += 1  # consistent, but no frame or fan-out that large goes out: not believed
+            log.warning("sender %s reported impossible counts for %s: %s", msg.sender, p.rid, msg)
+            p.sent = Sent(msg.rid, msg.sender, durations=msg.durations)  # its timings alone
+            return p if p.complete() else None
+        p.sent = msg
+        for k in _REPORT_BYTES:
+            add(p.nbytes, k, getattr(msg, k))
+        if msg.reached == 0:
             p.failure = error_reply(p.ask.rid, self.pid, "no_receivers", "the sender could reach no receiver")
         return p if p.complete() else None
 
@@ -349,13 +343,13 @@ class Board(Roster):
         senders = {p.pid for p in self.alive("sender", now)}
         out = []
         for p in self.pending.values():
-            if p.sender and not p.report and p.failure is None and p.sender not in senders:
+            if p.sender and not p.reported and p.failure is None and p.sender not in senders:
                 self.sender_lost(p, now, "stopped")
             # waiting only on the dead (a probe waits for receivers that are not proven, so not `live`, by design)
-            gone = p.report and not p.probe and not (p.expected - p.answered()) & live
+            gone = p.reported and not p.probe and not (p.expected - p.answered()) & live
             if p.failure is not None or now >= p.deadline or gone:
                 out.append(p)
-            elif not p.sender and not p.report and p.wait_until and now >= p.wait_until:
+            elif not p.sender and not p.reported and p.wait_until and now >= p.wait_until:
                 p.failure = error_reply(p.ask.rid, self.pid, "no_sender", f"no sender for {now - p.started:.1f} s")
                 out.append(p)
         return out

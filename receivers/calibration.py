@@ -8,10 +8,12 @@ checkpoint; the arbiter compares calibrated scores.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
+from latentwire.protocol import WIRE_PATHS
 
 # the paths the recipe and `extend` calibrate each receiver on (val, cheap); `latentwire calibrate` fits any other
 CALIBRATED_PATHS = ("latent", "relay")
@@ -32,6 +34,12 @@ class Calibration:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def announced(fitted: Mapping[str, Mapping[str, float]]) -> dict[str, tuple[float, float]]:
+    """What a receiver announces in its heartbeats (`Heartbeat.calibration`) from its checkpoint entry's maps: (a, b)
+    of each path an Ask may name (the others are measured in-process, never asked over the wire)."""
+    return {path: (float(c["a"]), float(c["b"])) for path, c in fitted.items() if path in WIRE_PATHS}
 
 
 def fit_platt(scores: Sequence[float], correct: Sequence[float], ridge: float = 1e-2, iters: int = 50) -> Calibration:

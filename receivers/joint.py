@@ -11,16 +11,14 @@ passes in what only it knows (the calibrations, the configured count).
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from latentwire.protocol import Ask, ErrorReply, JointReply, Reply, error_reply
+from latentwire.protocol import Ask, ErrorReply, JointReply, Reply, Sent, error_reply
 from latentwire.protocol.base import INT64_MAX
 from latentwire.receivers.calibration import Calibration, agreement
 from latentwire.receivers.calibration import pick as pick_answer
-from latentwire.receivers.roster import is_num
 
 # receiver error codes that describe the request itself: when every receiver says the same, the client hears it
 REQUEST_FAULTS = frozenset({"too_large", "bad_shape", "bad_frame", "bad_request"})
@@ -38,7 +36,8 @@ class Pending:
     started: float
     deadline: float
     sender: str = ""  # pid of the sender it was dispatched to ("" while waiting for one)
-    report: dict = field(default_factory=dict)  # the sender's `sent` info
+    reported: bool = False  # the sender said it went out (its report, or a reply that proves it did)
+    sent: Sent | None = None  # the sender's report, when it was believed
     replies: dict[str, Reply] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)  # model -> "code: message"
     arrived: dict[str, float] = field(default_factory=dict)
@@ -55,7 +54,7 @@ class Pending:
         return set(self.replies) | set(self.errors)
 
     def complete(self) -> bool:
-        return self.failure is not None or (bool(self.report) and self.expected <= self.answered())
+        return self.failure is not None or (self.reported and self.expected <= self.answered())
 
 
 def pick(replies: dict[str, Reply], calibration: Callable[[str], Calibration]) -> tuple[str, float]:
@@ -131,13 +130,8 @@ def _no_answer(p: Pending, pid: str, errors: dict[str, str], missing: bool, why:
 def _durations(p: Pending, now: float) -> dict[str, float]:
     """End to end, the sender's own timings, and each receiver's, with its round trip from the arbiter."""
     durations = {"e2e": max(0.0, now - p.started)}
-    durations.update(
-        {
-            f"sender.{k[:-2]}": max(0.0, float(v))
-            for k, v in p.report.items()
-            if k.endswith("_s") and is_num(v) and math.isfinite(v)
-        }
-    )
+    if p.sent is not None:
+        durations.update({f"sender.{k}": v for k, v in p.sent.durations.items()})
     for m, r in p.replies.items():
         durations.update({f"{m}.{k}": v for k, v in r.durations.items()})
         durations[f"{m}.rtt"] = max(0.0, p.arrived[m] - p.started)  # ask in -> this reply in

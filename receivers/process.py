@@ -19,6 +19,7 @@ import zmq
 from latentwire import net
 from latentwire.protocol import ErrorReply, Heartbeat, encode_frame, error_reply, peek_rid
 
+from .calibration import announced
 from .receiver import MAX_BATCH, MAX_BATCH_POSITIONS, MAX_SLOT_TOKENS, Liveness, load_receiver, slot_cap
 
 log = logging.getLogger("latentwire.receiver")
@@ -84,7 +85,7 @@ def serve(
         rx = load_receiver(model, ckpt, name, pid, device, dtype)
         from latentwire.checkpoint import load_config
 
-        cals = load_config(ckpt).models[rx.name].calibrations()
+        fitted = load_config(ckpt).models[rx.name].calibration
     except BaseException:
         pull.close(0)
         out.close(0)
@@ -103,13 +104,8 @@ def serve(
         "addr": bind,
         "load_s": round(load_s, 3),
         "threads": torch.get_num_threads(),
-        **{  # each path's score calibration, for the arbiter's joint pick
-            f"cal.{path}.{k}": float(v)
-            for path, cal in cals.items()
-            for k, v in cal.items()
-            if isinstance(v, (int, float))
-        },
     }
+    cal = announced(fitted)  # each path's score calibration, for the arbiter's joint pick
     time.sleep(max(0.0, bound_at + 1.0 - time.monotonic()))  # let senders' reconnects land first
     stale = 0
     while pull.poll(0):  # sent while we were loading: their requests were opened without us, so they do not wait
@@ -117,10 +113,10 @@ def serve(
         stale += 1
     if stale:
         log.info("dropped %d frames that arrived before this receiver was ready", stale)
-    ready = Heartbeat("", pid, "receiver", "ready", info)
+    ready = Heartbeat("", pid, "receiver", "ready", info, cal)
     rx.liveness = Liveness()  # from the first heartbeat on, a silence means the arbiter took this one for dead
     out.send(encode_frame(ready))
-    beats = _Heartbeats(ctx, replies, curve, Heartbeat("", pid, "receiver", "alive", info), rx.liveness)
+    beats = _Heartbeats(ctx, replies, curve, Heartbeat("", pid, "receiver", "alive", info, cal), rx.liveness)
     beats.start()
     log.info("receiver %s ready on %s (load %.1f s)", rx.name, bind, load_s)
     dropped = 0  # expired frames of the current backlog
@@ -146,7 +142,7 @@ def serve(
         beats.stop.set()
         beats.join(2)
         with contextlib.suppress(zmq.ZMQError):
-            out.send(encode_frame(Heartbeat("", pid, "receiver", "stopping", info)), zmq.NOBLOCK)
+            out.send(encode_frame(Heartbeat("", pid, "receiver", "stopping", info, cal)), zmq.NOBLOCK)
         pull.close()
         out.close()
         if curve:

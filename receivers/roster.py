@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import logging
 from collections import Counter, OrderedDict
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 from latentwire import net
-from latentwire.protocol import PATH_NAMES, Heartbeat
-from latentwire.protocol.base import INT32_MAX
+from latentwire.protocol import Heartbeat
 from latentwire.receivers.calibration import Calibration
 
 log = logging.getLogger("latentwire.arbiter")
@@ -29,29 +28,6 @@ PEER_MEMORY_S = 600.0  # a peer silent this long is forgotten (its name still ex
 MAX_PEERS = 64  # per role: heartbeats with ever new ids cannot grow the arbiter without bound
 ROLES = ("sender", "receiver")  # who may announce itself, each on its own socket
 PROVEN_MEMORY = 4 * MAX_PEERS  # receiver ids remembered as proven (most recently answering kept)
-
-
-def calibration_from_info(info: dict, path: str = "latent") -> Calibration:
-    """The Platt map a receiver announced for a sender path (`cal.<path>.a`, ...; a bare `cal.a` is the
-    latent's); identity when it announced none for that path."""
-    known = {f.name for f in fields(Calibration)}
-    prefixes = (f"cal.{path}.", "cal.") if path == "latent" else (f"cal.{path}.",)
-    for prefix in prefixes:
-        d = {
-            k[len(prefix) :]: float(v)
-            for k, v in info.items()
-            if k.startswith(prefix) and k[len(prefix) :] in known and is_num(v)
-        }
-        if d:
-            break
-    for k in ("n", "positives"):
-        if k in d:
-            d[k] = int(max(0.0, min(d[k], INT32_MAX)))
-    return Calibration(**d)
-
-
-def is_num(v: object) -> bool:
-    return isinstance(v, (int, float))  # heartbeat info may also hold str: never trust its type
 
 
 def bounded_count(v: object, hi: int) -> int | None:
@@ -127,7 +103,7 @@ class Roster:
         fp = hb.info.get("fingerprint")
         peer.fingerprint = fp if isinstance(fp, str) else ""
         if hb.role == "receiver":
-            peer.calibrations = {path: calibration_from_info(hb.info, path) for path in PATH_NAMES}
+            peer.calibrations = {path: Calibration(a, b) for path, (a, b) in hb.calibration.items()}
         else:
             models = hb.info.get("models")
             peer.models = tuple(sorted(m for m in models.split(",") if m)) if isinstance(models, str) else ()

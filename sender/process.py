@@ -3,7 +3,7 @@
 It connects a DEALER to the arbiter's backend (so several senders can share the load) and one PUSH per
 receiver address (fan-out; each receiver binds, and with CURVE accepts only known senders). PUSH sockets use
 ZMQ_IMMEDIATE, so a receiver that is down is skipped at once instead of queuing stale work for it. After the
-fan-out it reports to the arbiter what it sent (a `sent` heartbeat carrying the frame's bytes and timings),
+fan-out it reports to the arbiter what it sent (a `Sent`: the frame's bytes, the receivers reached, its timings),
 or an ErrorReply when the request cannot be built.
 """
 
@@ -27,6 +27,7 @@ from latentwire.protocol import (
     Heartbeat,
     Message,
     ProtocolError,
+    Sent,
     TextRequest,
     decode_frame,
     encode_frame,
@@ -90,7 +91,7 @@ class Sender:
             try:
                 frame, durations = self._build_one(ask, docs.get(i), readings.get(i))
                 if i in readings:
-                    durations["encode_s"] += shared_s  # its share of the batched reading
+                    durations["encode"] += shared_s  # its share of the batched reading
                 out.append((frame, durations))
             except Exception as e:  # noqa: BLE001 - reported per ask by the caller
                 out.append(e)
@@ -113,7 +114,7 @@ class Sender:
         if doc is not None:
             out = payload(self.encoder, ask.mode, doc, reading)  # type: ignore[arg-type]
             t1 = time.perf_counter()
-            durations["encode_s"] = t1 - t0
+            durations["encode"] = t1 - t0
             if isinstance(out, str):
                 msg = TextRequest(ask.rid, self.pid, out, None, ask.max_new_tokens, **times)
             else:
@@ -133,24 +134,16 @@ class Sender:
             text = slot_text(ask.question, ask.context)
             msg = TextRequest(ask.rid, self.pid, text, budget, ask.max_new_tokens, **times)
         frame = encode_frame(msg)
-        durations["frame_s"] = time.perf_counter() - t1
+        durations["frame"] = time.perf_counter() - t1
         return frame, durations
 
 
-def report(rid: str, pid: str, frame: bytes, reached: int, total: int, durations: dict[str, float]) -> Heartbeat:
-    """The `sent` report: exact bytes of the frame as sent (per receiver) and how many receivers got it."""
+def report(rid: str, pid: str, frame: bytes, reached: int, total: int, durations: dict[str, float]) -> Sent:
+    """The report for the arbiter: exact bytes of the frame as sent (per receiver) and how many receivers got it."""
     size = frame_size(frame)
-    info: dict[str, str | int | float] = {
-        "request": size.total,
-        "header": size.header,
-        "payload": size.body,
-        "scales": size.scales,
-        "fanout": size.total * reached,
-        "reached": reached,
-        "receivers": total,
-        **durations,
-    }
-    return Heartbeat(rid, pid, "sender", "sent", info)
+    return Sent(
+        rid, pid, size.total, size.header, size.body, size.scales, size.total * reached, reached, total, durations
+    )
 
 
 def serve(
@@ -240,9 +233,9 @@ def _beat(dealer: zmq.Socket, alive: bytes, last: float) -> float:
     return time.monotonic()
 
 
-def _handle_many(sender: Sender, batch: Sequence[bytes], pushes: list[zmq.Socket]) -> list[Heartbeat | ErrorReply]:
+def _handle_many(sender: Sender, batch: Sequence[bytes], pushes: list[zmq.Socket]) -> list[Sent | ErrorReply]:
     """Asks from the arbiter -> fan-out -> one report each (never raises; one bad ask fails alone)."""
-    replies: list[Heartbeat | ErrorReply | None] = [None] * len(batch)
+    replies: list[Sent | ErrorReply | None] = [None] * len(batch)
     asks: list[tuple[int, Ask]] = []
     for i, data in enumerate(batch):
         try:
@@ -267,9 +260,7 @@ def _handle_many(sender: Sender, batch: Sequence[bytes], pushes: list[zmq.Socket
     return [r for r in replies if r is not None]
 
 
-def _fan_out(
-    sender: Sender, ask: Ask, frame: bytes, durations: dict[str, float], pushes: list[zmq.Socket]
-) -> Heartbeat:
+def _fan_out(sender: Sender, ask: Ask, frame: bytes, durations: dict[str, float], pushes: list[zmq.Socket]) -> Sent:
     reached = 0
     for s in pushes:
         try:

@@ -131,9 +131,7 @@ def calibrate(
     cfg = checkpoint.load_config(ckpt)
     for name, by_path in fitted.items():
         entry = cfg.models[name]
-        entry.calibration_by_path = {**(entry.calibration_by_path or {}), **by_path}
-        if "latent" in by_path:
-            entry.calibration = by_path["latent"]
+        entry.calibration = {**entry.calibration, **by_path}
         for path, res in ((p, val[p][name]) for p in by_path):
             log(f"{name:8s} {path:13s} val F1 {res['f1']:.3f} (n {res['n']}): {by_path[path]}")
     checkpoint.write_config(ckpt, cfg)

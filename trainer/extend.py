@@ -9,7 +9,7 @@ own token strings. So joining needs no gradient step and no change to the sender
 - `adapter_fingerprints` (one sha256 per part: the encoder and each adapter, over its config entry and its
   tensors) lets a reader check that the encoder and every old adapter are the parent's, and `parent` names
   the parent's whole-checkpoint fingerprint;
-- the new receiver's score calibration (latent and relay) is fitted on `val` by the code that fits the others'
+- the new receiver's score calibration (every sender path) is fitted on `val` by the code that fits the others'
   (`trainer/calibrate.py`).
 
 The zero-shot point is the codebook adapter at the parent's snapping settings; `tune` then picks its
@@ -20,7 +20,6 @@ sender frozen: only `adapter.<name>.*` trains, so the parent's parts stay byte f
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -76,17 +75,12 @@ def _write(parent: Path, out: Path, name: str, entry: dict, adapter: CodebookAda
     cfg["parent"] = checkpoint.fingerprint(parent)
     cfg["extensions"] = [*cfg.get("extensions", []), extension]
     cfg.pop("adapter_fingerprints", None)
-    cfg.pop("format", None)
     out.mkdir(parents=True, exist_ok=True)
     save_file({**sd, **new}, str(out / checkpoint.WEIGHTS), metadata=meta)
-    (out / checkpoint.CONFIG).write_text(
-        json.dumps({"format": checkpoint.FORMAT_VERSION, **cfg}, indent=2, sort_keys=True) + "\n"
-    )
+    checkpoint.write_config(out, cfg)
     # the map is written last, over the parts as they lie on disk
     cfg["adapter_fingerprints"] = checkpoint.part_fingerprints(out)
-    (out / checkpoint.CONFIG).write_text(
-        json.dumps({"format": checkpoint.FORMAT_VERSION, **cfg}, indent=2, sort_keys=True) + "\n"
-    )
+    checkpoint.write_config(out, cfg)
     return checkpoint.fingerprint(out)
 
 
@@ -144,8 +138,7 @@ def extend(
             "fingerprint": llm.fingerprint,
             "hidden_size": llm.hidden_size,
             "adapter": adapter.cfg.to_dict(),
-            "calibration": calibration.get("latent", {}),
-            "calibration_by_path": calibration,
+            "calibration": calibration,
         }
 
     adapter = CodebookAdapter(acfg, llm)

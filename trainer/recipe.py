@@ -93,8 +93,7 @@ def config_dict(recipe: TrainRecipe, enc: SharerEncoder, adapters: dict, llms: d
                 "fingerprint": llm.fingerprint,
                 "hidden_size": llm.hidden_size,
                 "adapter": adapters[name].cfg.to_dict(),
-                "calibration": extra.get("calibration", {}).get(name, {}).get("latent", {}),
-                "calibration_by_path": extra.get("calibration", {}).get(name, {}),
+                "calibration": extra.get("calibration", {}).get(name, {}),
             }
             for name, llm in llms.items()
         },

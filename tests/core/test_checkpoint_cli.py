@@ -46,8 +46,10 @@ def tiny_config() -> dict:
             "adapter": codebook(
                 d_z=32, hidden_size=llm.hidden_size, tokens_per_row=encoder["tokens_per_row"]
             ).to_dict(),
-            "calibration": {"a": 1.0, "b": -1.0, "n": 10, "positives": 3},
-            "calibration_by_path": {"relay": {"a": 0.5, "b": -0.5, "n": 10, "positives": 2}},
+            "calibration": {
+                "latent": {"a": 1.0, "b": -1.0, "n": 10, "positives": 3},
+                "relay": {"a": 0.5, "b": -0.5, "n": 10, "positives": 2},
+            },
         }
         for name, llm in llms.items()
     }
@@ -98,11 +100,22 @@ VARIANTS: list[tuple[str, Callable[[dict], None] | bytes, str, bool]] = [
     ("hidden_size negative", _set(f"{LLAMA}.hidden_size", -64), f"{LLAMA}.hidden_size: must be a positive int", False),
     ("fingerprint not a str", _set(f"{LLAMA}.fingerprint", 7), f"{LLAMA}.fingerprint: must be str, not int", False),
     ("spec missing", _set(f"{LLAMA}.spec", KeyError), f"{LLAMA}.spec: missing", False),
-    ("calibration nan", _set(f"{LLAMA}.calibration.a", math.nan), f"{LLAMA}.calibration.a: nan must be finite", False),
     (
-        "path calibration inf",
-        _set(f"{LLAMA}.calibration_by_path.relay.b", math.inf),
-        f"{LLAMA}.calibration_by_path.relay.b: inf must be finite",
+        "calibration nan",
+        _set(f"{LLAMA}.calibration.latent.a", math.nan),
+        f"{LLAMA}.calibration.latent.a: nan must be finite",
+        False,
+    ),
+    (
+        "calibration inf",
+        _set(f"{LLAMA}.calibration.relay.b", math.inf),
+        f"{LLAMA}.calibration.relay.b: inf must be finite",
+        False,
+    ),
+    (
+        "calibration of no path",
+        _set(f"{LLAMA}.calibration.video", {"a": 1.0, "b": 0.0, "n": 1, "positives": 0}),
+        f"{LLAMA}.calibration.video: unknown path",
         False,
     ),
     ("tau nan", _set(f"{LLAMA}.adapter.tau", math.nan), f"{LLAMA}.adapter.tau: nan must be finite", False),
@@ -114,7 +127,8 @@ VARIANTS: list[tuple[str, Callable[[dict], None] | bytes, str, bool]] = [
     ),
     ("adapter field mistyped", _set(f"{LLAMA}.adapter.nearest", "4"), f"{LLAMA}.adapter.nearest: must be int", True),
     ("adapter field unknown", _set(f"{LLAMA}.adapter.colour", 1), f"{LLAMA}.adapter.colour: not a field of", True),
-    ("format unknown", _set("format", 2), "format: 2 is not a format this version reads", False),
+    ("format unknown", _set("format", 3), "format: 3 is not a format this version reads", False),
+    ("format 1", _set("format", 1), "format: 1 is not a format this version reads (2): rewrite it with", False),
     ("invalid UTF-8", b'{"format": 1, "encoder\xff": {}}', "not UTF-8 text (invalid start byte", False),
     ("nested 100k deep", b"[" * 100_000 + b"]" * 100_000, "malformed JSON (nested over", False),
     ("truncated", b'{"format": 1, "encoder": {', "malformed JSON (Expecting", False),
@@ -205,7 +219,7 @@ def test_the_valid_tiny_checkpoint_serves_a_receiver(tiny_config: dict, tmp_path
 def test_the_console_script_refuses_a_nan_calibration_that_up_would_restart_forever(
     tiny_config: dict, tmp_path: Path
 ) -> None:
-    ckpt = _broken(tmp_path, tiny_config, _set(f"{LLAMA}.calibration.a", math.nan))
+    ckpt = _broken(tmp_path, tiny_config, _set(f"{LLAMA}.calibration.latent.a", math.nan))
     env = {k: v for k, v in os.environ.items() if k != "LATENTWIRE_DEBUG"}
     out = subprocess.run(
         [LATENTWIRE, "receiver", "--ckpt", str(ckpt), "--model", "tiny-llama", "--bind", "tcp://127.0.0.1:0"],
@@ -215,4 +229,4 @@ def test_the_console_script_refuses_a_nan_calibration_that_up_would_restart_fore
         timeout=120,
     )
     assert out.returncode == 2 and out.stdout == ""
-    assert out.stderr == f"error: {ckpt / checkpoint.CONFIG}: {LLAMA}.calibration.a: nan must be finite\n"
+    assert out.stderr == f"error: {ckpt / checkpoint.CONFIG}: {LLAMA}.calibration.latent.a: nan must be finite\n"

@@ -27,11 +27,11 @@ def test_default_config_round_trips(raw: dict) -> None:
     assert set(cfg.models) == {"llama", "qwen"} and isinstance(cfg.models["qwen"], ModelEntry)
     assert cfg.models["qwen"].hidden_size == 896 and cfg.models["qwen"].adapter["kind"] == "codebook"
     assert cfg.encoder["backbone"] == "llm" and cfg.train["recipe"] == "train"
-    # each calibrated path's map, typed (the latent's is also the entry's `calibration`)
-    cals = cfg.models["qwen"].calibrations()
+    # one Platt map per calibrated path, in one place
+    cals = cfg.models["qwen"].calibration
     assert set(cals) == {"evidence", "relay", "relay-tuned", "latent", "latent-closed"}  # every sender path
-    assert cals["latent"] == raw["models"]["qwen"]["calibration"]
-    assert "calibration_by_path" not in cfg.models["qwen"].extra
+    assert cals == raw["models"]["qwen"]["calibration"] and not cfg.models["qwen"].extra
+    assert all(set(c) == {"a", "b", "n", "positives"} for c in cals.values())
 
 
 def test_save_pretrained_writes_the_same_bytes(tmp_path: Path) -> None:
@@ -42,10 +42,12 @@ def test_save_pretrained_writes_the_same_bytes(tmp_path: Path) -> None:
 def test_unknown_and_optional_keys_are_kept(raw: dict) -> None:
     d = copy.deepcopy(raw)
     d.update(parent="ab" * 32, extensions=[{"model": "gemma"}], future={"x": 1}, nothing=None)
-    d["models"]["llama"]["calibration"] = None
+    d["models"]["llama"]["note"] = "kept"
+    d["models"]["qwen"]["calibration"] = {}  # none fitted: raw scores
     cfg = CheckpointConfig.from_dict(d)
     assert cfg.parent == "ab" * 32 and cfg.extensions == [{"model": "gemma"}] and cfg.extra["future"] == {"x": 1}
-    assert cfg.models["llama"].calibration is None and cfg.to_dict() == d
+    assert cfg.models["llama"].extra == {"note": "kept"} and cfg.models["qwen"].calibration == {}
+    assert cfg.to_dict() == d
 
 
 def _break(d: dict, path: tuple[str, ...], value: object) -> None:
@@ -75,12 +77,17 @@ def _break(d: dict, path: tuple[str, ...], value: object) -> None:
         (("adapter", "kind"), KeyError, "models.llama.adapter.kind: missing"),
         (("adapter", "kind"), 1, "models.llama.adapter.kind: must be str, not int"),
         (("adapter", "tau"), math.nan, "models.llama.adapter.tau: nan must be finite"),
+        (("calibration",), KeyError, "models.llama.calibration: missing"),
         (("calibration",), [1], "models.llama.calibration: must be dict, not list"),
-        (("calibration", "a"), math.nan, "models.llama.calibration.a: nan must be finite"),
-        (("calibration", "a"), "1.3", "models.llama.calibration.a: must be int or float, not str"),
-        (("calibration_by_path",), [1], "models.llama.calibration_by_path: must be dict, not list"),
-        (("calibration_by_path", "relay"), 0.5, "models.llama.calibration_by_path.relay: must be dict, not float"),
-        (("calibration_by_path", "relay", "b"), -math.inf, "calibration_by_path.relay.b: -inf must be finite"),
+        (("calibration", "latent", "a"), math.nan, "models.llama.calibration.latent.a: nan must be finite"),
+        (("calibration", "latent", "a"), "1.3", "models.llama.calibration.latent.a: must be float, not str"),
+        (("calibration", "relay"), 0.5, "models.llama.calibration.relay: must be dict, not float"),
+        (("calibration", "relay", "b"), -math.inf, "models.llama.calibration.relay.b: -inf must be finite"),
+        (("calibration", "relay", "b"), KeyError, "models.llama.calibration.relay.b: missing"),
+        (("calibration", "relay", "n"), 1.5, "models.llama.calibration.relay.n: must be int, not float"),
+        (("calibration", "relay", "positives"), 101, "calibration.relay: positives 101 must be within 0..n (100)"),
+        (("calibration", "relay", "c"), 1.0, "calibration.relay.c: not a field of a calibration (fields: a, b, n,"),
+        (("calibration", "video"), {"a": 1.0}, "models.llama.calibration.video: unknown path (paths: text, token-"),
     ],
 )
 def test_a_broken_model_entry_is_one_line_naming_field_and_file(
@@ -105,8 +112,9 @@ def test_a_broken_model_entry_is_one_line_naming_field_and_file(
         ({"models": {}}, "models: empty"),
         ({"encoder": 3}, "encoder: must be dict, not int"),
         ({"parent": 3}, "parent: must be str, not int"),
-        ({"format": 2}, "format: 2 is not a format this version reads (1)"),
-        ({"format": "1"}, "format: must be int, not str"),
+        ({"format": 3}, "format: 3 is not a format this version reads (2)"),
+        ({"format": 1}, "format: 1 is not a format this version reads (2): rewrite it with the format-1 migration"),
+        ({"format": "2"}, "format: must be int, not str"),
     ],
 )
 def test_a_broken_top_level_is_refused(raw: dict, change: dict, says: str) -> None:

@@ -78,7 +78,7 @@ def _garbled(tmp_path: Path, what: str) -> Path:
         (ckpt / "config.json").write_text('{"format": 1, "encoder"')
         (ckpt / "weights.safetensors").write_bytes(b"")
     else:
-        (ckpt / "config.json").write_text(json.dumps({"format": 1, "encoder": {}, "models": {}}))
+        (ckpt / "config.json").write_text(json.dumps({"format": 2, "encoder": {}, "models": {}}))
         (ckpt / "weights.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00not json")
     return ckpt
 

@@ -15,16 +15,17 @@ from hypothesis.extra import numpy as hnp
 
 from latentwire.protocol import (
     DEFAULT_LIMITS,
+    WIRE_PATHS,
     Ask,
     ErrorReply,
     Heartbeat,
-    JointReply,
     LatentRequest,
     Limits,
     ProtocolError,
     Quant,
     QuantizedLatent,
     Reply,
+    Sent,
     TextRequest,
     decode_frame,
     dequantize,
@@ -33,7 +34,6 @@ from latentwire.protocol import (
     error_reply,
     frame_size,
     latent_request,
-    peek_rid,
     quantize,
     sample_messages,
 )
@@ -197,6 +197,7 @@ _finite = st.floats(allow_nan=False, allow_infinity=False)
         st.builds(
             Heartbeat, _text, _name, _name, _name,
             st.dictionaries(_name, _text | st.integers(-(2**63), 2**63 - 1) | _finite, max_size=5),
+            st.dictionaries(st.sampled_from(WIRE_PATHS), st.tuples(_finite, _finite), max_size=5),
         ),
     )
 )  # fmt: skip
@@ -220,13 +221,26 @@ def test_error_reply_helper_clips_to_limits() -> None:
 
 # Golden frames: if these fail, the wire format changed. Bump PROTOCOL_VERSION or fix the regression.
 GOLDEN_LATENT = (
-    "8da170aa6c6174656e7477697265a17601a16ba36c6174a169a67269642d3031a173a673656e646572a166a9636b7074"
+    "8da170aa6c6174656e7477697265a17602a16ba36c6174a169a67269642d3031a173a673656e646572a166a9636b7074"
     "2d30303031a17410a171a4696e7438a16d02a16404a167c0a163c4080402813c0402813da162c40840812000fc7f7ffc"
 )
 GOLDEN_REPLY = (
-    "8aa170aa6c6174656e7477697265a17601a16ba3726570a169a67269642d3031a173aa726563762d6c6c616d61a16fa5"
+    "8aa170aa6c6174656e7477697265a17602a16ba3726570a169a67269642d3031a173aa726563762d6c6c616d61a16fa5"
     "6c6c616d61a161ac416461204c6f76656c616365a172cbbfd0000000000000a17582a6656e636f6465cb3f50624dd2f1"
     "a9fca867656e6572617465cb3fc999999999999aa166a9636b70742d30303031"
+)
+GOLDEN_ASK = (
+    "8ca170aa6c6174656e7477697265a17602a16ba361736ba169a67269642d3031a173a6636c69656e74a178a457686f3fa163ad41646120"
+    "77726f74652069742ea16da66c6174656e74a171a4696e7434a16704a16ec0a17408"
+)
+GOLDEN_HEARTBEAT = (
+    "89a170aa6c6174656e7477697265a17602a16ba26862a169a0a173aa726563762d6c6c616d61a16ca87265636569766572a168a5"
+    "616c697665a17981a56d6f64656ca56c6c616d61a16382a66c6174656e7492cbbfe0000000000000cbbff4000000000000a572"
+    "656c617992cb3fe8000000000000cbbff8000000000000"
+)
+GOLDEN_SENT = (
+    "8da170aa6c6174656e7477697265a17602a16ba3736e74a169a67269642d3031a173a673656e646572a17242a1682aa16218a16300"
+    "a166cc84a16e02a16d02a17582a6656e636f6465cb3fe0000000000000a56672616d65cb3fd0000000000000"
 )
 
 
@@ -241,7 +255,29 @@ def _golden_reply() -> Reply:
     )
 
 
-@pytest.mark.parametrize(("build", "golden"), [(_golden_latent, GOLDEN_LATENT), (_golden_reply, GOLDEN_REPLY)])
+def _golden_ask() -> Ask:
+    return Ask("rid-01", "client", "Who?", "Ada wrote it.", "latent", "int4", 4, None, 8)
+
+
+def _golden_heartbeat() -> Heartbeat:
+    cal = {"latent": (-0.5, -1.25), "relay": (0.75, -1.5)}
+    return Heartbeat("", "recv-llama", "receiver", "alive", {"model": "llama"}, cal)
+
+
+def _golden_sent() -> Sent:
+    return Sent("rid-01", "sender", 66, 42, 24, 0, 132, 2, 2, {"encode": 0.5, "frame": 0.25})
+
+
+@pytest.mark.parametrize(
+    ("build", "golden"),
+    [
+        (_golden_latent, GOLDEN_LATENT),
+        (_golden_reply, GOLDEN_REPLY),
+        (_golden_ask, GOLDEN_ASK),
+        (_golden_heartbeat, GOLDEN_HEARTBEAT),
+        (_golden_sent, GOLDEN_SENT),
+    ],
+)
 def test_golden_bytes(build: Any, golden: str) -> None:
     assert encode_frame(build()).hex() == golden
     assert decode_frame(bytes.fromhex(golden)) == build()
@@ -270,7 +306,8 @@ def _rejects(data: Any, pattern: str, limits: Limits = DEFAULT_LIMITS) -> None:
 
 NAN_SCALE = np.array([math.nan, 1.0], "<f4").tobytes()
 REJECTIONS = {
-    "wrong version": (_frame(v=2), r"unsupported protocol version 2"),
+    "older version": (_frame(v=1), r"unsupported protocol version 1"),
+    "newer version": (_frame(v=3), r"unsupported protocol version 3"),
     "version as bool": (_frame(v=True), r"unsupported protocol version True"),
     "wrong format": (_frame(p="otherwire"), r"not a latentwire frame"),
     "unknown kind": (_frame(k="video"), r"unknown message kind 'video'"),
@@ -351,98 +388,3 @@ def test_error_messages_name_the_kind() -> None:
     with pytest.raises(ProtocolError) as info:
         decode_frame(_frame(_golden_reply(), o=3))
     assert re.fullmatch(r"rep frame: model: expected str, got int", str(info.value))
-
-
-# ---- client-facing kinds: ask (client -> arbiter -> sender) and jrep (arbiter -> client) ----
-
-GOLDEN_ASK = (
-    "8ca170aa6c6174656e7477697265a17601a16ba361736ba169a67269642d3031a173a6636c69656e74a178a457686f3fa163ad41646120"
-    "77726f74652069742ea16da66c6174656e74a171a4696e7434a16704a16ec0a17408"
-)
-
-
-def _golden_ask() -> Ask:
-    return Ask("rid-01", "client", "Who?", "Ada wrote it.", "latent", "int4", 4, None, 8)
-
-
-def _joint(**kw: Any) -> JointReply:
-    args = dict(
-        rid="rid-01", sender="arbiter", answer="Ada", model="llama", score=0.5, agreement=1, degraded=0,
-        answers={"llama": "Ada", "qwen": "ada"}, scores={"llama": -0.5, "qwen": -1.0},
-        calibrated={"llama": 0.5, "qwen": 0.25}, errors={}, durations={"e2e": 0.25}, nbytes={"request": 90},
-    )  # fmt: skip
-    return JointReply(**{**args, **kw})
-
-
-def test_golden_ask_bytes() -> None:
-    assert encode_frame(_golden_ask()).hex() == GOLDEN_ASK
-    assert decode_frame(bytes.fromhex(GOLDEN_ASK)) == _golden_ask()
-
-
-_maps = st.dictionaries(_name, _finite, max_size=4)
-
-
-@SETTINGS
-@given(
-    msg=st.one_of(
-        st.builds(
-            Ask, _name, _name, _name, _text, st.sampled_from(["latent", "text", "token-budget"]),
-            st.sampled_from(["fp32", "fp16"]), st.none(), st.none() | st.integers(1, 512), st.integers(1, 4096),
-        ),
-        st.builds(
-            Ask, _name, _name, _name, _text, st.just("latent"), st.sampled_from(["int8", "int4"]),
-            st.none() | st.integers(1, 256),
-        ),
-        st.builds(
-            JointReply, _name, _name, _text, _name, st.floats(0, 1), st.integers(0, 1), st.integers(0, 1),
-            st.dictionaries(_name, _text, max_size=4), _maps,
-            st.dictionaries(_name, st.floats(0, 1), max_size=4), st.dictionaries(_name, _text, max_size=4),
-            st.dictionaries(_name, _pos, max_size=4), st.dictionaries(_name, st.integers(0, 2**63 - 1), max_size=4),
-        ),
-    )
-)  # fmt: skip
-def test_client_kinds_round_trip(msg: Any) -> None:
-    data = encode_frame(msg)
-    assert decode_frame(data) == msg
-    assert frame_size(data).total == len(data)
-
-
-def test_client_kinds_sizes_and_rid_peek() -> None:
-    ask, joint = _golden_ask(), _joint()
-    assert frame_size(ask).body == len("Who?") + len("Ada wrote it.")
-    assert frame_size(joint).body == len("Ada")
-    assert peek_rid(encode_frame(joint)) == "rid-01"
-    assert peek_rid(_frame(v=2)) == "rid-01"  # refused by decode_frame, rid still readable for the error reply
-    for junk in (b"", b"\xc1", msgpack.packb([1]), msgpack.packb({"i": 5}), b"\x91" * 5000, _frame(i="x" * 2000)):
-        assert peek_rid(junk) == ""
-
-
-CLIENT_REJECTIONS = {
-    "unknown mode": (_frame(_golden_ask(), m="video"), r"ask frame: mode: unknown mode 'video'"),
-    "empty question": (_frame(_golden_ask(), x=""), r"ask frame: question: must not be empty"),
-    "group for fp16": (_frame(_golden_ask(), q="fp16"), r"ask frame: group_size: must be None for fp16"),
-    "unknown quant": (_frame(_golden_ask(), q="int3"), r"ask frame: quant: unknown quant scheme 'int3'"),
-    "zero budget": (_frame(_golden_ask(), n=0), r"ask frame: budget: 0 is outside"),
-    "degraded 2": (_frame(_joint(), z=2), r"jrep frame: degraded: 2 is outside 0..1"),
-    "agreement bool": (_frame(_joint(), g=True), r"jrep frame: agreement: expected int, got bool"),
-    "probability > 1": (_frame(_joint(), j={"llama": 1.5}), r"calibrated\['llama'\]: 1.5 is a probability"),
-    "score > 1": (_frame(_joint(), r=2.0), r"jrep frame: score: 2.0 is a probability"),
-    "negative bytes": (_frame(_joint(), b={"request": -1}), r"nbytes\['request'\]: -1 is outside"),
-    "answers as list": (_frame(_joint(), w=["Ada"]), r"answers: expected map, got list"),
-    "empty model": (_frame(_joint(), o=""), r"jrep frame: model: must not be empty"),
-}  # fmt: skip
-
-
-@pytest.mark.parametrize("case", list(CLIENT_REJECTIONS))
-def test_client_kind_rejections(case: str) -> None:
-    _rejects(*CLIENT_REJECTIONS[case])
-
-
-def test_client_kinds_respect_text_limits() -> None:
-    long = "a" * 2000  # over max_str, under max_text_bytes: allowed in question, context and answers
-    assert decode_frame(encode_frame(Ask("r", "c", long, long))).question == long
-    assert decode_frame(encode_frame(_joint(answers={"llama": long}))).answers["llama"] == long
-    with pytest.raises(ProtocolError, match=r"errors\['llama'\]: 2000 UTF-8 bytes exceeds the limit 1024"):
-        encode_frame(_joint(errors={"llama": long}))
-    with pytest.raises(ProtocolError, match="max_new_tokens: 5000 exceeds the limit 4096"):
-        encode_frame(Ask("r", "c", "q", max_new_tokens=5000))

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from latentwire.protocol import Ask, ErrorReply, Heartbeat, JointReply, Reply, encode_frame
+from latentwire.protocol import Ask, ErrorReply, Heartbeat, JointReply, Reply, Sent, encode_frame
 from latentwire.receivers import board
-from latentwire.receivers.board import Board, agree, calibration_from_info, pick
+from latentwire.receivers.board import Board, agree, pick
 from latentwire.receivers.calibration import Calibration
 from latentwire.receivers.calibration import pick as calibration_pick
 
@@ -16,12 +16,17 @@ FP = "f" * 64
 SENDER_INFO = {"fingerprint": FP, "models": "llama,qwen", "receivers": 2}
 
 
-def _hb(pid: str, role: str, model: str = "", status: str = "ready", **cal: float) -> Heartbeat:
-    """A heartbeat; a receiver's announces its model, the checkpoint FP and its calibration (`a`, `relay.b`...)."""
+def _hb(pid: str, role: str, model: str = "", status: str = "ready", **cal: tuple[float, float]) -> Heartbeat:
+    """A heartbeat; a receiver's announces its model, the checkpoint FP and its calibration per path."""
     if role == "sender":
         return Heartbeat("", pid, role, status, SENDER_INFO)
-    info = {"model": model, "fingerprint": FP, **{f"cal.{k}": v for k, v in cal.items()}}
-    return Heartbeat("", pid, role, status, info)
+    return Heartbeat("", pid, role, status, {"model": model, "fingerprint": FP}, cal)
+
+
+def _sent(rid: str, sender: str, reached: int = 2, request: int = 150, payload: int = 128, **kw: float) -> Sent:
+    """A sender's report: a frame of `request` bytes (`payload` of them payload) queued to `reached` receivers."""
+    header = request - payload
+    return Sent(rid, sender, request, header, payload, 0, request * reached, reached, max(2, reached), kw)
 
 
 def _board(timeout: float = 10.0, **cals: dict) -> Board:
@@ -36,7 +41,7 @@ def _prove(b: Board, t: float, models: tuple[str, ...] = ("llama", "qwen")) -> N
     """What the arbiter does for receivers that only announced themselves: it probes them, they answer."""
     p, sender = b.probe(t)
     assert p.ask.mode == "text" and p.ask.max_new_tokens == 1 and not p.client
-    b.on_sender(Heartbeat(p.rid, sender.pid, "sender", "sent", {"reached": len(models)}), route=sender.route)
+    b.on_sender(_sent(p.rid, sender.pid, len(models)), route=sender.route)
     for m in models:
         done = b.on_receiver(_reply(p, m), 10, t)
     assert done is p and b.finish(p, t) is None  # nobody to answer
@@ -53,8 +58,7 @@ def _beat(
 def _open(b: Board, now: float = 0.0, rid: str = "c-1", report: dict | None = None, mode: str = "latent"):
     p, sender = b.open((b"client",), Ask(rid, "client", "Who?", "Ada wrote it.", mode=mode), 100, now)
     assert sender is not None
-    info = {"request": 150, "payload": 128, "fanout": 300, "reached": 2} if report is None else report
-    assert b.on_sender(Heartbeat(p.rid, sender.pid, "sender", "sent", info), route=sender.route) is None
+    assert b.on_sender(_sent(p.rid, sender.pid, **(report or {})), route=sender.route) is None
     return p
 
 
@@ -67,7 +71,7 @@ def _reply(p, model: str, answer: str = "Ada", score: float = -0.5, sender: str 
 
 def test_join_two_replies_picks_on_calibrated_score() -> None:
     # raw scores favour llama, but qwen's calibration says it is more often right at that score
-    b = _board(llama={"a": 1.0, "b": -3.0}, qwen={"a": 1.0, "b": 0.0})
+    b = _board(llama={"latent": (1.0, -3.0)}, qwen={"latent": (1.0, 0.0)})
     p = _open(b)
     assert b.on_receiver(_reply(p, "llama", "Ada Lovelace", -0.1), 90, 0.2) is None
     done = b.on_receiver(_reply(p, "qwen", "ada lovelace.", -0.5), 90, 0.3)
@@ -76,7 +80,8 @@ def test_join_two_replies_picks_on_calibrated_score() -> None:
     assert isinstance(j, JointReply)
     assert (j.model, j.answer, j.rid, j.degraded, j.agreement) == ("qwen", "ada lovelace.", "c-1", 0, 1)
     assert j.score == pytest.approx(Calibration(1.0, 0.0)(-0.5))
-    assert j.nbytes == {"ask": 100, "request": 150, "payload": 128, "fanout": 300, "replies": 180}
+    sent = {"request": 150, "header": 22, "payload": 128, "scales": 0, "fanout": 300}
+    assert j.nbytes == {"ask": 100, **sent, "replies": 180}
     assert j.durations["e2e"] == pytest.approx(0.3) and j.durations["llama.rtt"] == pytest.approx(0.2)
     assert b.stats["served"] == 1 and not b.pending
 
@@ -89,20 +94,18 @@ def test_ties_break_by_model_name_and_empty_answers_lose() -> None:
     assert agree(r) == 0 and agree({"qwen": r["qwen"]}) == 0
 
 
-def test_calibration_from_heartbeat_info() -> None:
-    cal = calibration_from_info({"model": "llama", "cal.a": 2.0, "cal.b": -1.0, "cal.n": 200.0, "cal.zz": 1.0})
-    assert cal == Calibration(2.0, -1.0, 200, 0)
-    assert calibration_from_info({}) == Calibration()
-    # one map per sender path; a bare `cal.*` is the latent's, and no other path falls back to it
-    info = {"cal.a": 2.0, "cal.latent.a": 3.0, "cal.relay.a": 0.5, "cal.relay.b": 1.0}
-    assert calibration_from_info(info) == Calibration(3.0, 0.0)
-    assert calibration_from_info(info, "relay") == Calibration(0.5, 1.0)
-    assert calibration_from_info({"cal.a": 2.0}, "relay") == calibration_from_info({}, "text") == Calibration()
+def test_each_proven_receivers_calibration_comes_from_its_heartbeat() -> None:
+    b = _board(llama={"latent": (2.0, -1.0), "relay": (0.5, 1.0)})
+    assert b.calibration("llama") == Calibration(2.0, -1.0)  # only a and b travel: the map, not its sample
+    assert b.calibration("llama", "relay") == Calibration(0.5, 1.0)
+    assert b.calibration("llama", "text") == b.calibration("qwen") == Calibration()  # none announced: raw scores
+    b.heartbeat(_hb("r-llama", "receiver", "llama"), 1.0, role="receiver")  # the latest heartbeat's maps count
+    assert b.calibration("llama") == Calibration()
 
 
 def test_the_arbiter_picks_with_the_calibration_of_the_request_path() -> None:
     # for relay, qwen's calibration says its answer is the better one; for the latent, llama's does
-    b = _board(llama={"latent.b": 2.0, "relay.b": -3.0}, qwen={"latent.b": -3.0, "relay.b": 2.0})
+    b = _board(llama={"latent": (1.0, 2.0), "relay": (1.0, -3.0)}, qwen={"latent": (1.0, -3.0), "relay": (1.0, 2.0)})
     for mode, winner in (("latent", "llama"), ("relay", "qwen"), ("text", "llama")):
         p = _open(b, rid=f"c-{mode}", mode=mode)
         b.on_receiver(_reply(p, "llama", "Ada", -0.5), 90, 0.1)
@@ -185,19 +188,19 @@ def test_open_without_processes_and_sender_failures() -> None:
     done = b.on_sender(ErrorReply(p.rid, "s1", "bad_request", "value exceeds the fp16 range"))
     assert done is p and b.finish(p, 0.0).code == "bad_request"
     p, _ = b.open((b"c",), Ask("c-4", "client", "Q?"), 10, 0.0)
-    assert b.on_sender(Heartbeat(p.rid, "s1", "sender", "sent", {"reached": 0})) is p
+    assert b.on_sender(_sent(p.rid, "s1", reached=0)) is p
     assert b.finish(p, 0.0).code == "no_receivers"
 
 
 # ---- hostile or failing peers ----
 
 
-def test_repeated_report_with_int64_max_bytes_is_ignored_and_the_request_answered() -> None:
+def test_a_second_report_or_one_from_another_sender_is_ignored_and_the_request_answered() -> None:
     b = _board()
     p = _open(b)
-    huge = {"request": 2**63 - 1, "fanout": 2**63 - 1, "reached": 2}
-    assert b.on_sender(Heartbeat(p.rid, "s1", "sender", "sent", huge), route=b"s1") is None  # a second report
-    assert b.on_sender(Heartbeat(p.rid, "s2", "sender", "sent", huge), route=b"s2") is None  # not its sender
+    huge = dict(request=2**20, payload=0)
+    assert b.on_sender(_sent(p.rid, "s1", **huge), route=b"s1") is None  # a second report
+    assert b.on_sender(_sent(p.rid, "s2", **huge), route=b"s2") is None  # not its sender
     b.on_receiver(_reply(p, "llama"), 90, 0.1)
     j = b.finish(b.on_receiver(_reply(p, "qwen"), 90, 0.2), 0.2)
     assert isinstance(j, JointReply) and j.nbytes["request"] == 150 and j.degraded == 0
@@ -205,13 +208,20 @@ def test_repeated_report_with_int64_max_bytes_is_ignored_and_the_request_answere
     assert b.stats["duplicate"] == 1 and b.stats["forged"] == 1
 
 
-def test_first_report_with_impossible_counts_keeps_the_request() -> None:
+@pytest.mark.parametrize(
+    "report",
+    [
+        {"request": 2**63 - 1, "payload": 0, "reached": 1},  # a frame no peer accepts
+        {"reached": 2**20},  # a fan-out to more receivers than a sender may have
+    ],
+)
+def test_a_first_report_with_impossible_counts_keeps_the_request(report: dict) -> None:
     b = _board()
-    p = _open(b, report={"request": 2**63 - 1, "payload": -5, "reached": 2**40, "encode_s": 0.01})
-    assert b.stats["bad_report"] == 1 and "request" not in p.nbytes
+    p = _open(b, report={**report, "encode": 0.01})
+    assert b.stats["bad_report"] == 1 and "request" not in p.nbytes and p.failure is None
     b.on_receiver(_reply(p, "llama"), 90, 0.1)
     j = b.finish(b.on_receiver(_reply(p, "qwen"), 90, 0.2), 0.2)
-    assert isinstance(j, JointReply) and j.durations["sender.encode"] == 0.01
+    assert isinstance(j, JointReply) and j.durations["sender.encode"] == 0.01 and "fanout" not in j.nbytes
 
 
 def test_finish_never_raises_it_answers_internal() -> None:
@@ -283,7 +293,7 @@ def test_sender_vanishing_before_its_report_sends_the_request_again() -> None:
     assert b.due(5.0) == [] and p.sender == "" and b.stats["redispatched"] == 1
     (w,) = b.waiting()
     assert b.assign(w, 5.0).pid == "s2"
-    b.on_sender(Heartbeat(p.rid, "s2", "sender", "sent", {"reached": 2}), route=b"s2")
+    b.on_sender(_sent(p.rid, "s2"), route=b"s2")
     b.on_receiver(_reply(p, "llama"), 90, 5.1)
     j = b.finish(b.on_receiver(_reply(p, "qwen"), 90, 5.2), 5.2)
     assert isinstance(j, JointReply) and j.degraded == 0
@@ -317,7 +327,7 @@ def test_degraded_judged_against_the_configuration_while_the_sender_restarts() -
     _beat(b, 6.0, models=("llama",), sender="s2")
     (w,) = b.waiting()
     assert b.assign(w, 6.0).pid == "s2"
-    b.on_sender(Heartbeat(p.rid, "s2", "sender", "sent", {"reached": 1}), route=b"s2")
+    b.on_sender(_sent(p.rid, "s2", reached=1), route=b"s2")
     j = b.finish(b.on_receiver(_reply(p, "llama"), 90, 6.1), 6.1)
     assert isinstance(j, JointReply) and j.degraded == 1 and j.errors["qwen"].startswith("down")
 
@@ -358,10 +368,10 @@ def test_no_receivers_says_they_serve_another_checkpoint_when_all_do() -> None:
 # ---- forged heartbeats (plain TCP: anyone may push to the replies socket) ----
 
 
-def _forge(b: Board, t: float, n: int, model: str = "llama", tag: str = "f", **info) -> None:
+def _forge(b: Board, t: float, n: int, model: str = "llama", tag: str = "f", calibration: dict | None = None) -> None:
     """`n` receiver heartbeats under made-up ids: a process that never answers a request."""
     for i in range(n):
-        hb = Heartbeat("", f"{tag}{i}", "receiver", "alive", {"model": model, "fingerprint": FP, **info})
+        hb = Heartbeat("", f"{tag}{i}", "receiver", "alive", {"model": model, "fingerprint": FP}, calibration or {})
         b.heartbeat(hb, t, role="receiver")
 
 
@@ -378,8 +388,8 @@ def test_a_forged_heartbeat_never_delays_a_degraded_answer() -> None:
 
 
 def test_a_forged_heartbeat_cannot_change_the_calibration_of_the_pick() -> None:
-    b = _board(qwen={"a": 1.0, "b": 0.0})
-    _forge(b, 1.0, 1, model="qwen", **{"cal.a": 50.0, "cal.b": 50.0})
+    b = _board(qwen={"latent": (1.0, 0.0)})
+    _forge(b, 1.0, 1, model="qwen", calibration={"latent": (50.0, 50.0)})
     assert b.calibration("qwen") == Calibration(1.0, 0.0)
 
 
@@ -424,7 +434,7 @@ def test_probes_go_one_at_a_time_and_a_late_answer_still_proves() -> None:
     b.heartbeat(real, 5.0, role="receiver")
     p, sender = b.probe(5.0)
     assert p.expected == {"llama"} and b.probe(5.0 + 2 * board.PROBE_EVERY_S) is None  # one in flight at a time
-    b.on_sender(Heartbeat(p.rid, sender.pid, "sender", "sent", {"reached": 2}), route=sender.route)
+    b.on_sender(_sent(p.rid, sender.pid), route=sender.route)
     assert b.due(5.0 + board.PROBE_TIMEOUT_S - 0.1) == []  # a probe waits for the unproven, not for the live
     (late,) = b.due(5.0 + board.PROBE_TIMEOUT_S)
     assert b.finish(late, 5.0 + board.PROBE_TIMEOUT_S) is None

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from latentwire import net
-from latentwire.protocol import Ask, Heartbeat, Reply, encode_frame
+from latentwire.protocol import Ask, Heartbeat, Reply, Sent, encode_frame
 
 LATENTWIRE = str(Path(sys.executable).parent / "latentwire")
 
@@ -56,7 +56,7 @@ def test_arbiter_loop_answers_in_flight_requests_on_stop() -> None:
         assert snd.poll(5000)  # the arbiter probes the receiver that announced itself; it answers
         probe = decode_frame(snd.recv())
         assert isinstance(probe, Ask) and probe.mode == "text" and probe.max_new_tokens == 1
-        snd.send(encode_frame(Heartbeat(probe.rid, "s1", "sender", "sent", {"request": 10, "reached": 1})))
+        snd.send(encode_frame(Sent(probe.rid, "s1", 10, 10, 0, 0, 10, 1, 1)))
         rcv.send(encode_frame(Reply(probe.rid, "r1", "llama", "yes", -0.1, {})))
         with Client(front, timeout=10) as c:
             c.wait_ready(10)
@@ -73,7 +73,7 @@ def test_arbiter_loop_answers_in_flight_requests_on_stop() -> None:
             assert snd.poll(5000)
             ask = decode_frame(snd.recv())
             assert isinstance(ask, Ask) and ask.question == "Q?"
-            snd.send(encode_frame(Heartbeat(ask.rid, "s1", "sender", "sent", {"request": 10, "reached": 1})))
+            snd.send(encode_frame(Sent(ask.rid, "s1", 10, 10, 0, 0, 10, 1, 1)))
             time.sleep(0.3)  # the receiver stays silent: the request is in flight when the arbiter stops
             stop.set()
             asking.join(10)

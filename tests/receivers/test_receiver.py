@@ -21,7 +21,7 @@ def test_receiver_refuses_bad_frames_and_keeps_serving(tiny_ckpt: Path, frame) -
     cases = {
         b"\x00garbage": ("", "bad_frame"),
         frame(): ("r-1", "wrong_checkpoint"),
-        frame(f=fp, v=2): ("r-1", "bad_version"),
+        frame(f=fp, v=1): ("r-1", "bad_version"),
         frame(f=fp, q="int2"): ("r-1", "bad_quant"),
         frame(f=fp, d=16, b=bytes(64), c=bytes(16)): ("r-1", "bad_frame"),  # zero scales
         encode_frame(Heartbeat("", "x", "sender")): ("", "unexpected_kind"),

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from latentwire.protocol import Ask, ErrorReply, Heartbeat, Reply, TextRequest, decode_frame, encode_frame
+from latentwire.protocol import Ask, ErrorReply, Heartbeat, Reply, Sent, TextRequest, decode_frame, encode_frame
 from latentwire.receivers.board import ERROR_CODES, Board
 from latentwire.receivers.receiver import Liveness, Receiver
 
@@ -188,7 +188,7 @@ def test_a_late_reply_to_a_probe_is_no_wasted_work() -> None:
     b.heartbeat(Heartbeat("", "r-new", "receiver", "ready", {"model": "qwen"}), 0.0, role="receiver")
     p, sender = b.probe(0.0)
     assert p.expected == {"qwen"}
-    b.on_sender(Heartbeat(p.rid, "s1", "sender", "sent", {"reached": 2}), route=sender.route)
+    b.on_sender(Sent(p.rid, "s1", reached=2, receivers=2), route=sender.route)
     assert b.on_receiver(Reply(p.rid, "r-new", "qwen", "yes", -0.1, {}), 10, 0.5) is p
     b.finish(p, 0.5)
     b.on_receiver(Reply(p.rid, "r-llama", "llama", "yes", -0.1, {}), 10, 0.6)

@@ -18,12 +18,17 @@ from latentwire.system.pipeline import docs_of, load_checkpoint
 
 @pytest.fixture(scope="module")
 def selector() -> Selector:
-    return Selector.fit(load_split("train", limit=100), paragraphs=2)
+    return Selector.fit(load_split("train", limit=100), paragraphs=2, unsure_below=0.0)  # two paragraphs, always
 
 
 @pytest.fixture()
 def encoder(tiny_qwen, selector) -> SharerEncoder:
-    return SharerEncoder(SharerConfig(sharer="tiny-qwen", m=4, d_z=32, topk=3, selector=selector.cfg), llm=tiny_qwen)
+    """The closed form (no hidden channel), one step a row: each row's codes are the sharer's own."""
+    cfg = SharerConfig(
+        sharer="tiny-qwen", m=4, d_z=32, topk=3, tokens_per_row=1, hidden_layer=None, channel=False,
+        selector=selector.cfg,
+    )  # fmt: skip
+    return SharerEncoder(cfg, llm=tiny_qwen)
 
 
 def test_reading_and_latent_rows(encoder, dev3):
@@ -99,7 +104,7 @@ def test_served_and_offline_docs_share_readings(encoder, dev3, tmp_path, monkeyp
 
 
 def test_hidden_states_are_cached_in_fp16(tiny_qwen, selector, dev3, tmp_path):
-    cfg = SharerConfig(sharer="tiny-qwen", m=4, d_z=32, hidden_layer=-1, selector=selector.cfg)
+    cfg = SharerConfig(sharer="tiny-qwen", m=4, d_z=32, hidden_layer=-1, channel=False, selector=selector.cfg)
     first = SharerEncoder(cfg, llm=tiny_qwen).use_cache(tmp_path).read(docs_of(dev3[:1], "gold"))[0]
     assert first.hidden is not None and first.hidden.shape[1] == tiny_qwen.hidden_size
     assert first.hidden.shape[0] in (len(first.topk_ids), len(first.topk_ids) + 1)  # + the step that stopped
@@ -140,8 +145,10 @@ def test_sender_reads_asks_that_arrive_together_in_one_batch(tiny_trained, dev3)
     push.connect(f"tcp://127.0.0.1:{port}")
     try:
         replies = _handle_many(sender, [encode_frame(asks[0]), b"\x00garbage", encode_frame(asks[1])], [push])
-        assert [type(r).__name__ for r in replies] == ["Heartbeat", "ErrorReply", "Heartbeat"]
+        assert [type(r).__name__ for r in replies] == ["Sent", "ErrorReply", "Sent"]
         assert replies[1].code in ("bad_request", "bad_frame") and replies[2].rid == "r-1"
+        assert (replies[0].reached, replies[0].receivers) == (1, 1) and replies[0].fanout == replies[0].request > 0
+        assert set(replies[0].durations) == {"encode", "frame"}
         assert [decode_frame(pull.recv()).rid for _ in range(2)] == ["r-0", "r-1"]
     finally:
         pull.close(0)

@@ -8,8 +8,9 @@ import shutil
 import pytest
 
 from latentwire import checkpoint
-from latentwire.receivers.arbiter import calibration_from_info
-from latentwire.receivers.calibration import Calibration
+from latentwire.protocol import WIRE_PATHS, Heartbeat, decode_frame, encode_frame
+from latentwire.receivers.calibration import Calibration, announced
+from latentwire.receivers.roster import Roster
 from latentwire.trainer.calibrate import calibrate
 
 
@@ -28,21 +29,28 @@ def test_calibrate_adds_paths_and_keeps_the_parts(built, tmp_path, monkeypatch):
     after = checkpoint.load_config(ckpt)
     assert set(fitted) == {"tiny-llama", "tiny-qwen"}
     for name in fitted:
-        cals = after.models[name].calibrations()
+        cals = after.models[name].calibration
         assert cals["text"]["n"] == 2 and cals["token-budget"]["n"] == 4
         for kept in ("latent", "relay"):  # paths not named keep their maps
-            assert cals[kept] == before.models[name].calibrations()[kept]
+            assert cals[kept] == before.models[name].calibration[kept]
     assert checkpoint.part_fingerprints(ckpt) == parts  # what answers depend on is unchanged
     assert checkpoint.fingerprint(ckpt) != fp  # the checkpoint itself is not
     # a second run reads its rows from the cache and fits the same maps
     assert calibrate(ckpt, ("text", "token-budget"), n=4, limits={"text": 2}, llms=llms, progress=False) == fitted
 
 
-def test_receivers_announce_every_path_and_the_arbiter_reads_it():
-    info = {"cal.text.a": 2.0, "cal.text.b": -1.0, "cal.text.n": 50, "cal.latent.a": 3.0, "cal.latent.b": 0.5}
-    assert calibration_from_info(info, "text") == Calibration(2.0, -1.0, 50, 0)
-    assert calibration_from_info(info, "latent").a == 3.0
-    assert calibration_from_info(info, "evidence") == Calibration()  # none announced: raw scores
+def test_receivers_announce_every_wire_path_and_the_arbiter_reads_it(built):
+    ckpt, _ = built
+    fitted = checkpoint.load_config(ckpt).models["tiny-llama"].calibration
+    beat = Heartbeat("", "r1", "receiver", "ready", {"model": "tiny-llama"}, announced(fitted))
+    hb = decode_frame(encode_frame(beat))
+    assert set(hb.calibration) == set(fitted) & set(WIRE_PATHS) == {"evidence", "relay", "latent"}
+    roster = Roster()
+    roster.heartbeat(hb, 0.0, role="receiver")
+    roster.prove("r1")
+    for path in WIRE_PATHS:  # the paths an Ask may name; one without a map is compared on raw scores
+        want = Calibration(fitted[path]["a"], fitted[path]["b"]) if path in fitted else Calibration()
+        assert roster.calibration("tiny-llama", path) == want
 
 
 def test_unknown_paths_are_refused(built, tmp_path):

@@ -74,7 +74,7 @@ def test_the_trained_checkpoint_serves_what_it_trained(tiny_trained, dev3):
     cfg = checkpoint.read_config(ckpt)
     assert cfg["encoder"]["channel"] and cfg["summary"]["steps"] == 2 and cfg["summary"]["world_size"] == 1
     for path in ("evidence", "relay", "relay-tuned", "latent", "latent-closed"):
-        assert set(cfg["models"]["tiny-llama"]["calibration_by_path"]) >= {path}
+        assert set(cfg["models"]["tiny-llama"]["calibration"]) >= {path}
     wire = load_checkpoint(ckpt, llms=llms, reading_cache=False)
     prompt = wire.adapters["tiny-llama"].prompt.detach()
     for t, c in zip(*(wire.slot_fn("tiny-llama", p)(dev3) for p in ("latent", "latent-closed")), strict=True):
