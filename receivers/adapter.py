@@ -1,6 +1,6 @@
 """Receiver-side adapters: interlingua soft tokens (M, d_z) -> one model's slot embeddings.
 
-`ADAPTERS` is the registry of adapter kinds, keyed by the config's `kind`. The one kind today is `codebook`, for
+`ADAPTERS` is the registry of adapter kinds, keyed by the config's `kind`. The one kind is `codebook`, for
 the vocabulary-anchored interlingua (`latentwire.codebook`):
 - **The closed form** (no training): each row is unbound into its steps and each step snapped onto this model's
   own token embeddings, a softmax (temperature `tau`) over the `nearest` token codes most similar to it; zero rows
@@ -64,7 +64,7 @@ class CodebookAdapterConfig:
 
     def to_dict(self) -> dict:
         """The fields; the trained parts and the lexicon only when set, so a closed-form adapter's config (and so
-        its part fingerprint and cached rows) reads as it did before they existed."""
+        its part fingerprint and the rows cached under it) does not depend on parts it does not have."""
         return {k: v for k, v in asdict(self).items() if k not in _NEUTRAL or v != _NEUTRAL[k]}
 
 

@@ -2,7 +2,7 @@
 
 `ENCODERS` is the registry of encoder kinds, keyed by the config's `backbone`; `load_encoder` builds the one a
 checkpoint names. Every encoder maps docs (question, paragraphs) to (B, M, d_z) through `encode_docs`. The one
-kind today is `llm`: a frozen sharer LLM reads the selected evidence and the latent carries what it computed
+kind is `llm`: a frozen sharer LLM reads the selected evidence and the latent carries what it computed
 (`sharer.py`). A new kind is one entry: a builder `(path, config dict, device, llm) -> module`.
 """
 

@@ -20,6 +20,11 @@ where how why that this these those did does do as its it his her their he she t
 not no one first name named what's whose"""
 _STOP = frozenset(_STOP_WORDS.split())
 SINGLE_FEATURES = ("bm25", "bm25_rank", "title_in_q", "title_sub", "q_cov", "first_cov", "len")
+# of the pair together: how the two score alone, whether one names the other (its title in the other's text; anchored:
+# weighted by how well the naming paragraph matches the question, the first hop), the question words both cover,
+# the names they share, the question words of the sentence where one names the other (anchored, and the best of both
+# directions), the question words the second covers and the first lacks, whether the name is in the first sentence,
+# the gap between the two single scores; then each paragraph's own single features, the higher-scoring one first
 PAIR_FEATURES = (
     "single_sum",
     "single_min",
@@ -29,13 +34,6 @@ PAIR_FEATURES = (
     "shared_caps",
     "anchored_bridge",
     "anchored_title_cov",
-)
-# version 2 adds: the question words of the sentence where one paragraph names the other (anchored, and the
-# best of both directions), the question words the second covers and the first lacks, whether the name is in
-# the first sentence, the gap between the two single scores; then each paragraph's own single features, the
-# higher-scoring one first
-PAIR_FEATURES_V2 = (
-    *PAIR_FEATURES,
     "anchored_link_cov",
     "link_cov",
     "anchored_complement",
@@ -88,14 +86,10 @@ def single_features(question: str, paragraphs: Sequence[Paragraph]) -> np.ndarra
 
 
 def pair_features(
-    question: str,
-    paragraphs: Sequence[Paragraph],
-    single_logit: np.ndarray,
-    version: int = 2,
-    single_x: np.ndarray | None = None,
+    question: str, paragraphs: Sequence[Paragraph], single_logit: np.ndarray, single_x: np.ndarray | None = None
 ) -> tuple[list, np.ndarray]:
-    """All unordered pairs and their (n_pairs, len(PAIR_FEATURES[_V2])) features; `single_x` saves recomputing
-    the paragraphs' single features."""
+    """All unordered pairs and their (n_pairs, len(PAIR_FEATURES)) features; `single_x` saves recomputing the
+    paragraphs' single features."""
     qs = set(words(question))
     texts = [p.text.lower() for p in paragraphs]
     sets = [set(words(f"{p.title} {p.text}")) for p in paragraphs]
@@ -103,10 +97,9 @@ def pair_features(
     tws = [set(words(p.title)) for p in paragraphs]
     caps = [_caps(p.text) for p in paragraphs]
     pairs = list(combinations(range(len(paragraphs)), 2))
-    if version >= 2:
-        qn = max(len(qs), 1)
-        sents = [[x.lower() for x in p.sentences] for p in paragraphs]
-        singles = single_features(question, paragraphs) if single_x is None else single_x
+    qn = max(len(qs), 1)
+    sents = [[x.lower() for x in p.sentences] for p in paragraphs]
+    singles = single_features(question, paragraphs) if single_x is None else single_x
     rows = []
     for i, j in pairs:
         to_j, to_i = float(bool(titles[j]) and titles[j] in texts[i]), float(bool(titles[i]) and titles[i] in texts[j])
@@ -114,22 +107,18 @@ def pair_features(
         bridge, tcov = to_j + to_i, max(cov_j, cov_i)
         # a bridge counts most when it leaves from the paragraph that matches the question (the first hop)
         anchor_i, anchor_j = 1 / (1 + np.exp(-single_logit[i])), 1 / (1 + np.exp(-single_logit[j]))
+        (l_ij, first_ij), (l_ji, first_ji) = _link(sents[i], titles[j], qs), _link(sents[j], titles[i], qs)
+        hi, lo = (i, j) if single_logit[i] >= single_logit[j] else (j, i)
         rows.append(
             [
                 single_logit[i] + single_logit[j],
                 min(single_logit[i], single_logit[j]),
                 bridge,
                 tcov,
-                len(qs & (sets[i] | sets[j])) / max(len(qs), 1),
+                len(qs & (sets[i] | sets[j])) / qn,
                 np.log1p(len(caps[i] & caps[j])),
                 anchor_i * to_j + anchor_j * to_i,
                 anchor_i * cov_j + anchor_j * cov_i,
-            ]
-        )
-        if version >= 2:
-            (l_ij, first_ij), (l_ji, first_ji) = _link(sents[i], titles[j], qs), _link(sents[j], titles[i], qs)
-            hi, lo = (i, j) if single_logit[i] >= single_logit[j] else (j, i)
-            rows[-1] += [
                 anchor_i * l_ij + anchor_j * l_ji,
                 max(l_ij, l_ji),
                 (anchor_i * len((qs - sets[i]) & sets[j]) + anchor_j * len((qs - sets[j]) & sets[i])) / qn,
@@ -138,8 +127,8 @@ def pair_features(
                 *singles[hi],
                 *singles[lo],
             ]
-    names = PAIR_FEATURES_V2 if version >= 2 else PAIR_FEATURES
-    return pairs, np.asarray(rows, dtype=np.float64).reshape(len(pairs), len(names))
+        )
+    return pairs, np.asarray(rows, dtype=np.float64).reshape(len(pairs), len(PAIR_FEATURES))
 
 
 def _link(sentences: Sequence[str], title: str, qs: set[str]) -> tuple[float, bool]:

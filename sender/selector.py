@@ -29,38 +29,32 @@ from latentwire.data import Example, Paragraph, render_paragraphs
 from .features import pair_features, single_features
 
 PAIR_HIDDEN = 32  # the pair MLP's width (val, gold pair first: 0.905 at 32, 0.88-0.89 at 16 over three seeds)
+FEATURES_VERSION = 2  # of SINGLE_FEATURES and PAIR_FEATURES (features.py): weights fit only the features they learnt
 
 
 @dataclass
 class SelectorConfig:
-    """The budget and the fitted weights (standardisation included): all a sender needs to select."""
+    """The budget and the fitted weights (standardisation included): all a sender needs to select. The defaults
+    are the shipped checkpoint's knobs (docs/EXPERIMENTS.md E11, E14, E16); the weights come from `Selector.fit`."""
 
-    paragraphs: int = 4  # budget: paragraphs selected (the best pair, then the best partners of those chosen)
+    paragraphs: int = 2  # budget: paragraphs selected (the best pair, then the best partners of those chosen)
     # reading order of the selection: "score" puts the best pair first, its better-scoring paragraph (the one the
     # question names) before the bridge, then further picks in pick order; "source" keeps the context's order
-    order: str = "source"
+    order: str = "score"
     single: list[float] = field(default_factory=list)  # logistic weights over SINGLE_FEATURES (+ bias), standardised
     single_mu: list[float] = field(default_factory=list)
     single_sd: list[float] = field(default_factory=list)
-    # version 1: logistic weights over PAIR_FEATURES (+ bias); version 2: the MLP over PAIR_FEATURES_V2, flat
-    # (W1 row-major, b1, w2, b2; `_mlp`)
-    pair: list[float] = field(default_factory=list)
+    pair: list[float] = field(default_factory=list)  # the MLP over PAIR_FEATURES, flat (W1 row-major, b1, w2, b2)
     pair_mu: list[float] = field(default_factory=list)
     pair_sd: list[float] = field(default_factory=list)
-    version: int = 1  # bumps when features change: cached evidence and readings key on it
-    pair_hidden: int = 0  # the pair MLP's width (version 2); 0: the linear pair scorer of version 1
+    version: int = FEATURES_VERSION  # the features the weights were fitted on: cached evidence and readings key on it
+    pair_hidden: int = PAIR_HIDDEN  # the pair MLP's width
     # the budget grows by one paragraph when the scorer is unsure: when the best pair's share of the softmax
     # over all pairs (what the listwise MLP is trained on) is below this; 0 keeps the budget fixed
-    unsure_below: float = 0.0
+    unsure_below: float = 0.8
 
     def to_dict(self) -> dict:
-        """The fields; those added after configs were first written (`_LATER`) only when set, so older configs
-        keep their fingerprints (and their cached evidence, readings and rows)."""
-        return {k: v for k, v in asdict(self).items() if k not in _LATER or v != _LATER[k]}
-
-
-# fields added to SelectorConfig after checkpoints were written, with the value that means "as before"
-_LATER = {"unsure_below": 0.0}
+        return asdict(self)
 
 
 @dataclass
@@ -95,6 +89,10 @@ class Selector:
     def __init__(self, cfg: SelectorConfig):
         if not cfg.single or not cfg.pair:
             raise ValueError("the selector has no weights: fit it first (Selector.fit)")
+        if cfg.version != FEATURES_VERSION:
+            raise ValueError(
+                f"selector version {cfg.version}: these features are version {FEATURES_VERSION}, refit the selector"
+            )
         self.cfg = cfg
 
     def select(self, question: str, paragraphs: Sequence[Paragraph], budget: int | None = None) -> Selection:
@@ -140,10 +138,8 @@ class Selector:
     ) -> tuple[list[tuple[int, int]], np.ndarray]:
         """Every unordered pair and its score (higher: more likely the two the question needs)."""
         c = self.cfg
-        pairs, pf = pair_features(question, paragraphs, single, c.version, single_x)
-        if c.pair_hidden:
-            return pairs, _mlp(pf, c.pair, c.pair_hidden, c.pair_mu, c.pair_sd)
-        return pairs, _logit(pf, c.pair, c.pair_mu, c.pair_sd)
+        pairs, pf = pair_features(question, paragraphs, single, single_x)
+        return pairs, _mlp(pf, c.pair, c.pair_hidden, c.pair_mu, c.pair_sd)
 
     def evidence(self, ex: Example, budget: int | None = None) -> str:
         return self.select(ex.question, ex.paragraphs, budget).text(ex.paragraphs)
@@ -152,13 +148,14 @@ class Selector:
     def fit(
         cls,
         rows: Sequence[Example],
-        paragraphs: int = 4,
+        paragraphs: int = SelectorConfig.paragraphs,
         l2: float = 1e-3,
-        order: str = "source",
+        order: str = SelectorConfig.order,
         hidden: int = PAIR_HIDDEN,
-        unsure_below: float = 0.0,
+        unsure_below: float = SelectorConfig.unsure_below,
     ) -> Selector:
-        """Fit both scorers on examples with gold paragraphs (seconds on `train`)."""
+        """Fit both scorers on examples with gold paragraphs (seconds on `train`); the knobs default to the shipped
+        ones (`SelectorConfig`)."""
         rows = [ex for ex in rows if len(ex.gold_indices) == 2 and len(ex.paragraphs) > 2]
         if not rows:
             raise ValueError("no examples with two gold paragraphs to fit the selector on")
@@ -169,12 +166,12 @@ class Selector:
         w1, mu1, sd1 = _fit_logistic(np.concatenate(xs), np.concatenate(ys), l2)
         xp, yp = [], []
         for ex, x in zip(rows, xs, strict=True):
-            pairs, pf = pair_features(ex.question, ex.paragraphs, _logit(x, w1, mu1, sd1), 2, x)
+            pairs, pf = pair_features(ex.question, ex.paragraphs, _logit(x, w1, mu1, sd1), x)
             gold = tuple(sorted(ex.gold_indices))
             xp.append(pf)
             yp.append(np.asarray([float(p == gold) for p in pairs]))
         w2, mu2, sd2 = _fit_listwise_mlp(xp, yp, hidden, l2)
-        cfg = SelectorConfig(paragraphs, order, w1, mu1, sd1, w2, mu2, sd2, 2, hidden, unsure_below)
+        cfg = SelectorConfig(paragraphs, order, w1, mu1, sd1, w2, mu2, sd2, FEATURES_VERSION, hidden, unsure_below)
         return cls(cfg)
 
 

@@ -40,18 +40,20 @@ READ_K = 8  # next-token candidates kept per step in a reading (the latent mixes
 
 @dataclass
 class SharerConfig:
+    """The `llm` encoder's config; the defaults are the shipped checkpoint's (docs/EXPERIMENTS.md E8, E17)."""
+
     backbone: str = "llm"
     sharer: str = "qwen"  # model spec of the frozen reader
     sharer_fingerprint: str = ""  # filled in when a checkpoint is written: serving refuses another model
     m: int = 8  # answer steps the latent carries = soft tokens
     max_new_tokens: int = 16  # the sharer's whole answer (what relay sends) may run longer than M steps
     d_z: int = 256
-    topk: int = 4  # tokens mixed per step (at most READ_K)
+    topk: int = 1  # tokens mixed per step (at most READ_K)
     temperature: float = 1.0  # < 1 sharpens the sharer's distribution before mixing
-    tokens_per_row: int = 1  # answer steps bound into one latent row (the latent carries m * tokens_per_row)
+    tokens_per_row: int = 2  # answer steps bound into one latent row (the latent carries m * tokens_per_row)
     code_seed: int = 0
-    hidden_layer: int | None = None  # read this layer's states along the answer (the hidden channel's input)
-    channel: bool = False  # the trained hidden channel: the states, projected to d_z, added to the codes
+    hidden_layer: int | None = -1  # read this layer's states along the answer (the hidden channel's input)
+    channel: bool = True  # the trained hidden channel: the states, projected to d_z, added to the codes
     # the channel's norm per step is capped (smoothly) at this fraction of a code's (unit) norm: a larger one
     # would drown the codes, and a receiver drops the rows whose codes it no longer recognises
     channel_max: float = 0.5

@@ -7,14 +7,16 @@ import json
 import numpy as np
 import pytest
 
+from latentwire import checkpoint
 from latentwire.data import Paragraph, load_split
-from latentwire.sender.features import PAIR_FEATURES, PAIR_FEATURES_V2, SINGLE_FEATURES, pair_features, single_features
+from latentwire.sender.features import PAIR_FEATURES, SINGLE_FEATURES, pair_features, single_features
 from latentwire.sender.selector import Selector, SelectorConfig, _fit_listwise_mlp, _mlp, selection_report
 
 
 @pytest.fixture(scope="module")
 def selector() -> Selector:
-    return Selector.fit(load_split("train", limit=300), paragraphs=3)
+    """Three paragraphs in the context's order, a fixed budget: what the budget tests count on."""
+    return Selector.fit(load_split("train", limit=300), paragraphs=3, order="source", unsure_below=0.0)
 
 
 def test_budget_is_respected(selector):
@@ -32,7 +34,7 @@ def test_budget_is_respected(selector):
 
 
 def test_small_contexts():
-    sel = Selector.fit(load_split("train", limit=50))
+    sel = Selector.fit(load_split("train", limit=50), order="source")
     one = (Paragraph("Only", ("A sentence.",)),)
     assert sel.select("What?", one).indices == [0]
     two = (*one, Paragraph("Other", ("More.",)))
@@ -65,7 +67,6 @@ def test_one_more_paragraph_where_the_scorer_is_unsure(selector):
     rep = selection_report(sharp, rows, (2, 3))
     assert rep["default"]["paragraphs"] == 2 + grew / len(rows)
     assert rep["by_budget"][2]["pair_recall"] <= rep["default"]["pair_recall"] <= rep["by_budget"][3]["pair_recall"]
-    assert "unsure_below" not in selector.cfg.to_dict()  # configs written before it keep their fingerprints
     assert sharp.cfg.to_dict()["unsure_below"] == 0.9
     fixed = selection_report(Selector(SelectorConfig(**{**sharp.cfg.to_dict(), "unsure_below": 0.0})), rows, (2,))
     for key in ("pair_recall", "sentence_recall", "paragraphs", "words"):
@@ -82,7 +83,7 @@ def test_config_round_trips_through_json(selector):
 
 def test_score_order_reads_the_best_pair_first(selector):
     """`order="score"`: the same paragraphs, the best pair first (the question's own paragraph before its bridge),
-    further picks after it; `source` keeps the context's order. Old checkpoints (no `order`) read in source order."""
+    further picks after it; `source` keeps the context's order."""
     ranked = Selector(SelectorConfig(**{**selector.cfg.to_dict(), "order": "score"}))
     for ex in load_split("val", limit=20):
         a, b = selector.select(ex.question, ex.paragraphs, 4), ranked.select(ex.question, ex.paragraphs, 4)
@@ -92,9 +93,6 @@ def test_score_order_reads_the_best_pair_first(selector):
         assert s[b.indices[0]] >= s[b.indices[1]]
         first = ranked.select(ex.question, ex.paragraphs, 2).indices[0]  # what the sharer reads first
         assert first == b.indices[0] and ranked.evidence(ex, 2).split("\n")[0] == ex.paragraphs[first].render()
-    cfg = selector.cfg.to_dict()
-    cfg.pop("order")
-    assert SelectorConfig(**cfg).order == "source"
     with pytest.raises(ValueError, match="selection order"):
         Selector(SelectorConfig(**{**selector.cfg.to_dict(), "order": "random"})).select("Q?", ex.paragraphs)
 
@@ -104,12 +102,12 @@ def test_pair_features_carry_both_paragraphs_singles_higher_first(selector):
     x1 = single_features(ex.question, ex.paragraphs)
     s = selector.single_scores(ex.question, ex.paragraphs)
     pairs, pf = pair_features(ex.question, ex.paragraphs, s)
-    assert pf.shape == (len(pairs), len(PAIR_FEATURES_V2))
+    assert pf.shape == (len(pairs), len(PAIR_FEATURES))
     k = len(SINGLE_FEATURES)
     for (i, j), row in zip(pairs, pf, strict=True):
         hi, lo = (i, j) if s[i] >= s[j] else (j, i)
         assert np.allclose(row[-2 * k : -k], x1[hi]) and np.allclose(row[-k:], x1[lo])
-    assert pair_features(ex.question, ex.paragraphs, s, version=1)[1].shape == (len(pairs), len(PAIR_FEATURES))
+    assert np.array_equal(pair_features(ex.question, ex.paragraphs, s, x1)[1], pf)  # given singles: the same
 
 
 def test_listwise_mlp_ranks_what_no_linear_scorer_can():
@@ -131,14 +129,10 @@ def test_listwise_mlp_ranks_what_no_linear_scorer_can():
         _mlp(xs[0], flat, 4, mu, sd)
 
 
-def test_version_1_configs_still_select(selector):
-    """A checkpoint written before the pair MLP (linear pair weights, `version` 1) selects with its own scorer."""
-    c = selector.cfg
-    n = len(PAIR_FEATURES)
-    w = [0.0] * n + [0.0]
-    w[PAIR_FEATURES.index("single_sum")] = 1.0  # the best pair = the two best single paragraphs
-    v1 = Selector(SelectorConfig(2, "source", c.single, c.single_mu, c.single_sd, w, [0.0] * n, [1.0] * n))
-    assert v1.cfg.version == 1 and v1.cfg.pair_hidden == 0
-    for ex in load_split("val", limit=5):
-        s = v1.single_scores(ex.question, ex.paragraphs)
-        assert v1.select(ex.question, ex.paragraphs).indices == sorted(int(i) for i in np.argsort(-s)[:2])
+def test_the_defaults_are_the_shipped_selector_and_other_feature_versions_are_refused():
+    shipped = checkpoint.load_config(checkpoint.DEFAULT_CKPT).encoder["selector"]
+    weights = ("single", "single_mu", "single_sd", "pair", "pair_mu", "pair_sd")
+    assert SelectorConfig().to_dict() == {**shipped, **{k: [] for k in weights}}  # the knobs; weights are fitted
+    assert SelectorConfig(**shipped).to_dict() == shipped  # its cached evidence and readings keep their keys
+    with pytest.raises(ValueError, match="selector version 1: these features are version 2, refit the selector"):
+        Selector(SelectorConfig(**{**shipped, "version": 1}))
