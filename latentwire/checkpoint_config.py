@@ -303,7 +303,7 @@ class CheckpointConfig:
         if not isinstance(d, dict):
             raise at.error(f"not a LatentWire checkpoint config (a JSON object, not {type(d).__name__})")
         if _get(d, "format", int, at) != FORMAT_VERSION:
-            how = ": rewrite it with the format-1 migration in docs/EXPERIMENTS.md (E18)" if d["format"] == 1 else ""
+            how = ": rewrite it with the format-1 migration in docs/EXPERIMENTS.md (E19)" if d["format"] == 1 else ""
             raise (at / "format").error(f"{d['format']} is not a format this version reads ({FORMAT_VERSION}){how}")
         encoder = _get(d, "encoder", dict, at)
         _check_encoder(encoder, at / "encoder")
