@@ -81,15 +81,22 @@ def live_latency(
     quants: Sequence[str] = QUANTS,
     throughput_n: int = 0,
     window: int = 8,
+    reference_engine: str | None = "float32",
+    idle_overhead_n: int = 200,
 ) -> dict:
     """The latent path (one run per wire scheme in `quants`) over the questions, the text path (a ~1,500-token
     prompt per receiver) on the first `text_n`; then, if `throughput_n`, the first `throughput_n` latent
-    questions (the first scheme) with 1 and with `window` in flight.
+    questions (the first scheme) with 1 and with `window` in flight. With `reference_engine`, the latent path
+    (the first scheme) again with every process on that engine: `engine_speedup` is its p50 over the serving
+    engine's. With `idle_overhead_n`, the messaging overhead on an idle system of tiny models (`overhead.py`).
 
     `receivers`: {process name: model} (default: every model of the checkpoint, `checkpoint_receivers`)."""
+    from latentwire.engine import resolve_engine
+
     receivers = dict(receivers or checkpoint_receivers(ckpt))
     gold = {ex.id: ex.answer for ex in examples}
-    out: dict = {"paths": {}, "context": context, "receivers": receivers}
+    engine = resolve_engine("auto", "cpu")  # what the processes resolve: they inherit this environment
+    out: dict = {"paths": {}, "context": context, "receivers": receivers, "engine": engine}
     overheads: list[float] = []
     with LocalSystem(ckpt, receivers, timeout=timeout) as system, system.client() as client:
         runs = [("latent", q) for q in quants] + ([("text", None)] if text_n else [])
@@ -131,4 +138,19 @@ def live_latency(
             )
     if overheads:
         out["overhead"] = {"p50": float(np.percentile(overheads, 50)), "p95": float(np.percentile(overheads, 95))}
+    if reference_engine and reference_engine != engine and quants:
+        label = f"latent:{quants[0]}"
+        with LocalSystem(ckpt, receivers, timeout=timeout, engine=reference_engine) as system, system.client() as c:
+            rows = _ask(
+                c, examples, context, gold, f"{label} {reference_engine}", progress, mode="latent", quant=quants[0]
+            )
+        ref = {**summarize_answers(rows), "stages": stages(rows), "engine": reference_engine}
+        out["engine_reference"] = ref
+        mine, theirs = out["paths"][label].get("latency_p50_s"), ref.get("latency_p50_s")
+        out["engine_speedup"] = theirs / mine if mine and theirs else None
+    if idle_overhead_n:
+        from .overhead import run as idle_overhead
+
+        idle = idle_overhead(idle_overhead_n)["overhead"]
+        out["overhead_idle"] = {"p50": idle["p50_ms"] / 1e3, "p95": idle["p95_ms"] / 1e3, "n": idle_overhead_n}
     return out

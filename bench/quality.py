@@ -28,6 +28,7 @@ SUMMARY_KEYS = (
     "nll_per_token",
     "prompt_tokens",
     "slot_bytes",
+    "new_tokens",
     "seconds_per_question",
 )
 
@@ -59,7 +60,7 @@ def path_calibrations(wire: Wire, path: str) -> dict[str, Calibration]:
     """Each receiver's score calibration for a path, fitted on `val` by the recipe; raw scores where none was."""
     out = {}
     for n in wire.model_names:
-        cal = ModelEntry.from_dict(wire.config["models"][n], n).calibrations().get(path)
+        cal = ModelEntry.from_dict(wire.config["models"][n], n).calibration.get(path)
         if cal:
             out[n] = Calibration(**cal)
     return out
@@ -91,6 +92,7 @@ def quality(
                 [exact_match(r.answer, ex.answer) for r, ex in zip(reads, examples, strict=True)],
                 [f1_score(r.answer, ex.answer) for r, ex in zip(reads, examples, strict=True)],
             ),
+            "new_tokens": float(np.mean([len(r.topk_ids) for r in reads])) if reads else 0.0,
         }
         method_rows: dict[str, dict[str, list[dict]]] = {p: {} for p in paths}
         for name in wire.model_names:

@@ -193,6 +193,21 @@ def write_report(results: dict, out: Path) -> Path:
                 f"Messaging overhead (encode + frame + send + receive + decode, models excluded): "
                 f"p50 {o['p50'] * 1e3:.1f} ms, p95 {o['p95'] * 1e3:.1f} ms.",
             ]
+        if "overhead_idle" in live:
+            o = live["overhead_idle"]
+            lines += [
+                "",
+                f"Messaging overhead on an idle system (tiny models, {o['n']} asks one at a time): "
+                f"p50 {o['p50'] * 1e3:.2f} ms, p95 {o['p95'] * 1e3:.2f} ms.",
+            ]
+        ref = live.get("engine_reference")
+        if ref and live.get("engine_speedup"):
+            lines += [
+                "",
+                f"Engine: `{live['engine']}`. The same latent questions with every process on `{ref['engine']}`: "
+                f"p50 {ref['latency_p50_s']:.2f} s, so the serving engine is {live['engine_speedup']:.2f}x faster.",
+            ]
+    lines += engine_lines(results.get("engines"))
     tr = results.get("training")
     if tr:
         lines += ["", "## Training cost", "", training_line(tr)]
@@ -202,6 +217,27 @@ def write_report(results: dict, out: Path) -> Path:
     (out / "report.md").write_text("\n".join(lines) + "\n")
     plot_all(results, out)
     return out / "report.md"
+
+
+def engine_lines(eng: dict | None) -> list[str]:
+    """The engines side by side (bench/engines.py): speed, F1 against the reference engine, answers unchanged."""
+    if not eng:
+        return []
+    lines = [
+        "",
+        f"## Engines ({eng['split']}, first {eng['n']} questions; against `{eng['reference']}`)",
+        "",
+        "| engine | s/question | speed-up | prefill tok/s | decode tok/s | F1 delta | unchanged |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, r in eng["engines"].items():
+        delta = ", ".join(f"{k.split('.')[0]} {v:+.3f}" for k, v in r["f1_delta"].items())
+        same = ", ".join(f"{k.split('.')[0]} {v:.0%}" for k, v in r["unchanged"].items())
+        lines.append(
+            f"| {name} | {r['s_per_q']:.2f} | {r['speedup']:.2f}x | {r['prefill_tok_s']:.0f} | "
+            f"{r['decode_tok_s']:.1f} | {delta} | {same} |"
+        )
+    return lines
 
 
 def training_line(tr: dict) -> str:

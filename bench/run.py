@@ -112,6 +112,7 @@ def run_bench(
     schemes: tuple[str, ...] = ("fp16", "int8", "int4"),
     path_limits: dict[str, int] | None = None,
     live_options: dict | None = None,
+    engines_n: int = 0,
 ) -> dict:
     """Quality (per model, joint, oracle, per quantisation), efficiency, live latency and training cost."""
     out = Path(out)
@@ -154,6 +155,12 @@ def run_bench(
         results["live"] = live_latency(
             Path(ckpt), examples[:live_n], context=ctx, progress=progress, **(live_options or {})
         )
+    if engines_n:  # every engine side by side on the first questions (bench/engines.py)
+        from .engines import measure
+
+        ctx = "distractor" if "distractor" in contexts else contexts[0]
+        results["engines"] = measure(Path(ckpt), split=split, limit=engines_n, context=ctx, progress=progress)
+    results["meta"]["engine"] = wire.encoder.llm.engine  # what every quality figure above ran on
     results["meta"]["wall_s"] = round(time.perf_counter() - t0, 1)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -251,10 +251,6 @@ class ModelEntry:
 
     FIELDS: ClassVar[tuple[str, ...]] = ("spec", "fingerprint", "hidden_size", "adapter", "calibration")
 
-    def calibrations(self) -> dict[str, dict[str, Any]]:
-        """`calibration`, as the bench's quality figures read it (bench/quality.py)."""
-        return self.calibration
-
     @classmethod
     def from_dict(cls, d: Any, where: str | _At, adapters: Mapping[str, type] | None = None) -> ModelEntry:
         """Validate and type one entry; `where` is the entry's place (`_At`) or a name for errors to start with."""

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from .cli_base import DEBUG_ENV, Context, Mode, OneLineErrors, Split, recipe_options
+from .cli_base import DEBUG_ENV, Context, EngineOpt, Mode, OneLineErrors, Split, recipe_options
 from .proc_cli import app as processes
 
 app = typer.Typer(
@@ -58,6 +58,7 @@ def smoke(
     data_dir: Annotated[Path | None, typer.Option(help="HotpotQA folder (default: $LATENTWIRE_DATA)")] = None,
     device: Device = "auto",
     dtype: Dtype = "auto",
+    engine: EngineOpt = "auto",
     threads: Threads = None,
 ) -> None:
     """One dev question through the shipped design on every receiver: selector, sharer, latent, int8, adapter,
@@ -90,6 +91,7 @@ def eval_(
     data_dir: DataDir = None,
     device: Device = "auto",
     dtype: Dtype = "auto",
+    engine: EngineOpt = "auto",
     threads: Threads = None,
     out: Annotated[Path | None, typer.Option(help="also write JSON here")] = None,
 ) -> None:
@@ -153,6 +155,7 @@ def demo(
     context: Annotated[Context, typer.Option()] = Context.distractor,
     quant: Annotated[str, typer.Option(help="fp32, fp16, int8 or int4 on the wire")] = "int8",
     ckpt: Annotated[Path | None, typer.Option(help="checkpoint (default: the committed default)")] = None,
+    engine: EngineOpt = "auto",
 ) -> None:
     """The main job on the embedded default: start sender, Llama and Qwen receivers and the arbiter with the
     default checkpoint, and answer a few dev questions end to end through them."""
@@ -267,8 +270,12 @@ def bench(
     throughput: Annotated[
         int, typer.Option(help="live questions asked with 1 and with 8 in flight (requests/s; 0: none)")
     ] = 0,
+    engines: Annotated[
+        int, typer.Option(help="questions on which every engine is measured side by side (0: none)")
+    ] = 0,
     quick: Annotated[bool, typer.Option(help="tiny random models + tiny checkpoint: minutes, for CI")] = False,
     threads: Threads = None,
+    engine: EngineOpt = "auto",
 ) -> None:
     """The full figure-of-merit report: quality per model and joint, quantisation, bytes, latency, training cost."""
     from .bench.live import QUANTS
@@ -296,6 +303,7 @@ def bench(
         schemes=schemes,
         path_limits=path_limits,
         live_options={"quants": tuple(live_quant) or QUANTS, "text_n": live_text, "throughput_n": throughput},
+        engines_n=engines,
     )
     typer.echo(f"wrote {out / 'results.json'} and {out / 'report.md'} ({res['meta']['wall_s']} s)")
 
@@ -325,6 +333,7 @@ def calibrate(
     data_dir: DataDir = None,
     device: Device = "auto",
     dtype: Dtype = "auto",
+    engine: EngineOpt = "auto",
     threads: Threads = None,
 ) -> None:
     """Fit each receiver's score calibration on `val` for the given paths and write it into the checkpoint's

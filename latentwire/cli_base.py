@@ -299,3 +299,27 @@ def recipe_options(
         return command
 
     return decorate
+
+
+def _engine_setting(value: str) -> str:
+    """`--engine` names how the models' inference passes run (`latentwire.engine`). Every model this process
+    loads for inference, and every process it starts, reads it from `$LATENTWIRE_ENGINE` (training always runs
+    float32), so one setting reaches the sharer, the receivers, eval and the bench alike."""
+    if value != "auto":
+        from latentwire.engine import ENGINES  # torch: only when an engine is named
+
+        if value not in ENGINES:
+            raise typer.BadParameter(f"unknown engine {value!r}; choose one of auto, {', '.join(ENGINES)}")
+        os.environ["LATENTWIRE_ENGINE"] = value
+    return value
+
+
+EngineOpt = Annotated[
+    str,
+    typer.Option(
+        "--engine",
+        help="inference engine: auto ($LATENTWIRE_ENGINE, else bfloat16 on a CPU with bfloat16 arithmetic, float32 "
+        "elsewhere), float32, bfloat16, int8, bf16-int8, f32-int8",
+        callback=_engine_setting,
+    ),
+]

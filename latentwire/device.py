@@ -1,7 +1,9 @@
 """One device / dtype / thread policy for trainer, receivers, bench and smoke.
 
-Why: bfloat16 is ~35x slower than float32 on AVX2 CPUs, and several processes share few cores, so the
-choice must be deliberate and identical everywhere.
+Why: several processes share few cores, and a CPU without bfloat16 arithmetic (AVX2 only) emulates it many times
+slower than float32, so the choice must be deliberate and identical everywhere. The weights load in float32 on a
+CPU; how the inference passes then run (bfloat16 prefill and int8 decoding where the CPU has them) is the
+engine's (`engine.py`).
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 def resolve_dtype(dtype: str | torch.dtype = "auto", device: torch.device | str = "cpu") -> torch.dtype:
-    """`auto` is bfloat16 on CUDA and float32 elsewhere (CPU bf16 is very slow; MPS kept fp32 in the PoC)."""
+    """`auto` is bfloat16 on CUDA and float32 elsewhere (a CPU's faster passes are the engine's; MPS float32)."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype == "auto":

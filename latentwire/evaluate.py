@@ -101,8 +101,9 @@ def evaluate(
         budget=budget if mode == "token-budget" else None,
         prompt=PROMPT_VERSION,
         max_new_tokens=max_new_tokens,
-        # float32 is the reference; other dtypes (bf16 on CUDA) answer differently, so they key apart
+        # float32 is the reference; other dtypes (bf16 on CUDA) and engines answer differently, so they key apart
         **({"dtype": str(llm.model.dtype)} if llm.model.dtype != torch.float32 else {}),
+        **({"engine": llm.engine} if llm.engine != "float32" else {}),
     )
     path = cache_root() / "eval" / f"{key}.jsonl" if use_cache else Path(os.devnull)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -143,6 +144,7 @@ def evaluate(
                     "em": exact_match(pred, ex.answer),
                     "f1": f1_score(pred, ex.answer),
                     "prompt_tokens": len(tpl.prefix_ids) + int(slot.shape[0]) + len(tpl.suffix_ids),
+                    "new_tokens": len(g.token_ids),  # generated before the answer ended (the stop not counted)
                     "slot_bytes": len(text.encode()),
                     "seconds": dt,
                 }
@@ -163,6 +165,12 @@ def evaluate(
         "nll_per_token": float(np.mean([r["nll"] for r in rows])) if rows else float("nan"),
         "prompt_tokens": float(np.mean([r["prompt_tokens"] for r in rows])) if rows else 0.0,
         "slot_bytes": float(np.mean([r["slot_bytes"] for r in rows])) if rows else 0.0,
+        # rows cached before the count was kept do not have it
+        **(
+            {"new_tokens": float(np.mean(counts))}
+            if (counts := [r["new_tokens"] for r in rows if "new_tokens" in r])
+            else {}
+        ),
         "seconds_per_question": float(np.mean([r["seconds"] for r in rows])) if rows else 0.0,
         "wall_s": time.perf_counter() - start,
         "cache": str(path) if use_cache else None,

@@ -32,6 +32,11 @@ class LLM:
         return self.model.get_input_embeddings().weight.device
 
     @property
+    def engine(self) -> str:
+        """How its inference passes run (`engine.py`): what a reading or an answer depends on besides the weights."""
+        return getattr(self.model, "engine", "float32")
+
+    @property
     def hidden_size(self) -> int:
         return int(self.model.get_input_embeddings().weight.shape[1])
 

@@ -22,6 +22,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .device import resolve_device, resolve_dtype
+from .engine import apply_engine, resolve_engine
 from .llm import LLM, freeze, from_objects
 from .tiny import FAMILIES, tiny_llm
 
@@ -254,18 +255,24 @@ def _hub_fingerprint(repo_id: str) -> str:
         return hashlib.sha256(repo_id.encode()).hexdigest()
 
 
-def load_llm(spec: str, device: str = "auto", dtype: str = "auto") -> LLM:
-    """Load a frozen LLM by spec (see module doc) on the policy's device and dtype."""
-    if spec.startswith("tiny-") and spec.removeprefix("tiny-") in FAMILIES:
-        llm = tiny_llm(spec.removeprefix("tiny-"))
-        llm.model.to(device=resolve_device(device), dtype=resolve_dtype(dtype, resolve_device(device)))
-        return llm
-    resolved = resolve(spec)
+def load_llm(spec: str, device: str = "auto", dtype: str = "auto", engine: str = "auto") -> LLM:
+    """Load a frozen LLM by spec (see module doc) on the policy's device and dtype, its inference passes run by
+    `engine` (`engine.py`; `float32` wherever gradients flow through it: training)."""
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
+    # the engines convert float32 weights; a model loaded in another dtype runs as loaded
+    name = resolve_engine(engine, dev) if dt == torch.float32 else resolve_engine("float32", dev)
+    if spec.startswith("tiny-") and spec.removeprefix("tiny-") in FAMILIES:
+        llm = tiny_llm(spec.removeprefix("tiny-"))
+        llm.model.to(device=dev, dtype=dt)
+        apply_engine(llm.model, name)
+        return llm
+    resolved = resolve(spec)
     tok = AutoTokenizer.from_pretrained(resolved.path)
     model = AutoModelForCausalLM.from_pretrained(resolved.path, dtype=dt)
-    return from_objects(spec, freeze(model.to(dev)), tok, resolved.fingerprint)
+    llm = from_objects(spec, freeze(model.to(dev)), tok, resolved.fingerprint)
+    apply_engine(llm.model, name)
+    return llm
 
 
 def load_tokenizer(spec: str):

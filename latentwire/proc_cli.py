@@ -19,7 +19,7 @@ from typing import Annotated
 import typer
 
 from latentwire import net
-from latentwire.cli_base import CliError, Context, Mode, Split
+from latentwire.cli_base import CliError, Context, EngineOpt, Mode, Split
 from latentwire.client import Answer, Client, summarize_answers
 from latentwire.data import load_split
 from latentwire.metrics import exact_match, f1_score, postprocess
@@ -109,6 +109,7 @@ def sender(
     curve: CurveDir = None,
     device: Annotated[str, typer.Option(help="encoder device")] = "cpu",
     threads: Threads1 = 1,
+    engine: EngineOpt = "auto",
 ) -> None:
     """Sender process: encodes each question once and sends the frame to every receiver."""
     from latentwire.device import set_threads  # torch
@@ -133,6 +134,7 @@ def receiver(
         int, typer.Option(min=1, help="cap on the padded positions (requests x longest) decoded together")
     ] = 8192,  # receivers/receiver.py: MAX_BATCH_POSITIONS (not imported here: it would load torch at start)
     threads: Threads1 = 1,
+    engine: EngineOpt = "auto",
 ) -> None:
     """Receiver process: one frozen LLM + adapter; answers latent and text frames, refuses bad ones."""
     from latentwire.device import set_threads  # torch
@@ -268,6 +270,7 @@ def up(
     ] = None,
     restart: Annotated[bool, typer.Option(help="restart a process that dies")] = True,
     wait: Wait = 300.0,
+    engine: EngineOpt = "auto",
 ) -> None:
     """Start a sender, one receiver per --receiver and an arbiter; report readiness; restart a process that dies;
     stop all on Ctrl-C."""

@@ -261,6 +261,7 @@ class LocalSystem:
         log: str | Path | None = None,
         timeout: float = 60.0,
         ready_timeout: float = 300.0,
+        engine: str | None = None,
     ) -> None:
         chosen = dict(DEFAULT_RECEIVERS if receivers is None else receivers)
         chosen.update({n: s for n, s in (("llama", llama), ("qwen", qwen)) if s})
@@ -272,6 +273,7 @@ class LocalSystem:
             "LATENTWIRE_REPLIES": f"tcp://127.0.0.1:{r}",
             **{address_var(n): f"tcp://127.0.0.1:{p}" for n, p in zip(self.receivers, ports, strict=True)},
             "LATENTWIRE_TIMEOUT": str(timeout),
+            **({"LATENTWIRE_ENGINE": engine} if engine else {}),  # else the processes' own `auto`
         }
         self.ckpt, self.ready_timeout = Path(ckpt), ready_timeout
         self.log = Path(log) if log else Path(tempfile.mkstemp(prefix="latentwire-up-", suffix=".log")[1])

@@ -68,9 +68,10 @@ class SharerConfig:
         d["selector"] = SelectorConfig(**d.get("selector", {}))
         return cls(**d)
 
-    def reading_key(self, sharer_fingerprint: str) -> str:
+    def reading_key(self, sharer_fingerprint: str, engine: str = "float32") -> str:
         """What a cached reading depends on besides its input (question + evidence, the row's key): the sharer,
-        the prompt, the decoding. Not the selector's weights: a reading is reused whenever the evidence is equal."""
+        the engine that ran it, the prompt, the decoding. Not the selector's weights: a reading is reused whenever
+        the evidence is equal."""
         parts = {
             "sharer": sharer_fingerprint,
             "prompt": PROMPT_VERSION,
@@ -79,6 +80,8 @@ class SharerConfig:
             "hidden_layer": self.hidden_layer,
             "keyed_by": "question+evidence",
         }
+        if engine != "float32":  # float32 readings keep the keys they were cached under
+            parts["engine"] = engine
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -187,7 +190,7 @@ class SharerEncoder(torch.nn.Module):
 
     def use_cache(self, directory: Path | None = None) -> SharerEncoder:
         """Keep readings on disk (eval, bench, training): each question is read once per sharer and selector."""
-        self.cache = ReadingCache(self.cfg.reading_key(self.llm.fingerprint), READ_K, directory)
+        self.cache = ReadingCache(self.cfg.reading_key(self.llm.fingerprint, self.llm.engine), READ_K, directory)
         return self
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:

@@ -68,7 +68,8 @@ class Wire:
         latent-closed; the whole checkpoint without a name). Cached rows of evidence and relay survive a change of
         the latent's knobs, and a receiver's rows survive the checkpoint's extension by another receiver."""
         selection = _short(json.dumps(self.encoder.selector.cfg.to_dict(), sort_keys=True))
-        relay = "relay:" + self.encoder.cfg.reading_key(self.encoder.llm.fingerprint) + ":" + selection
+        sharer = self.encoder.llm
+        relay = "relay:" + self.encoder.cfg.reading_key(sharer.fingerprint, sharer.engine) + ":" + selection
         if mode == "evidence":
             return "evidence:" + selection
         if mode == "relay":
@@ -78,7 +79,8 @@ class Wire:
         if mode == "relay-tuned":
             return f"{mode}:" + _short(f"{relay}:{self.parts[name]}")
         tag = "latent:" if mode == "latent" else f"{mode}:"  # latent keeps the key its committed rows have
-        return tag + _short(f"{self.parts['encoder']}:{self.parts[name]}")
+        engine = f":{sharer.engine}" if sharer.engine != "float32" else ""  # float32 keeps its keys too
+        return tag + _short(f"{self.parts['encoder']}:{self.parts[name]}{engine}")
 
     @property
     def paths(self) -> tuple[str, ...]:
@@ -131,8 +133,10 @@ def load_checkpoint(
     dtype: str = "auto",
     llms: dict[str, LLM] | None = None,
     reading_cache: bool = True,
+    engine: str = "auto",
 ) -> Wire:
-    """Load encoder + adapters + the frozen LLMs they were trained against (or the given `llms`).
+    """Load encoder + adapters + the frozen LLMs they were trained against (or the given `llms`), each loaded one
+    run by `engine` (`latentwire.engine`: the serving processes' own by default).
 
     A sharer that is also a receiver (the default: Qwen reads and answers) is loaded once.
     """
@@ -147,10 +151,12 @@ def load_checkpoint(
                 f"{path} has no adapter for model {name!r} (it has: {', '.join(typed.models)})"
             )
         if name not in llms:
-            llms[name] = load_llm(typed.models[name].spec, device=device, dtype=dtype)
+            llms[name] = load_llm(typed.models[name].spec, device=device, dtype=dtype, engine=engine)
     adapters = {n: load_adapter(path, n, llms[n]) for n in names}
     sharer_spec = typed.encoder.get("sharer")
     shared = next((llm for llm in llms.values() if llm.spec == sharer_spec), None)
+    if shared is None and sharer_spec:
+        shared = load_llm(sharer_spec, device=device, dtype=dtype, engine=engine)
     enc = load_encoder(path, device=str(next(iter(llms.values())).device), llm=shared)
     if reading_cache:
         enc.use_cache()

@@ -113,7 +113,7 @@ def extend(
     if enc.get("backbone") != "llm":
         raise ValueError(f"{parent}: only a vocabulary-anchored checkpoint (backbone llm) takes a new family")
     llms = dict(llms or {})
-    llm = llms.get(name) or load_llm(recipe.model, device=recipe.device, dtype=recipe.dtype)
+    llm = llms.get(name) or load_llm(recipe.model, device=recipe.device, dtype=recipe.dtype, engine="float32")
     llms[name] = llm
     ref = next((m["adapter"] for m in cfg["models"].values() if m["adapter"].get("kind") == "codebook"), {})
     acfg = CodebookAdapterConfig(
@@ -144,7 +144,7 @@ def extend(
     adapter = CodebookAdapter(acfg, llm)
     ext = {"model": name, "parent": checkpoint.fingerprint(parent), "recipe": recipe.to_dict()}
     _write(parent, out, name, entry({}), adapter, ext)
-    wire = load_checkpoint(out, models=[name], llms=llms, device=recipe.device, dtype=recipe.dtype)
+    wire = load_checkpoint(out, models=[name], llms=llms, device=recipe.device, dtype=recipe.dtype, engine="float32")
     live = wire.adapters[name]
     rows = load_split("val", limit=recipe.eval_n)
 

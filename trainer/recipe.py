@@ -165,10 +165,13 @@ def build(recipe: TrainRecipe, out: str | Path, llms: dict[str, LLM] | None = No
     t0 = time.perf_counter()
     llms = dict(llms or {})
     for name in recipe.receivers:
-        llms.setdefault(name, load_llm(name, device=recipe.device, dtype=recipe.dtype))
+        llms.setdefault(name, load_llm(name, device=recipe.device, dtype=recipe.dtype, engine="float32"))
     sharer = next((m for m in llms.values() if m.spec == recipe.sharer), None) or load_llm(
-        recipe.sharer, device=recipe.device, dtype=recipe.dtype
+        recipe.sharer, device=recipe.device, dtype=recipe.dtype, engine="float32"
     )
+    for llm in (*llms.values(), sharer):
+        if llm.engine != "float32":  # int8 layers have no gradient; the frozen model's passes must stay exact
+            raise ValueError(f"{llm.spec}: training runs on the float32 engine, not {llm.engine} (load_llm engine=)")
     enc, adapters = closed_form(recipe, llms, sharer)
     ckpt = out / "ckpt"
     state = process_state()

@@ -103,3 +103,22 @@ def test_bench_quick_cli_end_to_end(tmp_path, monkeypatch):
     assert tp["path"] == "latent:fp16" and tp["window_1"]["failed"] == tp["window_8"]["failed"] == 0
     assert tp["speedup"] == pytest.approx(tp["window_8"]["requests_per_s"] / tp["window_1"]["requests_per_s"])
     assert "Throughput on `latent:fp16`" in (tmp_path / "report.md").read_text()
+
+
+def test_engines_side_by_side_on_the_same_questions(tiny_trained, tmp_path, monkeypatch):
+    """bench/engines.py: each engine's speed and answers against the reference's; the report renders them."""
+    from latentwire.bench.engines import measure
+    from latentwire.bench.report import engine_lines
+
+    monkeypatch.setenv("LATENTWIRE_CACHE", str(tmp_path / "cache"))
+    path, _ = tiny_trained
+    res = measure(path, engines=("float32", "bfloat16"), limit=2, progress=False)
+    ref, bf = res["engines"]["float32"], res["engines"]["bfloat16"]
+    assert res["n"] == 2 and res["reference"] == "float32"
+    assert set(ref["f1"]) == {"tiny-llama.latent", "tiny-qwen.latent"}
+    assert all(v == 0.0 for v in ref["f1_delta"].values()) and all(v == 1.0 for v in ref["unchanged"].values())
+    assert set(bf["unchanged"]) == {"sharer", *ref["f1"]} and ref["speedup"] == 1.0
+    for r in (ref, bf):
+        assert r["prefill_tok_s"] > 0 and r["decode_tok_s"] > 0 and r["decode_tokens"] > 0
+    table = "\n".join(engine_lines(res))
+    assert "| bfloat16 |" in table and "| float32 | " in table and "first 2 questions" in table

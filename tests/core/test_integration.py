@@ -19,7 +19,7 @@ def test_cache_reload_matches_gguf_logits():
     """The converted cache folder gives the same logits as loading the GGUF itself."""
     from transformers import AutoModelForCausalLM
 
-    llm = load_llm("llama", device="cpu")
+    llm = load_llm("llama", device="cpu", engine="float32")  # the conversion itself, before any engine
     gguf = EMBEDDED["llama"].files()[0]
     direct = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     ids = torch.tensor([llm.tokenizer("The capital of France is")["input_ids"]])

@@ -140,12 +140,16 @@ def tiny3_ckpt(tmp_path_factory) -> Path:
     other = tiny_llm("llama", seed=1)
     other.model.save_pretrained(folder)
     other.tokenizer.save_pretrained(folder)
-    llms = {n: load_llm(n) for n in ("tiny-llama", "tiny-qwen", str(folder))}
+    llms = {n: load_llm(n, engine="float32") for n in ("tiny-llama", "tiny-qwen", str(folder))}
     return tiny_checkpoint(tmp_path_factory.mktemp("ckpt3"), llms=llms, models=list(llms))
 
 
-def test_live_bench_runs_one_receiver_per_checkpoint_model_and_scores_every_answer(tiny3_ckpt: Path) -> None:
+def test_live_bench_runs_one_receiver_per_checkpoint_model_and_scores_every_answer(
+    tiny3_ckpt: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from latentwire.bench.live import checkpoint_receivers, live_latency
+
+    monkeypatch.setenv("LATENTWIRE_ENGINE", "bfloat16")  # the processes inherit it, whatever this CPU's default
 
     receivers = checkpoint_receivers(tiny3_ckpt)
     assert set(receivers) == {"tiny-llama", "tiny-qwen", "llama-b"} and receivers["llama-b"].endswith("/llama-b")
@@ -159,8 +163,12 @@ def test_live_bench_runs_one_receiver_per_checkpoint_model_and_scores_every_answ
         )
         for i in range(2)
     ]
-    out = live_latency(tiny3_ckpt, examples, progress=False, timeout=30, text_n=1)
+    out = live_latency(tiny3_ckpt, examples, progress=False, timeout=30, text_n=1, idle_overhead_n=5)
     assert out["receivers"] == receivers
+    # the same questions once more with every process on float32: the serving engine's speed-up over it
+    ref = out["engine_reference"]
+    assert out["engine"] == "bfloat16" and ref["engine"] == "float32" and ref["n_answered"] == 2
+    assert out["engine_speedup"] > 0 and 0 < out["overhead_idle"]["p50"] <= out["overhead_idle"]["p95"]
     assert set(out["paths"]) == {"latent:fp16", "latent:int8", "latent:int4", "text"}
     for label, s in out["paths"].items():
         n = 1 if label == "text" else 2

@@ -96,4 +96,4 @@ def test_batched_answers_equal_one_at_a_time(rx, same_replies) -> None:
     ]
     batched = rx.handle_many(frames)
     alone = [rx.handle(f) for f in frames]
-    same_replies(batched, alone)
+    same_replies(batched, alone, rx.llm.engine)

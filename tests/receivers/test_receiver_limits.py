@@ -85,7 +85,7 @@ def test_replies_are_the_ones_each_would_get_alone(rx: Receiver, budget: int, sa
     rx.max_batch_positions = budget
     batched = rx.handle_many(frames)
     alone = [rx.handle(f) for f in frames]
-    same_replies(batched, alone)
+    same_replies(batched, alone, rx.llm.engine)
 
 
 def test_latents_and_texts_mixed_get_the_replies_they_would_get_alone(tiny_llama, calls: list[list[int]]) -> None:
