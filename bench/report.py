@@ -83,7 +83,8 @@ def write_report(results: dict, out: Path) -> Path:
         f"Date: {results['meta']['date']}  ",
         f"Machine: {results['meta']['host']}  ",
         f"Checkpoint fingerprint: `{results['meta']['fingerprint'][:16]}`  ",
-        f"Data: {results['meta']['split']} ({results['meta']['n']} questions)",
+        f"Data: {results['meta']['split']} ({results['meta']['n']} questions)  ",
+        f"Engine: `{results['meta'].get('engine', 'float32')}` (every quality figure; `latentwire/engine.py`)",
         "",
     ]
     for ctx, q in results["quality"].items():
@@ -205,7 +206,8 @@ def write_report(results: dict, out: Path) -> Path:
             lines += [
                 "",
                 f"Engine: `{live['engine']}`. The same latent questions with every process on `{ref['engine']}`: "
-                f"p50 {ref['latency_p50_s']:.2f} s, so the serving engine is {live['engine_speedup']:.2f}x faster.",
+                f"p50 {ref['latency_p50_s']:.2f} s: `{live['engine']}` answers at "
+                f"{live['engine_speedup']:.2f}x its speed.",
             ]
     lines += engine_lines(results.get("engines"))
     tr = results.get("training")

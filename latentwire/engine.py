@@ -13,12 +13,13 @@ table stay float32, and so does every activation between layers):
 - `f32-int8`: the same split with a float32 prefill, for a CPU without bfloat16 arithmetic (there bfloat16 is
   emulated and many times slower than float32).
 
-`auto` is `$LATENTWIRE_ENGINE` when set; else `bfloat16` on an x86 CPU with bfloat16 arithmetic (AVX512-BF16 or
-AMX), `float32` everywhere else (a GPU keeps the dtype policy of `device.py`). The pick is measured (E18 in
-docs/EXPERIMENTS.md): on such a CPU `bfloat16` reads and answers ~2x faster than `float32` and leaves ~9 in 10
-answers word for word; the int8 decoding steps of `bf16-int8` and `f32-int8` are faster still at decoding but
-change about half the answers, and `int8`'s quantised prefill loses most of the quality, so they are options,
-not defaults. Training needs gradients through the frozen model and always runs `float32` (`torch`
+`auto` is `$LATENTWIRE_ENGINE` when set, else `float32`: the pick is measured (E18 in docs/EXPERIMENTS.md). On a
+CPU with bfloat16 arithmetic (AVX512-BF16, AMX) `bfloat16` reads and answers ~2x faster than `float32` in batches
+on 2 threads (eval, the bench, a reading cache) with ~9 in 10 answers word for word, but the live processes (one
+request at a time, one thread each, several on few cores) answered slower with it (p50 0.83x float32's), so it is
+an option for batched work, not the default. The int8 decoding steps of `bf16-int8` and `f32-int8` are faster
+still at decoding but change about half the answers, and `int8`'s quantised prefill loses most of the quality.
+Training needs gradients through the frozen model and always runs `float32` (`torch`
 autocast for speed); every inference path — the sharer's reading, the receivers, eval, calibrate and the bench —
 loads the same engine, so what is measured is what serves. `bench/engines.py` measures them side by side; the
 README's results say which engine produced which figure.
@@ -27,7 +28,6 @@ README's results say which engine produced which figure.
 from __future__ import annotations
 
 import os
-import platform
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -104,18 +104,10 @@ ENGINES: dict[str, Engine] = {
 }
 
 
-def cpu_default() -> str:
-    """What `auto` picks on this machine's CPU (see the module docstring)."""
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return "float32"
-    return "bfloat16" if torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported() else "float32"
-
-
 def resolve_engine(engine: str = "auto", device: torch.device | str = "cpu") -> str:
     """The engine's name: `auto` resolves as the module docstring says; anything else must be registered."""
     if engine == "auto":
-        engine = os.environ.get("LATENTWIRE_ENGINE") or (cpu_default() if torch.device(device).type == "cpu" else "")
-        engine = engine or "float32"
+        engine = os.environ.get("LATENTWIRE_ENGINE") or "float32"
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose one of auto, {', '.join(ENGINES)}")
     if engine != "float32" and torch.device(device).type != "cpu":

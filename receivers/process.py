@@ -104,6 +104,7 @@ def serve(
         "addr": bind,
         "load_s": round(load_s, 3),
         "threads": torch.get_num_threads(),
+        "engine": rx.llm.engine,
     }
     cal = announced(fitted)  # each path's score calibration, for the arbiter's joint pick
     time.sleep(max(0.0, bound_at + 1.0 - time.monotonic()))  # let senders' reconnects land first

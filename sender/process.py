@@ -191,6 +191,7 @@ def serve(
         "receivers": len(pushes),
         "models": ",".join(sorted(cfg.models))[:1000],  # receivers must serve these (checked at readiness)
         "load_s": round(load_s, 3),
+        "engine": getattr(getattr(sender.encoder, "llm", None), "engine", "float32"),  # the sharer's, if any
     }
     dealer.send(encode_frame(Heartbeat("", pid, "sender", "ready", info)))
     log.info("sender ready (%d receivers, load %.1f s)", len(pushes), load_s)

@@ -71,7 +71,7 @@ def test_greedy_generation_runs_on_every_engine() -> None:
 
 def test_auto_engine_reads_the_environment_and_refuses_unknown_names(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("LATENTWIRE_ENGINE", raising=False)
-    assert eng.resolve_engine("auto", "cpu") == eng.cpu_default()
+    assert eng.resolve_engine("auto", "cpu") == "float32"
     monkeypatch.setenv("LATENTWIRE_ENGINE", "int8")
     assert eng.resolve_engine("auto", "cpu") == "int8"
     assert load_llm("tiny-llama", device="cpu").engine == "int8"
@@ -81,16 +81,7 @@ def test_auto_engine_reads_the_environment_and_refuses_unknown_names(monkeypatch
     assert load_llm("tiny-llama", device="cpu", dtype="bfloat16", engine="auto").engine == "float32"
 
 
-def test_auto_picks_by_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(eng.platform, "machine", lambda: "x86_64")
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
-    assert eng.cpu_default() == "bfloat16"
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
-    assert eng.cpu_default() == "float32"  # bfloat16 would be emulated there
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
-    monkeypatch.setattr(eng.platform, "machine", lambda: "arm64")
-    assert eng.cpu_default() == "float32"  # measured on x86 only
+def test_engines_other_than_float32_run_on_a_cpu_only() -> None:
     with pytest.raises(ValueError, match="runs on a CPU only"):
         eng.resolve_engine("int8", "meta")
 
