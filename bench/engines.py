@@ -27,7 +27,7 @@ from latentwire.data import load_split
 from latentwire.engine import ENGINES, PREFILL_ROWS
 from latentwire.evaluate import evaluate
 from latentwire.models import LLM
-from latentwire.system.pipeline import load_checkpoint
+from latentwire.system.pipeline import docs_of, load_checkpoint
 
 
 class PassTimer:
@@ -99,7 +99,7 @@ def measure(
         answers[engine] = {}
         t0 = time.perf_counter()
         with timer.watch([*wire.llms.values(), wire.encoder.llm]):
-            readings = wire.encoder.read([(ex.question, _paras(ex, context)) for ex in examples], progress=progress)
+            readings = wire.encoder.read(docs_of(examples, context), progress=progress)
             rec["sharer_s_per_q"] = (time.perf_counter() - t0) / len(examples)
             answers[engine]["sharer"] = [r.answer for r in readings]
             for name in wire.model_names:
@@ -132,12 +132,6 @@ def measure(
         }
         rec["speedup"] = out["engines"][ref]["s_per_q"] / rec["s_per_q"]
     return out
-
-
-def _paras(ex, context: str) -> tuple:
-    from latentwire.data import parse_context
-
-    return parse_context(ex.context(context))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

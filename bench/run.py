@@ -148,17 +148,16 @@ def run_bench(
         "training": wire.config.get("summary", {}),
     }
     results["selection"] = selection(wire, examples, split, progress)
+    ctx = "distractor" if "distractor" in contexts else contexts[0]  # the live and engine runs' context
     if live_n:
         from .live import live_latency
 
-        ctx = "distractor" if "distractor" in contexts else contexts[0]
         results["live"] = live_latency(
             Path(ckpt), examples[:live_n], context=ctx, progress=progress, **(live_options or {})
         )
     if engines_n:  # every engine side by side on the first questions (bench/engines.py)
         from .engines import measure
 
-        ctx = "distractor" if "distractor" in contexts else contexts[0]
         results["engines"] = measure(Path(ckpt), split=split, limit=engines_n, context=ctx, progress=progress)
     results["meta"]["engine"] = wire.encoder.llm.engine  # what every quality figure above ran on
     results["meta"]["wall_s"] = round(time.perf_counter() - t0, 1)

@@ -306,10 +306,12 @@ def _engine_setting(value: str) -> str:
     loads for inference, and every process it starts, reads it from `$LATENTWIRE_ENGINE` (training always runs
     float32), so one setting reaches the sharer, the receivers, eval and the bench alike."""
     if value != "auto":
-        from latentwire.engine import ENGINES  # torch: only when an engine is named
+        from latentwire.engine import resolve_engine  # torch: only when an engine is named
 
-        if value not in ENGINES:
-            raise typer.BadParameter(f"unknown engine {value!r}; choose one of auto, {', '.join(ENGINES)}")
+        try:
+            resolve_engine(value)
+        except ValueError as e:
+            raise typer.BadParameter(str(e)) from None
         os.environ["LATENTWIRE_ENGINE"] = value
     return value
 

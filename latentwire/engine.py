@@ -43,15 +43,10 @@ def _int8(linear: nn.Linear) -> nn.Module:
     with warnings.catch_warnings():  # torch.ao's dynamic quantisation is deprecated in favour of torchao
         warnings.simplefilter("ignore")
         from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+        from torch.ao.quantization import default_dynamic_qconfig
 
-        return DynamicLinear.from_float(_with_qconfig(linear))
-
-
-def _with_qconfig(linear: nn.Linear) -> nn.Linear:
-    from torch.ao.quantization import default_dynamic_qconfig
-
-    linear.qconfig = default_dynamic_qconfig
-    return linear
+        linear.qconfig = default_dynamic_qconfig
+        return DynamicLinear.from_float(linear)
 
 
 class _BF16Linear(nn.Module):
@@ -133,7 +128,3 @@ def apply_engine(model: nn.Module, engine: str) -> nn.Module:
         setattr(parent, name, swapped[id(child)])
     model.engine = engine
     return model
-
-
-def engine_of(model: nn.Module) -> str:
-    return getattr(model, "engine", "float32")

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from livekit import tiny_system
 
 from latentwire import net
 from latentwire.client import Answer
@@ -31,11 +32,7 @@ CONTEXT = "Ada Lovelace wrote the notes on the Analytical Engine in 1843. " * 48
 
 @pytest.fixture(scope="module")
 def system(tiny_ckpt: Path, tmp_path_factory):
-    from latentwire.up import LocalSystem
-
-    s = LocalSystem(
-        tiny_ckpt, llama="tiny-llama", qwen="tiny-qwen", log=tmp_path_factory.mktemp("chaos") / "up.log", timeout=20
-    )
+    s = tiny_system(tiny_ckpt, tmp_path_factory.mktemp("chaos"))
     with s:
         yield s
 

@@ -15,6 +15,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from livekit import tiny_system
 
 from latentwire import net
 from latentwire.protocol import Ask, Heartbeat, Reply, Sent, encode_frame
@@ -107,11 +108,7 @@ def _env(**extra: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def system(tiny_ckpt: Path, tmp_path_factory):
-    from latentwire.up import LocalSystem
-
-    s = LocalSystem(
-        tiny_ckpt, llama="tiny-llama", qwen="tiny-qwen", log=tmp_path_factory.mktemp("up") / "up.log", timeout=20
-    )
+    s = tiny_system(tiny_ckpt, tmp_path_factory.mktemp("up"))
     with s:
         yield s
     log = s.log.read_text()
