@@ -51,6 +51,34 @@ def stages(rows: Sequence[dict]) -> dict[str, float]:
     }
 
 
+def cpu_costs(rows: Sequence[dict], arbiter_cpu_s: float, receivers: int) -> dict:
+    """CPU-seconds per answered question summed over every process, as it grows with the receivers: the sender's
+    share of its batches (`sender.cpu`, measured by the sender itself), the arbiter's (its own CPU time over the
+    run, from its status), and each receiver's share of its batches (`cpu`). `<n>.cpu_s` for n = 1..`receivers`
+    counts the sender and the arbiter once and the mean receiver n times: one reading shared by n receivers."""
+    ok = [r for r in rows if r["ok"]]
+    if not ok:
+        return {}
+    sender = float(np.mean([r["durations"].get("sender.cpu", 0.0) for r in ok]))
+    per_rx: dict[str, list[float]] = {}
+    for r in ok:
+        for m, rep in r["receivers"].items():
+            if "cpu" in rep["durations"]:
+                per_rx.setdefault(m, []).append(rep["durations"]["cpu"])
+    rx = {m: float(np.mean(v)) for m, v in per_rx.items()}
+    mean_rx = float(np.mean(list(rx.values()))) if rx else 0.0
+    arbiter = arbiter_cpu_s / len(ok)
+    out: dict = {"sender_cpu_s": sender, "arbiter_cpu_s": arbiter, "receiver_cpu_s": rx, "n": len(ok)}
+    for n in range(1, receivers + 1):
+        out[str(n)] = {"cpu_s": sender + arbiter + n * mean_rx}
+    return out
+
+
+def _arbiter_cpu(client) -> float:
+    st = client.status(timeout=5.0)
+    return float(st.info.get("cpu_s", 0.0)) if st is not None else 0.0
+
+
 def checkpoint_receivers(ckpt: Path) -> dict[str, str]:
     """One receiver per model of the checkpoint: {process name: model}, the model being its name in the checkpoint
     (what the receiver loads and finds its adapter by)."""
@@ -83,12 +111,17 @@ def live_latency(
     window: int = 8,
     reference_engine: str | None = "float32",
     idle_overhead_n: int = 200,
+    evidence_n: int = 0,
+    threads: Mapping[str, int] | None = None,
 ) -> dict:
     """The latent path (one run per wire scheme in `quants`) over the questions, the text path (a ~1,500-token
     prompt per receiver) on the first `text_n`; then, if `throughput_n`, the first `throughput_n` latent
     questions (the first scheme) with 1 and with `window` in flight. With `reference_engine`, the latent path
     (the first scheme) again with every process on that engine: `engine_speedup` is its p50 over the serving
     engine's. With `idle_overhead_n`, the messaging overhead on an idle system of tiny models (`overhead.py`).
+    `evidence_n`: the evidence path (each receiver reads the question + the selected evidence) on the first ones.
+    `cost.<path>`: its CPU-seconds per question for 1..n receivers (`cpu_costs`). `threads`: per role
+    (`sender`, `receiver`), as `LocalSystem` takes them.
 
     `receivers`: {process name: model} (default: every model of the checkpoint, `checkpoint_receivers`)."""
     from latentwire.engine import resolve_engine
@@ -98,15 +131,20 @@ def live_latency(
     engine = resolve_engine("auto", "cpu")  # what the processes resolve: they inherit this environment
     out: dict = {"paths": {}, "context": context, "receivers": receivers, "engine": engine}
     overheads: list[float] = []
-    with LocalSystem(ckpt, receivers, timeout=timeout) as system, system.client() as client:
+    out["threads"] = dict(threads or {})
+    with LocalSystem(ckpt, receivers, timeout=timeout, threads=threads) as system, system.client() as client:
         runs = [("latent", q) for q in quants] + ([("text", None)] if text_n else [])
+        runs += [("evidence", None)] if evidence_n else []
         for mode, quant in runs:
             label = f"{mode}:{quant}" if quant else mode
-            subset = examples if mode == "latent" else examples[:text_n]
+            subset = {"latent": examples, "text": examples[:text_n], "evidence": examples[:evidence_n]}[mode]
+            cpu0 = _arbiter_cpu(client)
             rows = _ask(
                 client, subset, context, gold, label, progress, mode=mode, **({"quant": quant} if quant else {})
             )
+            cost = cpu_costs(rows, _arbiter_cpu(client) - cpu0, len(receivers))
             out["paths"][label] = {**summarize_answers(rows), "stages": stages(rows)}
+            out.setdefault("cost", {}).setdefault(mode, {**cost, "label": label})  # latent: its first scheme
             if mode == "latent":
                 overheads += [overhead_s(r) for r in rows if r["ok"]]
         if throughput_n and quants:
@@ -140,7 +178,8 @@ def live_latency(
         out["overhead"] = {"p50": float(np.percentile(overheads, 50)), "p95": float(np.percentile(overheads, 95))}
     if reference_engine and reference_engine != engine and quants:
         label = f"latent:{quants[0]}"
-        with LocalSystem(ckpt, receivers, timeout=timeout, engine=reference_engine) as system, system.client() as c:
+        reference = LocalSystem(ckpt, receivers, timeout=timeout, engine=reference_engine, threads=threads)
+        with reference as system, system.client() as c:
             rows = _ask(
                 c, examples, context, gold, f"{label} {reference_engine}", progress, mode="latent", quant=quants[0]
             )

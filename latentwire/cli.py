@@ -267,6 +267,7 @@ def bench(
         list[str], typer.Option(help="wire schemes of the live latent runs (repeat; default fp16, int8, int4)")
     ] = [],  # noqa: B006 - typer needs a literal default
     live_text: Annotated[int, typer.Option(help="live questions on the text path (the first N)")] = 20,
+    live_evidence: Annotated[int, typer.Option(help="live questions on the evidence path (the first N)")] = 20,
     throughput: Annotated[
         int, typer.Option(help="live questions asked with 1 and with 8 in flight (requests/s; 0: none)")
     ] = 0,
@@ -302,7 +303,12 @@ def bench(
         paths=paths,
         schemes=schemes,
         path_limits=path_limits,
-        live_options={"quants": tuple(live_quant) or QUANTS, "text_n": live_text, "throughput_n": throughput},
+        live_options={
+            "quants": tuple(live_quant) or QUANTS,
+            "text_n": live_text,
+            "evidence_n": live_evidence,
+            "throughput_n": throughput,
+        },
         engines_n=engines,
     )
     typer.echo(f"wrote {out / 'results.json'} and {out / 'report.md'} ({res['meta']['wall_s']} s)")

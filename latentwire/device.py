@@ -58,10 +58,11 @@ def resolve_dtype(dtype: str | torch.dtype = "auto", device: torch.device | str 
 
 
 def set_threads(n: int | None = None) -> int:
-    """Set torch's intra-op threads: `n`, else $LATENTWIRE_THREADS, else all cores. Returns the count."""
+    """Set torch's intra-op threads: `n` (0: every core), else $LATENTWIRE_THREADS, else every core. Returns the
+    count."""
     if n is None:
         env = os.environ.get("LATENTWIRE_THREADS")
-        n = int(env) if env else (os.cpu_count() or 1)
-    n = max(1, int(n))
+        n = int(env) if env else 0
+    n = int(n) or (os.cpu_count() or 1)
     torch.set_num_threads(n)
     return n

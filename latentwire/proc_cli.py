@@ -28,6 +28,7 @@ from latentwire.receivers.arbiter import serve as serve_arbiter
 from latentwire.sender.process import serve as serve_sender
 from latentwire.up import (
     DEFAULT_RECEIVERS,
+    THREADS,
     Supervisor,
     check_receivers,
     child_env,
@@ -48,7 +49,8 @@ Ckpt = Annotated[
 CurveDir = Annotated[
     str | None, typer.Option("--curve", help="CURVE key folder from `latentwire keygen` (default: $LATENTWIRE_CURVE)")
 ]
-Threads1 = Annotated[int, typer.Option(help="torch threads (processes share the cores: 1 each by default)")]
+Threads1 = Annotated[int, typer.Option(min=0, help="torch threads (0: every core; `up` gives each role its share)")]
+RoleThreads = Annotated[int, typer.Option(min=0, help="torch threads of each process of this role (0: every core)")]
 ArbiterAddr = Annotated[str | None, typer.Option("--arbiter", help="arbiter frontend (default: $LATENTWIRE_ARBITER)")]
 Wait = Annotated[float, typer.Option(help="seconds to wait for the system to be ready (models load slowly)")]
 NReceivers = Annotated[
@@ -108,7 +110,7 @@ def sender(
     ] = None,
     curve: CurveDir = None,
     device: Annotated[str, typer.Option(help="encoder device")] = "cpu",
-    threads: Threads1 = 1,
+    threads: Threads1 = THREADS["sender"],
     engine: EngineOpt = "auto",
 ) -> None:
     """Sender process: encodes each question once and sends the frame to every receiver."""
@@ -133,7 +135,7 @@ def receiver(
     max_batch_positions: Annotated[
         int, typer.Option(min=1, help="cap on the padded positions (requests x longest) decoded together")
     ] = 8192,  # receivers/receiver.py: MAX_BATCH_POSITIONS (not imported here: it would load torch at start)
-    threads: Threads1 = 1,
+    threads: Threads1 = THREADS["receiver"],
     engine: EngineOpt = "auto",
 ) -> None:
     """Receiver process: one frozen LLM + adapter; answers latent and text frames, refuses bad ones."""
@@ -271,6 +273,8 @@ def up(
     restart: Annotated[bool, typer.Option(help="restart a process that dies")] = True,
     wait: Wait = 300.0,
     engine: EngineOpt = "auto",
+    sender_threads: RoleThreads = THREADS["sender"],
+    receiver_threads: RoleThreads = THREADS["receiver"],
 ) -> None:
     """Start a sender, one receiver per --receiver and an arbiter; report readiness; restart a process that dies;
     stop all on Ctrl-C."""
@@ -280,7 +284,7 @@ def up(
         procs = net.procfile(procfile)
     else:
         chosen = given or DEFAULT_RECEIVERS
-        procs = processes(chosen)
+        procs = processes(chosen, {"sender": sender_threads, "receiver": receiver_threads})
         # what each receiver will load: a given spec, else $LATENTWIRE_<NAME>_MODEL, else the default's
         _check_receivers_in(path, {n: given.get(n) or os.environ.get(model_var(n)) or s for n, s in chosen.items()})
     # given specs go into the environment (a flag beats LATENTWIRE_<NAME>_MODEL); defaults leave it as it is

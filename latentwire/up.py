@@ -156,6 +156,10 @@ def count_receivers(procs: dict[str, str]) -> int:
 
 # The default checkpoint's two models; `--receiver NAME=SPEC` (repeated) replaces the list.
 DEFAULT_RECEIVERS: dict[str, str] = {"llama": "llama", "qwen": "qwen"}
+# torch threads per role, measured live (docs/EXPERIMENTS.md E20): the sender reads while the receivers wait for its
+# frame and the receivers answer while it waits for the next ask, so the reading takes every core (0) and each
+# receiver one
+THREADS: dict[str, int] = {"sender": 0, "receiver": 1}
 FIRST_RECEIVER_PORT = 5561  # receiver i binds FIRST_RECEIVER_PORT + i on loopback by default
 _NAME = re.compile(r"[A-Za-z0-9_-]+")  # what a Procfile process name may be (honcho's rule)
 _SPEC = re.compile(r"[A-Za-z0-9_.,/:@+-]+")  # written unquoted into a shell line: no spaces, quotes or `$`
@@ -218,18 +222,24 @@ def check_receivers(receivers: Mapping[str, str]) -> dict[str, str]:
     return dict(receivers)
 
 
-def processes(receivers: Mapping[str, str] | None = None) -> dict[str, str]:
+def processes(receivers: Mapping[str, str] | None = None, threads: Mapping[str, int] | None = None) -> dict[str, str]:
     """The process list for `receivers` ({name: model spec}): sender, one receiver each, arbiter.
 
     Each receiver's model and bind address can be overridden by LATENTWIRE_<NAME>_MODEL and LATENTWIRE_<NAME>;
-    the sender fans out to those same addresses (or to $LATENTWIRE_RECEIVERS across hosts)."""
+    the sender fans out to those same addresses (or to $LATENTWIRE_RECEIVERS across hosts). `threads`: torch
+    threads per role (`sender`, `receiver`; 0 = every core), `THREADS` for a role not given."""
     receivers = check_receivers(DEFAULT_RECEIVERS if receivers is None else receivers)
+    n = {**THREADS, **(threads or {})}
     binds = {
         name: f"${{{address_var(name)}:-tcp://127.0.0.1:{FIRST_RECEIVER_PORT + i}}}" for i, name in enumerate(receivers)
     }
-    procs = {"sender": f"exec latentwire sender --receivers ${{LATENTWIRE_RECEIVERS:-{','.join(binds.values())}}}"}
+    fan_out = f"${{LATENTWIRE_RECEIVERS:-{','.join(binds.values())}}}"
+    procs = {"sender": f"exec latentwire sender --receivers {fan_out} --threads {int(n['sender'])}"}
     for name, spec in receivers.items():
-        procs[name] = f"exec latentwire receiver --model ${{{model_var(name)}:-{spec}}} --bind {binds[name]}"
+        procs[name] = (
+            f"exec latentwire receiver --model ${{{model_var(name)}:-{spec}}} --bind {binds[name]}"
+            f" --threads {int(n['receiver'])}"
+        )
     procs["arbiter"] = "exec latentwire arbiter"
     return procs
 
@@ -262,8 +272,10 @@ class LocalSystem:
         timeout: float = 60.0,
         ready_timeout: float = 300.0,
         engine: str | None = None,
+        threads: Mapping[str, int] | None = None,
     ) -> None:
         chosen = dict(DEFAULT_RECEIVERS if receivers is None else receivers)
+        self.threads = {**THREADS, **(threads or {})}
         chosen.update({n: s for n, s in (("llama", llama), ("qwen", qwen)) if s})
         self.receivers = check_receivers(chosen)
         a, b, r, *ports = _free_ports(3 + len(self.receivers))
@@ -291,6 +303,7 @@ class LocalSystem:
         cmd = [str(Path(sys.executable).parent / "latentwire"), "up", "--ckpt", str(self.ckpt)]
         for name, spec in self.receivers.items():
             cmd += ["--receiver", f"{name}={spec}"]
+        cmd += [f"--{role}-threads={n}" for role, n in self.threads.items()]
         env = {**child_env(None), **self.env}
         with self.log.open("w") as out:
             self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)

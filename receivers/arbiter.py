@@ -141,7 +141,8 @@ def serve(
             return
         if isinstance(msg, Heartbeat):  # a client's readiness / stats probe
             st = board.status(now)
-            reply(Heartbeat(msg.rid, pid, st.role, st.status, st.info))
+            # its CPU-seconds so far: a bench adds the arbiter's share to the cost of a question
+            reply(Heartbeat(msg.rid, pid, st.role, st.status, {**st.info, "cpu_s": time.process_time()}))
             return
         if not isinstance(msg, Ask):
             reply(error_reply(msg.rid, pid, "unexpected_kind", "send ask"))

@@ -193,6 +193,13 @@ class Receiver:
         return [(cap, items) for _, cap, items in out]
 
     def _prepare(self, data: bytes) -> _Prepared | ErrorReply:
+        cpu0 = time.process_time()
+        prep = self._parse(data)
+        if isinstance(prep, _Prepared):
+            prep.durations["cpu"] = time.process_time() - cpu0
+        return prep
+
+    def _parse(self, data: bytes) -> _Prepared | ErrorReply:
         t0 = time.perf_counter()
         try:
             msg = decode_frame(data)
@@ -260,7 +267,7 @@ class Receiver:
         from latentwire.lm import generate
         from latentwire.metrics import postprocess
 
-        t_start = time.perf_counter()
+        t_start, cpu_start = time.perf_counter(), time.process_time()
         try:
             gens = generate(self.llm, [p.slot for p in preps], cap)
         except Exception as e:  # noqa: BLE001 - one failed request must not take the receiver down
@@ -269,10 +276,12 @@ class Receiver:
             log.exception("request %s failed", preps[0].msg.rid)
             return [error_reply(preps[0].msg.rid, self.pid, "internal", f"{type(e).__name__}: {e}")]
         t_end = time.perf_counter()
+        cpu_share = (time.process_time() - cpu_start) / len(preps)  # every thread of this process, split evenly
         out: list[Reply | ErrorReply] = []
         for p, gen in zip(preps, gens, strict=True):
             durations = {**p.durations, "generate": t_end - t_start}
-            durations["total"] = sum(durations.values())
+            durations["total"] = sum(v for k, v in durations.items() if k != "cpu")
+            durations["cpu"] = durations.get("cpu", 0.0) + cpu_share  # CPU-seconds, for the cost of a question
             try:
                 out.append(
                     Reply(p.msg.rid, self.pid, self.name, postprocess(gen.text), gen.score, durations, p.fingerprint)

@@ -69,7 +69,7 @@ class Sender:
 
         from .paths import needs_reading
 
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         docs: dict[int, tuple | Exception] = {}  # each sender path's (question, paragraphs), parsed once
         for i, a in enumerate(asks):
             if path_spec(a.mode).sender:
@@ -95,6 +95,10 @@ class Sender:
                 out.append((frame, durations))
             except Exception as e:  # noqa: BLE001 - reported per ask by the caller
                 out.append(e)
+        cpu_share = (time.process_time() - cpu0) / len(asks)  # every thread of this process: the cost of a question
+        for item in out:
+            if not isinstance(item, Exception):
+                item[1]["cpu"] = cpu_share
         return out
 
     def _build_one(

@@ -112,8 +112,8 @@ def test_engines_side_by_side_on_the_same_questions(tiny_trained, tmp_path, monk
 
     monkeypatch.setenv("LATENTWIRE_CACHE", str(tmp_path / "cache"))
     path, _ = tiny_trained
-    res = measure(path, engines=("float32", "bfloat16"), limit=2, progress=False)
-    ref, bf = res["engines"]["float32"], res["engines"]["bfloat16"]
+    res = measure(path, engines=("float32", "bf16-w8"), limit=2, progress=False)
+    ref, bf = res["engines"]["float32"], res["engines"]["bf16-w8"]
     assert res["n"] == 2 and res["reference"] == "float32"
     assert set(ref["f1"]) == {"tiny-llama.latent", "tiny-qwen.latent"}
     assert all(v == 0.0 for v in ref["f1_delta"].values()) and all(v == 1.0 for v in ref["unchanged"].values())
@@ -121,4 +121,4 @@ def test_engines_side_by_side_on_the_same_questions(tiny_trained, tmp_path, monk
     for r in (ref, bf):
         assert r["prefill_tok_s"] > 0 and r["decode_tok_s"] > 0 and r["decode_tokens"] > 0
     table = "\n".join(engine_lines(res))
-    assert "| bfloat16 |" in table and "| float32 | " in table and "first 2 questions" in table
+    assert "| bf16-w8 |" in table and "| float32 | " in table and "first 2 questions" in table

@@ -32,15 +32,17 @@ def test_committed_procfile_is_the_generated_default() -> None:
 
 def test_processes_for_three_receivers_fan_out_to_the_same_addresses() -> None:
     receivers = {"a": "tiny-llama", "b-2": "tiny-qwen", "c": "models/x.gguf"}
-    procs = up.processes(receivers)
+    procs = up.processes(receivers, {"sender": 2})
     assert list(procs) == ["sender", "a", "b-2", "c", "arbiter"]
-    binds = [procs[n].split("--bind ")[1] for n in receivers]
+    binds = [procs[n].split("--bind ")[1].removesuffix(" --threads 1") for n in receivers]
     assert binds == [
         "${LATENTWIRE_A:-tcp://127.0.0.1:5561}",
         "${LATENTWIRE_B_2:-tcp://127.0.0.1:5562}",
         "${LATENTWIRE_C:-tcp://127.0.0.1:5563}",
     ]
-    assert procs["sender"] == f"exec latentwire sender --receivers ${{LATENTWIRE_RECEIVERS:-{','.join(binds)}}}"
+    fan_out = f"${{LATENTWIRE_RECEIVERS:-{','.join(binds)}}}"
+    assert procs["sender"] == f"exec latentwire sender --receivers {fan_out} --threads 2"  # a role's threads given
+    assert all(procs[n].endswith(f" --threads {up.THREADS['receiver']}") for n in receivers)  # the default
     assert procs["c"].startswith("exec latentwire receiver --model ${LATENTWIRE_C_MODEL:-models/x.gguf} ")
     assert up.count_receivers(procs) == 3
 
@@ -149,7 +151,7 @@ def test_live_bench_runs_one_receiver_per_checkpoint_model_and_scores_every_answ
 ) -> None:
     from latentwire.bench.live import checkpoint_receivers, live_latency
 
-    monkeypatch.setenv("LATENTWIRE_ENGINE", "bfloat16")  # the processes inherit it, whatever this CPU's default
+    monkeypatch.setenv("LATENTWIRE_ENGINE", "bf16-w8")  # the processes inherit it, whatever this CPU's default
 
     receivers = checkpoint_receivers(tiny3_ckpt)
     assert set(receivers) == {"tiny-llama", "tiny-qwen", "llama-b"} and receivers["llama-b"].endswith("/llama-b")
@@ -163,14 +165,25 @@ def test_live_bench_runs_one_receiver_per_checkpoint_model_and_scores_every_answ
         )
         for i in range(2)
     ]
-    out = live_latency(tiny3_ckpt, examples, progress=False, timeout=30, text_n=1, idle_overhead_n=5)
+    threads = {"sender": 2, "receiver": 1}
+    out = live_latency(
+        tiny3_ckpt, examples, progress=False, timeout=30, text_n=1, evidence_n=1, idle_overhead_n=5, threads=threads
+    )
     assert out["receivers"] == receivers
     # the same questions once more with every process on float32: the serving engine's speed-up over it
     ref = out["engine_reference"]
-    assert out["engine"] == "bfloat16" and ref["engine"] == "float32" and ref["n_answered"] == 2
+    assert out["engine"] == "bf16-w8" and ref["engine"] == "float32" and ref["n_answered"] == 2
     assert out["engine_speedup"] > 0 and 0 < out["overhead_idle"]["p50"] <= out["overhead_idle"]["p95"]
-    assert set(out["paths"]) == {"latent:fp16", "latent:int8", "latent:int4", "text"}
+    assert set(out["paths"]) == {"latent:fp16", "latent:int8", "latent:int4", "text", "evidence"}
+    # the cost of a question, summed over every process: each measured its own CPU time
+    cost = out["cost"]
+    assert set(cost) == {"latent", "text", "evidence"} and cost["latent"]["label"] == "latent:fp16"
+    assert cost["latent"]["sender_cpu_s"] > 0 and len(cost["latent"]["receiver_cpu_s"]) == len(receivers)
+    for path, c in cost.items():
+        assert all(v > 0 for v in c["receiver_cpu_s"].values()), path
+        assert c["1"]["cpu_s"] < c["2"]["cpu_s"] < c["3"]["cpu_s"], path  # every receiver adds its own work
+    assert out["threads"] == threads
     for label, s in out["paths"].items():
-        n = 1 if label == "text" else 2
+        n = 1 if label in ("text", "evidence") else 2
         assert (s["n"], s["n_answered"], s["n_errors"], s["n_scored"], s["degraded"]) == (n, n, 0, n, 0), label
         assert 0.0 <= s["em"] <= s["f1"] <= 1.0
