@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from latentwire.data import load_split
+from latentwire.data import Example, load_split
 from latentwire.engine import ENGINES, PREFILL_ROWS
 from latentwire.evaluate import evaluate
 from latentwire.models import LLM
-from latentwire.system.pipeline import docs_of, load_checkpoint
+from latentwire.system.pipeline import Wire, docs_of, load_checkpoint
 
 
 class PassTimer:
@@ -131,6 +131,49 @@ def measure(
             for k in ["sharer", *keys]
         }
         rec["speedup"] = out["engines"][ref]["s_per_q"] / rec["s_per_q"]
+    return out
+
+
+def compare_quality(
+    wire: Wire,
+    ckpt: str | Path,
+    examples: Sequence[Example],
+    reference: str = "float32",
+    paths: Sequence[str] = ("latent", "relay", "evidence"),
+    context: str = "distractor",
+    split: str = "dev",
+    progress: bool = True,
+) -> dict:
+    """The serving engine's answers (`wire`'s) against `reference`'s on every question, per receiver and path:
+    F1 of both, the paired difference with its 95% CI and the share of answers unchanged word for word; and the
+    sharer's. Rows come from the evaluation cache (keyed by engine), so a bench that measured these paths already
+    reads only the reference afresh."""
+    from .quality import paired
+
+    ref = load_checkpoint(ckpt, engine=reference)
+    out: dict = {"engine": wire.encoder.llm.engine, "reference": reference, "n": len(examples), "paths": {}}
+    docs = docs_of(examples, context)
+    mine, theirs = wire.encoder.read(docs, progress=progress), ref.encoder.read(docs, progress=progress)
+    out["sharer_unchanged"] = float(np.mean([a.answer == b.answer for a, b in zip(mine, theirs, strict=True)]))
+    for name in wire.model_names:
+        for path in paths:
+            rows = [
+                evaluate(
+                    w.llms[name],
+                    examples,
+                    path,
+                    context=context,
+                    split=split,
+                    return_rows=True,
+                    progress=progress,
+                    **w.eval_args(name, path, context),
+                )["rows"]
+                for w in (wire, ref)
+            ]
+            f1 = [float(np.mean([r["f1"] for r in v])) for v in rows]
+            out["paths"][f"{name}.{path}"] = {"f1": f1[0], "f1_ref": f1[1], **paired(*rows)}
+    del ref
+    gc.collect()
     return out
 
 

@@ -15,7 +15,7 @@ import numpy as np
 from latentwire.checkpoint import ModelEntry
 from latentwire.data import Example
 from latentwire.evaluate import evaluate
-from latentwire.metrics import exact_match, f1_score, summarize
+from latentwire.metrics import bootstrap_ci, exact_match, f1_score, summarize
 from latentwire.receivers.calibration import Calibration, agreement, pick
 from latentwire.system.pipeline import Wire, docs_of
 
@@ -53,6 +53,23 @@ def joint(rows: dict[str, list[dict]], calibrations: dict[str, Calibration]) -> 
             "f1_when_agree": float(jf[a].mean()) if a.any() else None,
             "f1_when_disagree": float(jf[~a].mean()) if (~a).any() else None,
         },
+    }
+
+
+PAIRED = (("latent", "relay-tuned"), ("latent", "relay"))  # (path, baseline): `quality.<ctx>.paired` compares these
+
+
+def paired(rows: Sequence[dict], base: Sequence[dict]) -> dict:
+    """`rows` against `base` on the same questions: the mean F1 difference and its paired bootstrap 95% CI (the
+    questions resampled together, so each question's difficulty cancels), and the share of answers unchanged."""
+    if [r["id"] for r in rows] != [r["id"] for r in base]:
+        raise ValueError("paired rows must be of the same questions in the same order")
+    diff = [a["f1"] - b["f1"] for a, b in zip(rows, base, strict=True)]
+    return {
+        "diff": float(np.mean(diff)) if diff else float("nan"),
+        "ci": list(bootstrap_ci(diff)),
+        "n": len(diff),
+        "unchanged": float(np.mean([a["pred"] == b["pred"] for a, b in zip(rows, base, strict=True)])),
     }
 
 
@@ -131,6 +148,14 @@ def quality(
             res["models"][name] = per
             res["latent_quant"][name] = quant
         res["joint"] = {mode: joint(rows, cals[mode]) for mode, rows in method_rows.items()}
+        res["paired"] = {
+            name: {
+                f"{a}_vs_{b}": paired(method_rows[a][name], method_rows[b][name])
+                for a, b in PAIRED
+                if a in method_rows and b in method_rows and len(method_rows[a][name]) == len(method_rows[b][name])
+            }
+            for name in wire.model_names
+        }
         out[ctx] = res
     return out
 

@@ -113,6 +113,7 @@ def run_bench(
     path_limits: dict[str, int] | None = None,
     live_options: dict | None = None,
     engines_n: int = 0,
+    reference_engine: str | None = "float32",
 ) -> dict:
     """Quality (per model, joint, oracle, per quantisation), efficiency, live latency and training cost."""
     out = Path(out)
@@ -154,6 +155,13 @@ def run_bench(
 
         results["live"] = live_latency(
             Path(ckpt), examples[:live_n], context=ctx, progress=progress, **(live_options or {})
+        )
+    if reference_engine and reference_engine != wire.encoder.llm.engine:  # what the serving engine changed
+        from .engines import compare_quality
+
+        wanted = [p for p in ("latent", "relay", "evidence") if p in (paths or wire.paths)]
+        results["engine_quality"] = compare_quality(
+            wire, ckpt, examples, reference_engine, wanted, ctx, split, progress
         )
     if engines_n:  # every engine side by side on the first questions (bench/engines.py)
         from .engines import measure

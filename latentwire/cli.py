@@ -274,6 +274,10 @@ def bench(
     engines: Annotated[
         int, typer.Option(help="questions on which every engine is measured side by side (0: none)")
     ] = 0,
+    reference_engine: Annotated[
+        str,
+        typer.Option(help="engine the serving one's latent, relay and evidence answers are compared with ('': none)"),
+    ] = "float32",
     quick: Annotated[bool, typer.Option(help="tiny random models + tiny checkpoint: minutes, for CI")] = False,
     threads: Threads = None,
     engine: EngineOpt = "auto",
@@ -310,6 +314,7 @@ def bench(
             "throughput_n": throughput,
         },
         engines_n=engines,
+        reference_engine=reference_engine or None,
     )
     typer.echo(f"wrote {out / 'results.json'} and {out / 'report.md'} ({res['meta']['wall_s']} s)")
 

@@ -122,3 +122,26 @@ def test_engines_side_by_side_on_the_same_questions(tiny_trained, tmp_path, monk
         assert r["prefill_tok_s"] > 0 and r["decode_tok_s"] > 0 and r["decode_tokens"] > 0
     table = "\n".join(engine_lines(res))
     assert "| bf16-w8 |" in table and "| float32 | " in table and "first 2 questions" in table
+
+
+def test_engine_quality_pairs_the_serving_engine_with_the_reference(tiny_trained, tmp_path, monkeypatch):
+    """bench/engines.py compare_quality: per receiver and path, both F1s, the paired difference and the answers
+    unchanged; against itself nothing changes."""
+    from latentwire.bench.engines import compare_quality
+    from latentwire.data import load_split
+    from latentwire.system.pipeline import load_checkpoint
+
+    monkeypatch.setenv("LATENTWIRE_CACHE", str(tmp_path / "cache"))
+    path, _ = tiny_trained
+    examples = load_split("dev", limit=3)
+    same = compare_quality(
+        load_checkpoint(path, engine="float32"), path, examples, "float32", ["latent"], progress=False
+    )
+    assert same["sharer_unchanged"] == 1.0 and set(same["paths"]) == {"tiny-llama.latent", "tiny-qwen.latent"}
+    assert all(p["diff"] == 0.0 and p["unchanged"] == 1.0 and p["f1"] == p["f1_ref"] for p in same["paths"].values())
+    other = compare_quality(
+        load_checkpoint(path, engine="bf16-w8"), path, examples, "float32", ["relay"], progress=False
+    )
+    assert other["engine"] == "bf16-w8" and other["reference"] == "float32" and other["n"] == 3
+    for p in other["paths"].values():
+        assert p["diff"] == pytest.approx(p["f1"] - p["f1_ref"]) and p["n"] == 3
