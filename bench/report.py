@@ -100,6 +100,7 @@ def write_report(results: dict, out: Path) -> Path:
                 f"{fa if fa is None else f'{fa:.3f}'}, when not {fd if fd is None else f'{fd:.3f}'}."
             )
         lines.append("")
+        lines += paired_lines(q.get("paired"))
         lines += ["| model | scheme | F1 | unchanged vs float |", "|---|---|---|---|"]
         for name, per in q["latent_quant"].items():
             for scheme, r in per.items():
@@ -209,6 +210,8 @@ def write_report(results: dict, out: Path) -> Path:
                 f"p50 {ref['latency_p50_s']:.2f} s: `{live['engine']}` answers at "
                 f"{live['engine_speedup']:.2f}x its speed.",
             ]
+        lines += cost_lines(live.get("cost"))
+    lines += engine_quality_lines(results.get("engine_quality"))
     lines += engine_lines(results.get("engines"))
     tr = results.get("training")
     if tr:
@@ -219,6 +222,69 @@ def write_report(results: dict, out: Path) -> Path:
     (out / "report.md").write_text("\n".join(lines) + "\n")
     plot_all(results, out)
     return out / "report.md"
+
+
+def paired_lines(pairs: dict | None) -> list[str]:
+    """Each receiver's path against its baseline on the same questions (paired bootstrap, bench/quality.py)."""
+    rows = [(name, k, r) for name, per in (pairs or {}).items() for k, r in per.items()]
+    if not rows:
+        return []
+    lines = [
+        "| model | comparison | F1 difference | paired 95% CI | n | answers unchanged |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, k, r in rows:
+        lo, hi = r["ci"]
+        lines.append(
+            f"| {name} | {k.replace('_vs_', ' − ')} | {r['diff']:+.3f} | [{lo:+.3f}, {hi:+.3f}] | {r['n']} | "
+            f"{r['unchanged']:.1%} |"
+        )
+    return [*lines, ""]
+
+
+def cost_lines(cost: dict | None) -> list[str]:
+    """CPU-seconds per question summed over every process, by path and receiver count (bench/live.py)."""
+    if not cost:
+        return []
+    counts = sorted({k for c in cost.values() for k in c if k.isdigit()}, key=int)
+    lines = [
+        "",
+        "CPU-seconds per answered question, every process summed (each measures its own CPU time):",
+        "",
+        "| path | sender | arbiter | receiver (mean) | " + " | ".join(f"{n} receivers" for n in counts) + " |",
+        "|---|---|---|---|" + "---|" * len(counts),
+    ]
+    for path, c in cost.items():
+        rx = c["receiver_cpu_s"]
+        mean_rx = sum(rx.values()) / len(rx) if rx else 0.0
+        lines.append(
+            f"| {c.get('label', path)} | {c['sender_cpu_s']:.2f} | {c['arbiter_cpu_s']:.3f} | {mean_rx:.2f} | "
+            + " | ".join(f"{c[n]['cpu_s']:.2f}" for n in counts)
+            + " |"
+        )
+    return lines
+
+
+def engine_quality_lines(eq: dict | None) -> list[str]:
+    """The serving engine's answers against the reference engine's on every question (bench/engines.py)."""
+    if not eq:
+        return []
+    lines = [
+        "",
+        f"## Engine `{eq['engine']}` against `{eq['reference']}` ({eq['n']} questions)",
+        "",
+        f"The sharer's answer unchanged on {eq['sharer_unchanged']:.1%} of questions.",
+        "",
+        "| receiver.path | F1 | F1 reference | difference | paired 95% CI | answers unchanged |",
+        "|---|---|---|---|---|---|",
+    ]
+    for k, r in eq["paths"].items():
+        lo, hi = r["ci"]
+        lines.append(
+            f"| {k} | {r['f1']:.3f} | {r['f1_ref']:.3f} | {r['diff']:+.3f} | [{lo:+.3f}, {hi:+.3f}] | "
+            f"{r['unchanged']:.1%} |"
+        )
+    return lines
 
 
 def engine_lines(eng: dict | None) -> list[str]:
