@@ -23,6 +23,7 @@ from latentwire.data import Example
 from latentwire.up import LocalSystem, receiver_name
 
 QUANTS = ("fp16", "int8", "int4")
+REFERENCE_THREADS = {"sender": 1, "receiver": 1}  # how every process ran before the sender's reading took every core
 
 
 def receiver_model_s(row: dict) -> float:
@@ -113,12 +114,14 @@ def live_latency(
     idle_overhead_n: int = 200,
     evidence_n: int = 0,
     threads: Mapping[str, int] | None = None,
+    reference_threads: Mapping[str, int] | None = REFERENCE_THREADS,
 ) -> dict:
     """The latent path (one run per wire scheme in `quants`) over the questions, the text path (a ~1,500-token
     prompt per receiver) on the first `text_n`; then, if `throughput_n`, the first `throughput_n` latent
     questions (the first scheme) with 1 and with `window` in flight. With `reference_engine`, the latent path
-    (the first scheme) again with every process on that engine: `engine_speedup` is its p50 over the serving
-    engine's. With `idle_overhead_n`, the messaging overhead on an idle system of tiny models (`overhead.py`).
+    (the first scheme) again with every process on that engine and `reference_threads` (default: one thread per
+    process, as float32 served before threads followed the work): `engine_speedup` is its p50 over the serving
+    system's. With `idle_overhead_n`, the messaging overhead on an idle system of tiny models (`overhead.py`).
     `evidence_n`: the evidence path (each receiver reads the question + the selected evidence) on the first ones.
     `cost.<path>`: its CPU-seconds per question for 1..n receivers (`cpu_costs`). `threads`: per role
     (`sender`, `receiver`), as `LocalSystem` takes them.
@@ -178,12 +181,17 @@ def live_latency(
         out["overhead"] = {"p50": float(np.percentile(overheads, 50)), "p95": float(np.percentile(overheads, 95))}
     if reference_engine and reference_engine != engine and quants:
         label = f"latent:{quants[0]}"
-        reference = LocalSystem(ckpt, receivers, timeout=timeout, engine=reference_engine, threads=threads)
+        reference = LocalSystem(ckpt, receivers, timeout=timeout, engine=reference_engine, threads=reference_threads)
         with reference as system, system.client() as c:
             rows = _ask(
                 c, examples, context, gold, f"{label} {reference_engine}", progress, mode="latent", quant=quants[0]
             )
-        ref = {**summarize_answers(rows), "stages": stages(rows), "engine": reference_engine}
+        ref = {
+            **summarize_answers(rows),
+            "stages": stages(rows),
+            "engine": reference_engine,
+            "threads": dict(reference_threads or {}),
+        }
         out["engine_reference"] = ref
         mine, theirs = out["paths"][label].get("latency_p50_s"), ref.get("latency_p50_s")
         out["engine_speedup"] = theirs / mine if mine and theirs else None

@@ -148,7 +148,9 @@ def test_sender_reads_asks_that_arrive_together_in_one_batch(tiny_trained, dev3)
         assert [type(r).__name__ for r in replies] == ["Sent", "ErrorReply", "Sent"]
         assert replies[1].code in ("bad_request", "bad_frame") and replies[2].rid == "r-1"
         assert (replies[0].reached, replies[0].receivers) == (1, 1) and replies[0].fanout == replies[0].request > 0
-        assert set(replies[0].durations) == {"encode", "frame"}
+        assert set(replies[0].durations) == {"encode", "frame", "cpu"}
+        # the batch's CPU time split evenly over the asks it built: each gets one share
+        assert replies[0].durations["cpu"] == replies[2].durations["cpu"] > 0
         assert [decode_frame(pull.recv()).rid for _ in range(2)] == ["r-0", "r-1"]
     finally:
         pull.close(0)
