@@ -45,6 +45,7 @@ from dataclasses import replace
 from latentwire import net
 from latentwire.protocol import (
     DEFAULT_LIMITS,
+    ERROR_CODES,  # counted one by one in the status; anything else is counted as `error.other`
     Ask,
     ErrorReply,
     Heartbeat,
@@ -71,13 +72,6 @@ PROBE_EVERY_S = 2.0  # a receiver yet to answer is probed this often (one probe 
 PROBE_TIMEOUT_S = 10.0  # a probe waits this long; a later answer still proves its receiver
 PROBE_QUESTION = "Are you there?"  # asked as text for one token: the cheapest request every receiver answers
 UNPROVEN = "unproven: announced itself, but has yet to answer a request (not waited for)"
-# error codes counted one by one in the status; anything else is counted as `error.other`
-ERROR_CODES = frozenset(
-    {
-        "bad_frame", "bad_version", "bad_quant", "bad_shape", "bad_request", "wrong_checkpoint", "unexpected_kind",
-        "too_large", "bad_output", "internal", "shutting_down", "busy", "expired",
-    }
-)  # fmt: skip
 _REPORT_BYTES = ("request", "header", "payload", "scales", "fanout")  # a Sent's byte counts, kept per request
 
 

@@ -38,6 +38,8 @@ from latentwire.protocol import (
     peek_rid,
 )
 
+from .bounds import Refused, bounded_paragraphs
+
 if TYPE_CHECKING:
     from .sharer import SharerEncoder
 
@@ -65,8 +67,6 @@ class Sender:
         """Frames for asks that arrived together: the sharer reads all of their evidence in one batch (its greedy
         steps cost about what one question's do), the rest is per ask. Each item is (frame, durations) or the
         exception that ask alone raised (a ProtocolError when it cannot be expressed)."""
-        from latentwire.data import parse_context
-
         from .paths import needs_reading
 
         t0 = time.perf_counter()
@@ -74,8 +74,8 @@ class Sender:
         for i, a in enumerate(asks):
             if path_spec(a.mode).sender:
                 try:
-                    docs[i] = (a.question, parse_context(a.context))
-                except Exception as e:  # noqa: BLE001 - this ask alone fails with it
+                    docs[i] = (a.question, bounded_paragraphs(a.context))
+                except Exception as e:  # noqa: BLE001 - this ask alone fails with it (Refused: over a bound)
                     docs[i] = e
         shared = [i for i, d in docs.items() if needs_reading(asks[i].mode) and not isinstance(d, Exception)]
         readings: dict[int, object] = {}
@@ -251,7 +251,9 @@ def _handle_many(sender: Sender, batch: Sequence[bytes], pushes: list[zmq.Socket
             asks.append((i, ask))
     built = sender.build_many([a for _, a in asks]) if asks else []
     for (i, ask), result in zip(asks, built, strict=True):
-        if isinstance(result, ProtocolError):
+        if isinstance(result, Refused):
+            replies[i] = error_reply(ask.rid, sender.pid, result.code, str(result))
+        elif isinstance(result, ProtocolError):
             replies[i] = error_reply(ask.rid, sender.pid, "bad_request", str(result))
         elif isinstance(result, Exception):
             log.error("encode failed: %s: %s", type(result).__name__, result)
