@@ -109,6 +109,9 @@ def serve(
     def dispatch(p: Pending, peer: Peer | None) -> None:
         """Send `p` to `peer`, trying the other live senders if it has vanished; finish `p` if it failed."""
         now = time.monotonic()
+        if board.stale(p, now):  # nobody waits for it any more: the sender must not spend a second on it
+            close(p, now)
+            return
         while peer is not None:
             forward = board.forward(p, now, time.time())  # the arbiter's rid, deadline and opening time travel on
             try:

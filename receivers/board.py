@@ -180,6 +180,14 @@ class Board(Roster):
         deadline, opened = wall + max(0.0, p.deadline - now), max(0.0, wall - (now - p.started))
         return replace(p.ask, rid=p.rid, sender=self.pid, deadline=deadline, opened=opened)
 
+    def stale(self, p: Pending, now: float) -> bool:
+        """Whether `p`'s deadline has passed before it went to a sender (counted: `expired_unsent`); then it is
+        answered as it stands (`no_answer`) instead of being forwarded."""
+        if now < p.deadline or p.failure is not None:
+            return False
+        self.stats["expired_unsent"] += 1
+        return True
+
     def _rid(self) -> str:
         self._seq += 1
         return f"{self._prefix}-{self._seq}"

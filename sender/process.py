@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +55,7 @@ class Sender:
     fingerprint: str
     m: int
     pid: str
+    expired: int = 0  # asks dropped unread because their deadline had passed (in the heartbeats' info)
 
     def build(self, ask: Ask) -> tuple[bytes, dict[str, float]]:
         """(frame, durations); raises ProtocolError when the request cannot be expressed (e.g. fp16 overflow)."""
@@ -198,7 +199,10 @@ def serve(
     last_beat = time.monotonic()
     worker = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="encode")
     try:
-        alive = encode_frame(Heartbeat("", pid, "sender", "alive", info))
+
+        def alive() -> bytes:
+            return encode_frame(Heartbeat("", pid, "sender", "alive", {**info, "expired": sender.expired}))
+
         while not stop:
             if dealer.poll(200):
                 # a sharer reads for seconds: the work runs on a worker thread (the PUSH sockets go with it, one
@@ -225,12 +229,12 @@ def serve(
         log.info("sender stopped")
 
 
-def _beat(dealer: zmq.Socket, alive: bytes, last: float) -> float:
-    """Send `alive` if a heartbeat is due; returns when the last one was sent."""
+def _beat(dealer: zmq.Socket, alive: Callable[[], bytes], last: float) -> float:
+    """Send an `alive` heartbeat if one is due; returns when the last one was sent."""
     if time.monotonic() - last < net.HEARTBEAT_S:
         return last
     with contextlib.suppress(zmq.Again):  # no arbiter yet: it hears the next one
-        dealer.send(alive, zmq.NOBLOCK)
+        dealer.send(alive(), zmq.NOBLOCK)
     return time.monotonic()
 
 
@@ -247,6 +251,10 @@ def _handle_many(sender: Sender, batch: Sequence[bytes], pushes: list[zmq.Socket
         if not isinstance(ask, Ask):
             why = f"a sender takes ask frames, not {type(ask).__name__}"
             replies[i] = error_reply(ask.rid, sender.pid, "unexpected_kind", why)
+        elif ask.deadline is not None and (late := time.time() - ask.deadline) >= 0:
+            sender.expired += 1  # before any reading: an ask nobody waits for costs nothing
+            why = f"dropped unread, nobody waits for it: deadline passed {late:.1f} s ago"
+            replies[i] = error_reply(ask.rid, sender.pid, "expired", why)
         else:
             asks.append((i, ask))
     built = sender.build_many([a for _, a in asks]) if asks else []

@@ -1,6 +1,6 @@
 """The sender bounds what one ask may cost before any work: an empty context is a one-line `bad_request`, a context
-over a size bound a prompt `too_large` (never minutes of selection or gigabytes of reading), and the worst context
-inside the bounds is served."""
+over a size bound a prompt `too_large` (never minutes of selection or gigabytes of reading), an ask past its
+deadline is dropped unread, and the worst context inside the bounds is served."""
 
 from __future__ import annotations
 
@@ -71,3 +71,14 @@ def test_the_worst_context_inside_the_bounds_is_served_promptly(sender):
     assert len(sel.indices) == 2 and time.perf_counter() - t0 < 10.0  # 2,016 pairs: seconds at most on a slow core
     reply = _serve(sender, context)
     assert isinstance(reply, Sent) and reply.rid == "r-1", reply
+
+
+def test_an_ask_past_its_deadline_is_dropped_unread(sender, monkeypatch):
+    """Nothing read, nothing sent: an `expired` error at once, counted for the heartbeats."""
+    read = []
+    monkeypatch.setattr(sender, "build_many", lambda asks: read.append(asks) or [])
+    before = sender.expired
+    late = Ask("r-late", "arb", "Who wrote it?", "Ada: She wrote it.", mode="latent", deadline=time.time() - 0.1)
+    (reply,) = _handle_many(sender, [encode_frame(late)], [])
+    assert isinstance(reply, ErrorReply) and reply.code == "expired" and reply.rid == "r-late"
+    assert sender.expired == before + 1 and read == []
