@@ -16,6 +16,7 @@ import psutil
 import zmq
 
 from latentwire import net
+from latentwire.client import Client
 from latentwire.protocol import DEFAULT_LIMITS, Ask, ErrorReply, Heartbeat, Reply, encode_frame
 from latentwire.protocol.fuzz import mutate
 
@@ -31,6 +32,7 @@ CONTEXT = "Ada Lovelace wrote the notes on the Analytical Engine in 1843. "
 OVERSIZED = (3_000, 100_000, 2_000_000)  # text ask sizes: served, refused by receivers, refused by the client
 OVERSIZED_EVERY_S = 2.0
 FLOOD_EVERY_S, FLOOD_ASKS, FLOOD_WINDOW = 60.0, 150, 150
+FLOOD_HOST = "127.0.0.2"  # the flood's source address (all of 127/8 is loopback on Linux)
 GARBAGE_PER_S = 10.0  # frames per second at each arbiter socket (receivers get a fifth of it)
 FORGED_PER_S = 5.0
 STOP_EVERY_S, STOP_S = 60.0, net.DEAD_AFTER_S + 1.5  # a stop long enough to be taken for dead
@@ -64,8 +66,12 @@ def oversized(s: Soak) -> None:
 
 
 def flood(s: Soak) -> None:
-    """Bursts far over the client's fair share of the arbiter's window: most are refused with `busy`, none lost."""
-    with s.system.client() as c:
+    """Bursts far over the client's fair share of the arbiter's window: most are refused with `busy`, none lost.
+
+    From another loopback address: on plain TCP the arbiter's fair share is per peer address (one host, one
+    client), so a flood from the normal clients' own address would take their share too."""
+    source, _, rest = s.system.address.partition("://")
+    with Client(f"{source}://{FLOOD_HOST}:0;{rest}") as c:
         while s.running():
             burst = [(i, f"Flood {i}?", "Ada.") for i in range(FLOOD_ASKS)]
             for a in c.ask_many(burst, window=FLOOD_WINDOW, mode="text", max_new_tokens=2):

@@ -54,6 +54,22 @@ log = logging.getLogger("latentwire.arbiter")
 TICK_S = 0.02  # how often deadlines, dead processes and requests waiting for a sender are looked at
 
 
+def client_key(frame: zmq.Frame, curve: bool) -> bytes | None:
+    """Who sent `frame`, for fair admission: its CURVE public key (the ZAP user id) with CURVE, else the peer's IP
+    address; None where the transport has neither (ipc, inproc: then its ROUTER identity, local peers only).
+
+    Not the ROUTER identity: a client gets a new one with every socket it opens, for free, and 300 sockets held
+    every slot. A key costs a flooder a key the arbiter accepts, an address costs it a host; on plain TCP clients
+    behind one address (one host, one NAT) share one fair share.
+    """
+    prop = "User-Id" if curve else "Peer-Address"
+    try:
+        value = frame.get(prop)
+    except zmq.ZMQError:
+        return None
+    return f"{prop}:{value}".encode() if value else None
+
+
 def serve(
     *,
     frontend: str | None = None,
@@ -125,7 +141,7 @@ def serve(
         if p.failure is not None:
             close(p, now)
 
-    def on_front(envelope: tuple[bytes, ...], data: bytes) -> None:
+    def on_front(envelope: tuple[bytes, ...], data: bytes, key: bytes | None) -> None:
         def reply(msg: Message) -> None:
             try:
                 data = encode_frame(msg)
@@ -152,12 +168,13 @@ def serve(
         if stop:
             reply(error_reply(msg.rid, pid, "shutting_down", "arbiter shutting_down"))
             return
-        why = board.busy(envelope)  # a fair share of the window per client: a flood cannot lock others out
+        admission = envelope if key is None else key
+        why = board.busy(admission)  # a fair share of the window per client: a flood cannot lock others out
         if why:
             board.stats["busy"] += 1
             reply(error_reply(msg.rid, pid, "busy", f"arbiter busy: {why}"))
             return
-        dispatch(*board.open(envelope, msg, len(data), now, time.time()))
+        dispatch(*board.open(envelope, msg, len(data), now, time.time(), admission=admission))
 
     def on_back(ident: bytes, data: bytes) -> None:
         try:
@@ -192,14 +209,15 @@ def serve(
         else:
             board.stats["bad_reply_frame"] += 1
 
-    def handle(sock: zmq.Socket, parts: list[bytes]) -> None:
+    def handle(sock: zmq.Socket, frames: list[zmq.Frame]) -> None:
+        parts = [f.bytes for f in frames]
         if sock is pull and len(parts) == 1:
             on_pull(parts[0])
-        elif sock is front and len(parts) in (2, 3):  # DEALER: [id, frame]; REQ: [id, b"", frame]
-            on_front(tuple(parts[:-1]), parts[-1])
+        elif sock is front and (len(parts) == 2 or (len(parts) == 3 and not parts[1])):
+            on_front(tuple(parts[:-1]), parts[-1], client_key(frames[-1], curve is not None))
         elif sock is back and len(parts) == 2:
             on_back(parts[0], parts[1])
-        else:
+        else:  # e.g. [id, tag, ask] from a DEALER: a tag per ask would be a new client per ask, and held with it
             board.stats["bad_envelope"] += 1
 
     def tick(now: float) -> None:
@@ -223,9 +241,9 @@ def serve(
                     for _ in range(1000):  # drain what is queued, bounded so no socket starves the others
                         if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:  # cheaper than raising zmq.Again
                             break
-                        parts = sock.recv_multipart(zmq.NOBLOCK)
+                        frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)  # frames: the peer's properties
                         try:
-                            handle(sock, parts)
+                            handle(sock, frames)
                         except Exception:  # a bug must cost one frame, not the arbiter and every request in flight
                             board.stats["internal_error"] += 1
                             log.exception("frame handling failed")

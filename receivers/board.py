@@ -9,8 +9,9 @@ Spec (`serve` in arbiter.py feeds it frames and the clock; tests call it directl
   own (one-token text, every PROBE_EVERY_S, one at a time, answered to nobody) for the sender to fan out; any
   answer to it, even late, proves its receiver. Until then it is `unproven` in the status and never waited for.
 * Admission (`busy`, asked before `open`): at most `max_inflight` client requests in flight, and each client (its
-  ROUTER envelope) at most an equal share of them among the clients in flight, itself included, with one share
-  always left free: a flooding client hears `busy`, a client asking now and then gets in.
+  admission key: what a flooder cannot multiply for free, see arbiter.py) at most an equal share of them among the
+  clients in flight, itself included, with one share always left free: a flooding client hears `busy`, a client
+  asking now and then gets in.
 * Opening a request (`open`): it gets the arbiter's own id (unique across clients and arbiter restarts, and
   unguessable) and expects an answer from every model with a receiver that serves the system at that moment, until
   its deadline: `timeout` s, or sooner when the client's ask says it stops waiting sooner.
@@ -96,7 +97,7 @@ class Board(Roster):
         super().__init__(dead_after)
         self.pid, self.timeout, self.max_inflight = pid, timeout, max_inflight
         self.pending: dict[str, Pending] = {}
-        self._asking: Counter[tuple[bytes, ...]] = Counter()  # client (ROUTER envelope) -> its requests in flight
+        self._asking: Counter[object] = Counter()  # client (its admission key) -> its requests in flight
         self.finished: OrderedDict[str, bool] = OrderedDict()  # rid -> a probe? (their late replies are the norm)
         # 64 random bits: a request id must be unguessable, answering one proves a receiver (see Roster)
         self._prefix, self._seq = uuid.uuid4().hex[:16], 0
@@ -130,8 +131,9 @@ class Board(Roster):
         """Clients' requests in flight (the arbiter's probes left out)."""
         return sum(self._asking.values())
 
-    def busy(self, client: tuple[bytes, ...]) -> str:
-        """Why `client` may not open one more request now ("" when it may).
+    def busy(self, client: object) -> str:
+        """Why `client` (its admission key: see `serve`, what costs a flooder to multiply) may not open one more
+        request now ("" when it may).
 
         At most `max_inflight` requests are in flight, and each client holds at most an equal share of them among
         the clients with requests in flight, itself included, with one share always left free: so however hard one
@@ -147,12 +149,19 @@ class Board(Roster):
         return ""
 
     def open(
-        self, client: tuple[bytes, ...], ask: Ask, ask_bytes: int, now: float, wall: float | None = None
+        self,
+        client: tuple[bytes, ...],
+        ask: Ask,
+        ask_bytes: int,
+        now: float,
+        wall: float | None = None,
+        admission: object = None,
     ) -> tuple[Pending, Peer | None]:
         """Register a request and choose its sender (least in flight); a failure is set when none can serve.
 
-        With no live sender but one heard from before (a sender restarting), the request waits for one. `wall` is
-        the Unix time at `now`: with it, an ask's own deadline (a Unix time) shortens the request's.
+        `client` is the envelope its answer goes back to, `admission` the key `busy` was asked with (default: the
+        envelope). With no live sender but one heard from before (a sender restarting), the request waits for one.
+        `wall` is the Unix time at `now`: with it, an ask's own deadline (a Unix time) shortens the request's.
         """
         ready = self.receivers(now)
         expected = frozenset(p.name for p in ready.ok)  # proven ones only: a forged heartbeat never holds an answer
@@ -161,11 +170,12 @@ class Board(Roster):
         deadline = now + self.timeout
         if ask.deadline is not None and wall is not None:  # the client stops waiting sooner: so does everyone
             deadline = min(deadline, now + max(0.0, ask.deadline - wall))
-        p = Pending(self._rid(), client, ask, expected, now, deadline, absent=absent)
+        key = client if admission is None else admission
+        p = Pending(self._rid(), client, ask, expected, now, deadline, absent=absent, admission=key)
         p.configured, p.models = self.configured(now, len(expected))
         add(p.nbytes, "ask", ask_bytes)
         self.pending[p.rid] = p
-        self._asking[client] += 1
+        self._asking[key] += 1
         if not expected:
             p.failure = error_reply(ask.rid, self.pid, *self._none_ready(ready, now))
             return p, None
@@ -364,9 +374,9 @@ class Board(Roster):
         while len(self.finished) > FINISHED_MEMORY:
             self.finished.popitem(last=False)
         if p.client:
-            self._asking[p.client] -= 1
-            if self._asking[p.client] <= 0:
-                del self._asking[p.client]  # only clients with requests in flight count for the fair share
+            self._asking[p.admission] -= 1
+            if self._asking[p.admission] <= 0:
+                del self._asking[p.admission]  # only clients with requests in flight count for the fair share
         sender = self.peers.get(p.sender)
         if sender is not None:
             sender.inflight = max(0, sender.inflight - 1)

@@ -47,6 +47,7 @@ class Pending:
     models: tuple[str, ...] = ()  # the checkpoint's receiver models (to name the missing ones)
     absent: dict[str, str] = field(default_factory=dict)  # model -> why it was not expected although it is up
     probe: bool = False  # the arbiter's own request, to prove receivers; no client hears of it
+    admission: object = None  # who the client is for fair admission (`Board.busy`); None: its envelope
     dispatches: int = 0
     wait_until: float = 0.0  # while waiting for a sender: give up then
 
