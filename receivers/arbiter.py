@@ -18,7 +18,7 @@ id the arbiter issued (ids are unguessable and travel only from the sender to it
 receivers to that end), so a forged heartbeat neither delays an answer nor tilts the pick, and forged peers give up
 their seats to real ones; a reply counts only from an announced receiver, under its own model name, once per
 request. Nothing here stops a forged sender, or anyone who reads the traffic: the defaults bind loopback only;
-across hosts use CURVE.
+across hosts use CURVE. With CURVE a receiver's id is bound to the key it was first heard with (`Roster.speaks_for`).
 """
 
 from __future__ import annotations
@@ -192,7 +192,7 @@ def serve(
         else:
             board.stats["bad_sender_frame"] += 1
 
-    def on_pull(data: bytes) -> None:
+    def on_pull(data: bytes, key: bytes) -> None:
         try:
             msg = decode_frame(data)
         except ProtocolError as e:
@@ -201,9 +201,9 @@ def serve(
             return
         now = time.monotonic()
         if isinstance(msg, Heartbeat):
-            board.heartbeat(msg, now, role="receiver")
+            board.heartbeat(msg, now, role="receiver", key=key)
         elif isinstance(msg, (Reply, ErrorReply)):
-            p = board.on_receiver(msg, len(data), now)
+            p = board.on_receiver(msg, len(data), now, key=key)
             if p is not None:
                 close(p, now)
         else:
@@ -212,7 +212,7 @@ def serve(
     def handle(sock: zmq.Socket, frames: list[zmq.Frame]) -> None:
         parts = [f.bytes for f in frames]
         if sock is pull and len(parts) == 1:
-            on_pull(parts[0])
+            on_pull(parts[0], (curve is not None and client_key(frames[0], True)) or b"")
         elif sock is front and (len(parts) == 2 or (len(parts) == 3 and not parts[1])):
             on_front(tuple(parts[:-1]), parts[-1], client_key(frames[-1], curve is not None))
         elif sock is back and len(parts) == 2:

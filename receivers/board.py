@@ -304,12 +304,14 @@ class Board(Roster):
             p.failure = error_reply(p.ask.rid, self.pid, "no_receivers", "the sender could reach no receiver")
         return p if p.complete() else None
 
-    def on_receiver(self, msg: Reply | ErrorReply, nbytes: int, now: float) -> Pending | None:
+    def on_receiver(self, msg: Reply | ErrorReply, nbytes: int, now: float, key: bytes = b"") -> Pending | None:
         """A receiver's reply or error; late, duplicate, unknown and forged ones are counted and ignored.
 
         Any answer naming a request id the arbiter issued proves its receiver, even a late one or one from a receiver
         whose seat a flood took: only the receivers a sender fanned the request out to have seen that id.
         """
+        if not self.speaks_for(self.peers.get(msg.sender), key):  # CURVE: another receiver's key
+            return None
         p = self.pending.get(msg.rid)
         if p is not None or msg.rid in self.finished:
             self.prove(msg.sender)

@@ -50,6 +50,7 @@ class Peer:
     fingerprint: str = ""  # checkpoint it serves (announced)
     models: tuple[str, ...] = ()  # senders: the checkpoint's receiver models
     fanout: int = 0  # senders: receivers it is configured to fan out to
+    key: bytes = b""  # with CURVE, the public key it was first heard with: no other key speaks for it
 
 
 @dataclass
@@ -79,8 +80,20 @@ class Roster:
         while len(self.proven) > PROVEN_MEMORY:
             self.proven.popitem(last=False)
 
-    def heartbeat(self, hb: Heartbeat, now: float, route: bytes = b"", role: str | None = None) -> Peer | None:
-        """Note a peer's heartbeat; refused (None) when its role is not the one its socket serves."""
+    def speaks_for(self, peer: Peer | None, key: bytes) -> bool:
+        """Whether a frame sent with CURVE key `key` (b"": plain TCP, no key known) may speak for `peer`: with CURVE,
+        a peer's id is bound to the key it was first heard with, so another key's frames under it are refused
+        (`impostor`). Plain TCP trusts the network: the id is all there is."""
+        if peer is None or not key or not peer.key or key == peer.key:
+            return True
+        self.stats["impostor"] += 1
+        return False
+
+    def heartbeat(
+        self, hb: Heartbeat, now: float, route: bytes = b"", role: str | None = None, key: bytes = b""
+    ) -> Peer | None:
+        """Note a peer's heartbeat; refused (None) when its role is not the one its socket serves, or (CURVE) when
+        `key` is not the key the peer was first heard with."""
         if hb.role not in ROLES or (role is not None and hb.role != role):
             self.stats["bad_role"] += 1
             return None
@@ -88,12 +101,14 @@ class Roster:
         if peer is not None and peer.role != hb.role:
             self.stats["bad_role"] += 1
             return None
+        if not self.speaks_for(peer, key):
+            return None
         if peer is None:
             if not self._room(hb.role, now):
                 self.stats["peers_full"] += 1
                 return None
             name = str(hb.info.get("model", hb.sender)) if hb.role == "receiver" else hb.sender
-            peer = self.peers[hb.sender] = Peer(hb.sender, hb.role, name or hb.sender, now)
+            peer = self.peers[hb.sender] = Peer(hb.sender, hb.role, name or hb.sender, now, key=key)
             self.stats[f"joined.{hb.role}"] += 1
             log.info("%s %s joined (%s)", hb.role, peer.name, hb.sender)
         if hb.status == "stopping" and peer.status != "stopping":
