@@ -46,6 +46,7 @@ class LiveArbiter:
             self.beat()
             rid = self.forwarded(10.0).rid  # the arbiter's probe
             self.answer(rid)
+            assert wait_for(lambda: self.status().info.get("n_receivers") == 1), "the receiver was not proven"
         return self
 
     def socket(self, kind: int, address: str, role: str = "client", identity: str | None = None) -> zmq.Socket:

@@ -38,3 +38,32 @@ def test_an_ask_past_its_deadline_is_answered_and_not_forwarded(live):
         assert isinstance(msg, JointReply) and msg.rid == "on-time" and msg.answer == "Ada"
     finally:
         client.close(0)
+
+
+def test_an_ask_over_a_limit_is_refused_under_its_own_id():
+    """The id is read before the limits are applied: a context over max_text_bytes (in a frame under 1 MiB) is
+    refused naming the request, the `i` key last in the frame."""
+    import msgpack
+
+    from latentwire.protocol import DEFAULT_LIMITS, peek_rid
+
+    wire = {
+        "p": "latentwire",
+        "v": 2,
+        "k": "ask",
+        "s": "c",
+        "x": "Who?",
+        "c": "x" * (DEFAULT_LIMITS.max_text_bytes + 1),
+    }
+    wire |= {"m": "text", "q": "int8", "g": None, "n": None, "t": 8, "i": "big-1"}
+    data = msgpack.packb(wire)
+    assert peek_rid(data) == "big-1"
+    live = LiveArbiter().start(prove=False)
+    client = live.socket(zmq.DEALER, live.front)
+    try:
+        client.send(data)
+        msg = recv(client)
+        assert isinstance(msg, ErrorReply) and msg.rid == "big-1" and msg.code == "bad_frame", msg
+    finally:
+        client.close(0)
+        live.close()
