@@ -1,4 +1,4 @@
-"""The error codes LatentWire's processes put in `err` frames: the one list (SPEC.md "Error codes").
+"""The error codes LatentWire's processes put in `err` frames: the one list (SPEC.md lists them under `err`).
 
 A decoder accepts any non-empty code, so a peer of another implementation may send others; the arbiter counts the
 codes of this list one by one in its status and every other one as `other`.
@@ -17,7 +17,6 @@ class ErrorCode(str, Enum):
     BAD_QUANT = "bad_quant"  # an unknown quant scheme
     BAD_SHAPE = "bad_shape"  # latent M or d_z not the checkpoint's
     BAD_REQUEST = "bad_request"  # an ask that cannot be served as asked (e.g. a sender path with no context)
-    UNKNOWN_LATENT = "unknown_latent"  # a valid latent with no row matching a token of the receiver's vocabulary
     WRONG_CHECKPOINT = "wrong_checkpoint"  # a latent of another checkpoint
     TOO_LARGE = "too_large"  # over a size bound: a receiver's slot tokens, the sender's context, a joint reply
     UNEXPECTED_KIND = "unexpected_kind"  # a frame kind the socket does not take
