@@ -16,6 +16,7 @@ class ErrorCode(str, Enum):
     BAD_VERSION = "bad_version"  # a frame of another major version
     BAD_QUANT = "bad_quant"  # an unknown quant scheme
     BAD_SHAPE = "bad_shape"  # latent M or d_z not the checkpoint's
+    NO_MATCH = "no_match"  # a valid latent none of whose rows matches a token of the receiver: nothing to read
     BAD_REQUEST = "bad_request"  # an ask that cannot be served as asked (e.g. a sender path with no context)
     WRONG_CHECKPOINT = "wrong_checkpoint"  # a latent of another checkpoint
     TOO_LARGE = "too_large"  # over a size bound: a receiver's slot tokens, the sender's context, a joint reply

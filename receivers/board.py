@@ -119,6 +119,7 @@ class Board(Roster):
             "peers": len(self.peers),
             **({"unproven": ",".join(sorted({p.name for p in ready.unproven}))} if ready.unproven else {}),
             **({"mismatch": _explain(ready.mismatched)} if ready.mismatched else {}),
+            **({"mismatch_unproven": len(ready.foreign)} if ready.foreign else {}),
             **{k: v for k, v in sorted(self.stats.items())[:40]},
         }
         limit = DEFAULT_LIMITS.max_str  # names come from peers: a status must always fit a frame
@@ -212,7 +213,9 @@ class Board(Roster):
             sender = self._checkpoint(now)
             fp = f" (fingerprint {sender.fingerprint[:12]})" if sender and sender.fingerprint else ""
             why.append(f"no receiver serves the sender's checkpoint{fp}: {_explain(ready.mismatched)}")
-        if ready.unproven and not self._heard("sender"):
+        if ready.foreign:  # counted, not named: until they answer, their names are anyone's text
+            why.append(f"{len(ready.foreign)} receiver(s) announced another checkpoint, yet to answer a request")
+        if (ready.unproven or ready.foreign) and not self._heard("sender"):
             return "no_sender", "no sender is ready (is everything up?)"  # nothing can prove the receivers
         if ready.unproven:
             names = ",".join(sorted({q.name for q in ready.unproven}))
@@ -226,11 +229,12 @@ class Board(Roster):
         if now < self._next_probe or any(p.probe for p in self.pending.values()):
             return None
         ready = self.receivers(now)
-        if not ready.unproven:
+        targets = ready.unproven + ready.foreign  # a real receiver on another checkpoint answers text: then named
+        if not targets:
             return None
         rid = self._rid()
         ask = Ask(rid, self.pid, PROBE_QUESTION, mode="text", max_new_tokens=1)
-        expected = frozenset(q.name for q in ready.unproven)
+        expected = frozenset(q.name for q in targets)
         p = Pending(rid, (), ask, expected, now, now + min(self.timeout, PROBE_TIMEOUT_S), probe=True)
         sender = self.assign(p, now)
         if sender is None:  # no live sender to carry it: a later tick tries again

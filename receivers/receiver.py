@@ -259,7 +259,7 @@ class Receiver:
             return error_reply(msg.rid, self.pid, "bad_frame", "latent: values out of range (the adapter overflows)")
         if slot.shape[0] <= int(getattr(self.adapter.cfg, "prompt_len", 0)):  # the trained prompt alone is no question
             why = "latent: no row matches a token of this receiver's vocabulary (every row dropped)"
-            return error_reply(msg.rid, self.pid, "bad_frame", why)
+            return error_reply(msg.rid, self.pid, "no_match", why)
         t2 = time.perf_counter()
         return _Prepared(msg, slot, {"decode": t1 - t0, "adapt": t2 - t1}, self.fingerprint)
 

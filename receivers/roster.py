@@ -7,7 +7,9 @@ is one of the checkpoint's, it announced the sender's fingerprint (the sender mo
 checkpoint), and it is *proven*: it has answered a request the arbiter issued (a reply or an error naming the
 request's id, which only the receivers a sender fanned the request out to ever see). A heartbeat costs nothing to
 forge on plain TCP; an answer to a live request id cannot be forged without seeing the traffic. So a receiver
-that only beats is never waited for and never supplies a calibration, and the arbiter probes it (`Board.probe`).
+that only beats is never waited for, never supplies a calibration and is never named in the status or an answer
+(a receiver that announces another checkpoint is counted until it has answered), and the arbiter probes it
+(`Board.probe`).
 At most MAX_PEERS peers per role are kept; when full, a dead peer gives up its seat first, then a receiver that
 never answered, so forged heartbeats never keep a proven receiver out. Socket-free: time is passed in. `Board`
 builds on it.
@@ -59,7 +61,10 @@ class Readiness:
 
     ok: list[Peer]  # serve the system: of the sender's checkpoint and proven
     unproven: list[Peer]  # of the checkpoint, but yet to answer a request: not waited for, probed
-    mismatched: dict[str, str]  # model -> why its live receivers cannot serve the system
+    mismatched: dict[str, str]  # model -> why its live proven receivers cannot serve the system
+    # announced another checkpoint or model, yet to answer a request: probed, and until one answers only counted,
+    # never named (a heartbeat costs nothing to forge, so its model name and fingerprint are anyone's text)
+    foreign: list[Peer] = field(default_factory=list)
 
 
 class Roster:
@@ -171,19 +176,27 @@ class Roster:
         """The live receivers: those that serve the system, those yet to prove it, and why the others cannot (by
         model name: that is how answers and the status name receivers)."""
         sender = self._checkpoint(now)
-        ok, unproven, bad = [], [], {}
+        ok, unproven, foreign, bad = [], [], [], {}
         for p in self.alive("receiver", now):
             why = self.mismatch(p, sender)
-            if why:
+            if why and p.pid in self.proven:
                 bad.setdefault(p.name, set()).add(why)
+            elif why:
+                foreign.append(p)
             else:
                 (ok if p.pid in self.proven else unproven).append(p)
-        return Readiness(ok, unproven, {name: "; ".join(sorted(whys)) for name, whys in sorted(bad.items())})
+        explained = {name: "; ".join(sorted(whys)) for name, whys in sorted(bad.items())}
+        return Readiness(ok, unproven, explained, foreign)
 
     def calibration(self, model: str, path: str = "latent") -> Calibration:
         """The calibration for `path` the most recently heard proven receiver of `model` announced (identity if
         none): anyone can announce a model's name, only a real receiver may decide how its answers are weighed."""
-        peers = [p for p in self.peers.values() if p.role == "receiver" and p.name == model and p.pid in self.proven]
+        sender = self._checkpoint(float("inf"))  # the sender most recently heard (at no time is one alive)
+        peers = [
+            p
+            for p in self.peers.values()
+            if p.role == "receiver" and p.name == model and p.pid in self.proven and not self.mismatch(p, sender)
+        ]
         return max(peers, key=lambda p: p.last_seen).calibrations.get(path, Calibration()) if peers else Calibration()
 
     def configured(self, now: float, expected: int) -> tuple[int, tuple[str, ...]]:
