@@ -4,7 +4,7 @@ Depends on numpy and msgpack only.
 """
 
 from .base import DEFAULT_LIMITS, PROTOCOL_NAME, PROTOCOL_VERSION, Limits, ProtocolError
-from .codes import ERROR_CODES, ErrorCode
+from .codes import ERROR_CODES, ErrorCode, refusal_code
 from .frames import FrameSize, decode_frame, encode_frame, frame_size, peek_rid
 from .fuzz import FuzzStats, fuzz, sample_messages
 from .messages import (
@@ -64,5 +64,6 @@ __all__ = [
     "latent_request",
     "peek_rid",
     "quantize",
+    "refusal_code",
     "sample_messages",
 ]

@@ -38,3 +38,15 @@ class ErrorCode(str, Enum):
 
 
 ERROR_CODES: frozenset[str] = frozenset(c.value for c in ErrorCode)
+
+
+def refusal_code(error: Exception) -> ErrorCode:
+    """The code for a frame that failed to decode with `error` (a ProtocolError): `bad_version` for another major
+    version, `bad_quant` for an unknown quant scheme, else `bad_frame`. Every process that answers an undecodable
+    frame names it this way (SPEC.md, `err`)."""
+    text = str(error)
+    if "unsupported protocol version" in text:
+        return ErrorCode.BAD_VERSION
+    if "unknown quant scheme" in text:
+        return ErrorCode.BAD_QUANT
+    return ErrorCode.BAD_FRAME

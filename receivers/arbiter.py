@@ -42,6 +42,7 @@ from latentwire.protocol import (
     encode_frame,
     error_reply,
     peek_rid,
+    refusal_code,
 )
 from latentwire.receivers.board import Board, Peer, Pending
 
@@ -156,7 +157,7 @@ def serve(
             msg = decode_frame(data)
         except ProtocolError as e:
             board.stats["bad_client_frame"] += 1
-            reply(error_reply(peek_rid(data), pid, "bad_frame", str(e)))
+            reply(error_reply(peek_rid(data), pid, refusal_code(e).value, str(e)))
             return
         if isinstance(msg, Heartbeat):  # a client's readiness / stats probe
             st = board.status(now)

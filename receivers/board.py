@@ -292,8 +292,9 @@ class Board(Roster):
         if p.reported or p.failure is not None:
             self.stats["duplicate"] += 1
             return None
-        if isinstance(msg, ErrorReply):
-            p.failure = error_reply(p.ask.rid, self.pid, msg.code, msg.message)
+        if isinstance(msg, ErrorReply):  # dropped at its deadline: to the client, not answered in time (as receivers)
+            code = "no_answer" if msg.code == "expired" else msg.code
+            p.failure = error_reply(p.ask.rid, self.pid, code, msg.message)
             return p
         p.reported = True
         if msg.request > DEFAULT_LIMITS.max_frame_bytes or msg.receivers > net.MAX_FANOUT:

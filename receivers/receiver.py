@@ -32,6 +32,7 @@ from latentwire.protocol import (
     dequantize,
     error_reply,
     peek_rid,
+    refusal_code,
 )
 
 from .backlog import Backlog, sub_batches
@@ -53,12 +54,7 @@ T = TypeVar("T")  # what a caller tags its queued requests with (the frame's ind
 
 def error_code(e: ProtocolError) -> str:
     """A machine-readable code for why a frame was refused (the message stays human-readable)."""
-    text = str(e)
-    if "unsupported protocol version" in text:
-        return "bad_version"
-    if "unknown quant scheme" in text:
-        return "bad_quant"
-    return "bad_frame"
+    return refusal_code(e).value
 
 
 # text and token-budget slots: a longer prompt would hold the receiver for minutes (every dev context fits,

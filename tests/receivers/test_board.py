@@ -111,6 +111,31 @@ def test_receiver_errors_degrade_or_fail() -> None:
     assert isinstance(e, ErrorReply) and e.code == "all_failed"
 
 
+@pytest.mark.parametrize(
+    ("codes", "want"),
+    [
+        (("expired", "expired"), "no_answer"),  # dropped at the deadline by each: nobody answered in time
+        (("shutting_down", "shutting_down"), "shutting_down"),
+        (("expired", "internal"), "all_failed"),
+    ],
+)
+def test_receivers_that_drop_a_request_at_its_deadline_did_not_fail_it(codes: tuple[str, str], want: str) -> None:
+    b = proven_board()
+    p = open_ask(b)
+    for m, code in zip(("llama", "qwen"), codes, strict=True):
+        b.on_receiver(ErrorReply(p.rid, f"r-{m}", code, "why"), 50, 0.5)
+    e = b.finish(p, 0.5)
+    assert isinstance(e, ErrorReply) and e.code == want and e.rid == "c-1", e
+
+
+def test_a_request_the_sender_dropped_at_its_deadline_is_no_answer_to_the_client() -> None:
+    b = proven_board()
+    p, sender = b.open((b"client",), Ask("c-1", "client", "Who?", "Ada wrote it.", mode="text"), 100, 0.0)
+    done = b.on_sender(ErrorReply(p.rid, sender.pid, "expired", "dropped unread"), route=sender.route)
+    e = b.finish(done, 0.1)
+    assert isinstance(e, ErrorReply) and (e.code, e.rid) == ("no_answer", "c-1"), e
+
+
 def test_dead_or_stopping_receiver_finishes_early_and_leaves_the_expected_set() -> None:
     b = proven_board(timeout=60.0)
     p = open_ask(b)
