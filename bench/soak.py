@@ -2,7 +2,7 @@
 
 `python -m latentwire.bench.soak --minutes 10` (or `--seconds 20`) starts `latentwire up` on free 127.0.0.1 ports
 (a tiny checkpoint is built first unless `--ckpt` names one), runs these roles side by side until the time is up, and
-prints one line per role: lost / degraded / p50 latency / peak resident memory (psutil).
+prints one line per role: lost / degraded / p50 and p95 latency / peak resident memory (psutil).
 
 Traffic roles, each on its own connection, each bounded in rate and so in count:
 
@@ -10,6 +10,14 @@ Traffic roles, each on its own connection, each bounded in rate and so in count:
 * `oversized`: every 2 s a text ask of 3 KB, of 100 KB (over the receivers' slot cap: `too_large`) or of 2 MB (over
   the frame limit: refused by the client);
 * `flood`: every FLOOD_EVERY_S a burst of FLOOD_ASKS asks with a window far over its fair share (`busy`);
+* `contexts`: every 2 s a latent ask whose context is over the sender's bounds (100 KB; 5,000 paragraphs:
+  `too_large`) or empty (`bad_request`);
+* `identities`: every 5 s one ask from each of 100 sockets of one host (one fair share, however many sockets),
+  beside a socket that puts a new 1 KiB envelope part on every ask (dropped unanswered: `bad_envelope`);
+* `expired`: asks whose deadline has passed, 20 a second: answered `no_answer` and never forwarded
+  (`expired_unsent`);
+* `long` and `small`: a client keeping 8 long text asks (~4,000 tokens) in flight, and beside it a small latent ask
+  every 2 s, whose latency stays bounded by one long generate call (p95 below);
 * `garbage`: mutated frames at the arbiter's three sockets and at each receiver, and now and then one message over
   the frame limit (dropped by the socket);
 * `forged`: heartbeats of receivers nobody started (some under the real models' names), of roles on the wrong socket,
@@ -19,7 +27,9 @@ Traffic roles, each on its own connection, each bounded in rate and so in count:
 
 An ask is lost when the client heard nothing back (its own `timeout`); every frame at the arbiter's client socket
 must be answered, garbage included. Process roles (arbiter, sender, receivers) report their peak memory and restarts.
-A sender on the arbiter's backend is trusted on plain TCP (see receivers/arbiter.py), so no role impersonates one.
+A sender on the arbiter's backend is trusted on plain TCP (see receivers/arbiter.py), so no role impersonates one;
+the soak runs on plain TCP, so a receiver's id is not bound to a key and no role plays an impostor of a real
+receiver (that is a CURVE property, tested in tests/receivers/test_arbiter_curve_ids.py).
 """
 
 from __future__ import annotations
@@ -49,12 +59,17 @@ from .soak_traffic import (
     READY_S,
     RECEIVERS,
     TIMEOUT_S,
+    contexts,
+    expired,
     flood,
     forged,
     garbage,
+    identities,
+    long_asks,
     normal,
     oversized,
     sample_memory,
+    small_asks,
     stop_receivers,
 )
 
@@ -84,8 +99,9 @@ class Tally:
 
     def summary(self) -> dict[str, Any]:
         p50 = round(statistics.median(self.latencies), 3) if self.latencies else None
+        p95 = round(statistics.quantiles(self.latencies, n=20)[-1], 3) if len(self.latencies) > 1 else p50
         keys = ("sent", "answered", "lost", "failed", "degraded")
-        return {**{k: getattr(self, k) for k in keys}, "p50_s": p50}
+        return {**{k: getattr(self, k) for k in keys}, "p50_s": p50, "p95_s": p95}
 
 
 @dataclass
@@ -157,7 +173,8 @@ def run(
             assert all(v.startswith("tcp://127.0.0.1:") for v in addresses), addresses  # loopback only
             start = time.monotonic()
             s = Soak(system, start + seconds, random.Random(seed), _seeds(ckpt))
-            roles = [normal, oversized, flood, garbage, forged, sample_memory]
+            roles = [normal, oversized, flood, contexts, identities, expired, long_asks, small_asks, garbage, forged]
+            roles.append(sample_memory)
             threads = [threading.Thread(target=_guard, args=(r, s), name=r.__name__) for r in roles]
             threads.append(threading.Thread(target=_guard, args=(stop_receivers, s, start), name="sigstop"))
             for t in threads:
@@ -188,6 +205,7 @@ def _result(
     s: Soak, seconds: float, took: float, final_ok: bool, arbiter: dict, restarts: dict[str, int], seed: int
 ) -> dict:
     counters = ("served", "degraded", "failed", "busy", "late", "late_reply", "error.expired", "internal_error")
+    counters += ("expired_unsent", "bad_envelope", "bad_client_frame")
     return {
         "seconds": seconds,
         "took_s": round(took, 1),
@@ -200,7 +218,16 @@ def _result(
     }
 
 
-COLUMNS = (("role", 10), ("sent", 6), ("lost", 5), ("failed", 6), ("degraded", 8), ("p50_s", 7), ("peak_rss_mb", 11))
+COLUMNS = (
+    ("role", 10),
+    ("sent", 6),
+    ("lost", 5),
+    ("failed", 6),
+    ("degraded", 8),
+    ("p50_s", 7),
+    ("p95_s", 7),
+    ("peak_rss_mb", 11),
+)
 
 
 def _row(*values: object) -> str:
@@ -211,13 +238,13 @@ def _row(*values: object) -> str:
 
 
 def report(r: dict) -> str:
-    """The figures as a table: traffic roles (lost / degraded / p50), then process roles (peak RSS, restarts)."""
+    """The figures as a table: traffic roles (lost / degraded / p50 / p95), then process roles (peak RSS, restarts)."""
     lines = [f"soak: {r['took_s']} s on tiny models over loopback (seed {r['seed']}), {r['stops']} receiver stops"]
     lines.append(_row(*(name for name, _ in COLUMNS)))
     for name, t in r["roles"].items():
-        lines.append(_row(name, t["sent"], t["lost"], t["failed"], t["degraded"], t["p50_s"], None))
+        lines.append(_row(name, t["sent"], t["lost"], t["failed"], t["degraded"], t["p50_s"], t["p95_s"], None))
     for name, p in r["processes"].items():
-        lines.append(_row(name, None, None, None, None, None, p["peak_rss_mb"]) + f"  restarts {p['restarts']}")
+        lines.append(_row(name, None, None, None, None, None, None, p["peak_rss_mb"]) + f"  restarts {p['restarts']}")
     counters = ", ".join(f"{k} {v}" for k, v in r["arbiter"].items())
     lines.append(f"arbiter: {counters}; final ask answered in full: {r['final_ok']}")
     return "\n".join(lines)

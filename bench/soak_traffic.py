@@ -1,11 +1,13 @@
-"""The soak's traffic roles (`soak.py` runs them side by side): normal, oversized and flooding clients, garbage
-frames, forged heartbeats and replies, stopped receivers, and the memory sampler. Each takes the running `Soak`,
-is bounded in rate, and stops when the run ends.
+"""The soak's traffic roles (`soak.py` runs them side by side): normal, oversized and flooding clients, contexts
+over the sender's bounds, many identities and rotating envelopes, asks past their deadline, a small ask beside long
+text asks, garbage frames, forged heartbeats and replies, stopped receivers, and the memory sampler. Each takes the
+running `Soak`, is bounded in rate, and stops when the run ends.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import random
 import signal
@@ -16,7 +18,8 @@ import psutil
 import zmq
 
 from latentwire import net
-from latentwire.protocol import DEFAULT_LIMITS, Ask, ErrorReply, Heartbeat, Reply, encode_frame
+from latentwire.client import Client
+from latentwire.protocol import DEFAULT_LIMITS, Ask, ErrorReply, Heartbeat, Reply, decode_frame, encode_frame
 from latentwire.protocol.fuzz import mutate
 
 if TYPE_CHECKING:
@@ -31,10 +34,19 @@ CONTEXT = "Ada Lovelace wrote the notes on the Analytical Engine in 1843. "
 OVERSIZED = (3_000, 100_000, 2_000_000)  # text ask sizes: served, refused by receivers, refused by the client
 OVERSIZED_EVERY_S = 2.0
 FLOOD_EVERY_S, FLOOD_ASKS, FLOOD_WINDOW = 60.0, 150, 150
+FLOOD_HOST = "127.0.0.2"  # the flood's source address (all of 127/8 is loopback on Linux)
 GARBAGE_PER_S = 10.0  # frames per second at each arbiter socket (receivers get a fifth of it)
 FORGED_PER_S = 5.0
 STOP_EVERY_S, STOP_S = 60.0, net.DEAD_AFTER_S + 1.5  # a stop long enough to be taken for dead
 FIRST_STOP_S, QUIET_END_S = 5.0, 8.0  # no stop starts before the first, or ends within the last seconds
+# latent asks the sender must refuse before any work: over 65,536 characters, 5,000 one-line paragraphs, empty
+CONTEXTS = ((CONTEXT * 1600)[:100_000], "Ada Lovelace wrote the notes.\n" * 5_000, "")
+CONTEXTS_EVERY_S = 2.0
+IDENTITIES, IDENTITIES_EVERY_S = 100, 5.0  # sockets of one host, each asking once a round: one fair share
+IDENTITY_HOST, ENVELOPE_HOST, LONG_HOST = "127.0.0.3", "127.0.0.4", "127.0.0.5"
+EXPIRED_PER_S = 20.0  # asks whose deadline has passed: answered at once, never forwarded
+LONG_CONTEXT = CONTEXT * 64  # ~4,000 byte-level tokens: one long text ask per generate call
+LONG_WINDOW, SMALL_EVERY_S = 8, 2.0
 
 
 def _question(i: int) -> tuple[int, str, str]:
@@ -64,13 +76,98 @@ def oversized(s: Soak) -> None:
 
 
 def flood(s: Soak) -> None:
-    """Bursts far over the client's fair share of the arbiter's window: most are refused with `busy`, none lost."""
-    with s.system.client() as c:
+    """Bursts far over the client's fair share of the arbiter's window: most are refused with `busy`, none lost.
+
+    From another loopback address: on plain TCP the arbiter's fair share is per peer address (one host, one
+    client), so a flood from the normal clients' own address would take their share too."""
+    with Client(_from(s, FLOOD_HOST)) as c:
         while s.running():
             burst = [(i, f"Flood {i}?", "Ada.") for i in range(FLOOD_ASKS)]
             for a in c.ask_many(burst, window=FLOOD_WINDOW, mode="text", max_new_tokens=2):
                 s.tally("flood").add(a)
             _sleep_until(s, time.monotonic() + FLOOD_EVERY_S)
+
+
+def _from(s: Soak, host: str) -> str:
+    """The arbiter's address, connected from another loopback `host` (another client for fair admission)."""
+    source, _, rest = s.system.address.partition("://")
+    return f"{source}://{host}:0;{rest}"
+
+
+def contexts(s: Soak) -> None:
+    """Latent asks over the sender's bounds (`too_large`) or with no context (`bad_request`): refused, never lost,
+    and the sender keeps its memory (its peak is reported)."""
+    with s.system.client() as c:
+        i = 0
+        while s.running():
+            s.tally("contexts").add(c.ask("Who wrote it?", CONTEXTS[i % len(CONTEXTS)], mode="latent"))
+            i += 1
+            s.pace(1.0 / CONTEXTS_EVERY_S)
+
+
+def identities(s: Soak) -> None:
+    """IDENTITIES sockets from one host, each asking once a round (a ROUTER identity costs nothing: they share one
+    fair share), and a socket that tags every ask with a new envelope part (dropped unanswered, `bad_envelope`)."""
+    ctx = zmq.Context()
+    socks = [net.make_socket(ctx, zmq.DEALER) for _ in range(IDENTITIES)]
+    for sock in socks:
+        sock.connect(_from(s, IDENTITY_HOST))
+    tagger = net.make_socket(ctx, zmq.DEALER)
+    tagger.connect(_from(s, ENVELOPE_HOST))
+    tally, r = s.tally("identities"), 0
+    try:
+        while s.running():
+            t0 = time.monotonic()
+            for k, sock in enumerate(socks):
+                sock.send(encode_frame(Ask(f"id-{r}-{k}", "soak", "Who?", "Ada.", "text", max_new_tokens=1)))
+                tagged = Ask(f"tag-{r}-{k}", "soak", "Who?", "Ada.", "text", max_new_tokens=1)
+                with contextlib.suppress(zmq.Again):  # a new tag per ask: a new client per ask, were it taken
+                    tagger.send_multipart([os.urandom(1024), encode_frame(tagged)], zmq.NOBLOCK)
+            end = time.monotonic() + TIMEOUT_S + 5.0  # as long as a client would wait
+            for sock in socks:
+                got = sock.poll(int(max(0.0, end - time.monotonic()) * 1000))
+                if got:
+                    tally.failed += isinstance(decode_frame(sock.recv()), ErrorReply)  # `busy` over the share
+                tally.sent += 1
+                tally.answered += bool(got)
+                tally.lost += not got
+                tally.latencies.append(time.monotonic() - t0)
+            _sleep_until(s, t0 + IDENTITIES_EVERY_S)
+    finally:
+        for sock in (*socks, tagger):
+            sock.close(0)
+        ctx.term()
+
+
+def expired(s: Soak) -> None:
+    """Asks whose deadline passed before they were sent: each answered (`no_answer`) without costing a sender a
+    CPU-second (the arbiter's `expired_unsent`)."""
+    with s.system.client() as c:
+        i = 0
+        while s.running():
+            batch = [(j, f"Late {j}?", "Ada wrote it.") for j in range(i, i + 10)]
+            for a in c.ask_many(batch, window=10, mode="latent", deadline=time.time() - 1.0):
+                s.tally("expired").add(a)
+            i += 10
+            s.pace(EXPIRED_PER_S / 10)
+
+
+def long_asks(s: Soak) -> None:
+    """Another client keeping LONG_WINDOW long text asks in flight, from its own address."""
+    with Client(_from(s, LONG_HOST)) as c:
+        running = itertools.takewhile(lambda _: s.running(), itertools.count())
+        items = ((i, f"Who wrote long note {i}?", LONG_CONTEXT) for i in running)
+        for a in c.ask_many(items, window=LONG_WINDOW, mode="text", max_new_tokens=16):
+            s.tally("long").add(a)
+
+
+def small_asks(s: Soak) -> None:
+    """A small latent ask every SMALL_EVERY_S beside `long_asks`: its latency is bounded by one long generate call,
+    not by the long asks the receivers have queued."""
+    with s.system.client() as c:
+        while s.running():
+            s.tally("small").add(c.ask("Who wrote the notes?", "Ada Lovelace wrote the notes.", max_new_tokens=4))
+            s.pace(1.0 / SMALL_EVERY_S)
 
 
 def _sleep_until(s: Soak, t: float) -> None:

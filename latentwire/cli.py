@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
+from . import settings
 from .cli_base import DEBUG_ENV, Context, EngineOpt, Mode, OneLineErrors, Split, recipe_options
 from .proc_cli import app as processes
 
@@ -35,6 +36,8 @@ def _options(
 ) -> None:
     if debug:
         os.environ[DEBUG_ENV] = "1"  # the processes `up` starts inherit it
+    # before any command parses its options (some read these variables): one line, exit 2, nothing started
+    settings.check()
 
 
 Device = Annotated[str, typer.Option(help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")]

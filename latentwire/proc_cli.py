@@ -18,7 +18,7 @@ from typing import Annotated
 
 import typer
 
-from latentwire import net
+from latentwire import net, settings
 from latentwire.cli_base import CliError, Context, EngineOpt, Mode, Split
 from latentwire.client import Answer, Client, summarize_answers
 from latentwire.data import load_split
@@ -30,6 +30,7 @@ from latentwire.up import (
     DEFAULT_RECEIVERS,
     THREADS,
     Supervisor,
+    address_var,
     check_receivers,
     child_env,
     count_receivers,
@@ -76,6 +77,14 @@ def _logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
 
 
+def _settings(engine: bool = False, **endpoints: str | None) -> None:
+    """The process's settings, checked before anything starts (`latentwire.settings`): the environment's, and the
+    endpoint flags given (by flag name)."""
+    settings.check(engine=engine)
+    for flag, value in endpoints.items():
+        settings.check_endpoint(flag, value, many=flag == "--receivers")
+
+
 def _ckpt(ckpt: Path | None) -> Path:
     """The checkpoint folder, refused up front (one line naming the file and field) when its config or weights are
     unreadable or its config is malformed anywhere: a process that crashes on load would otherwise be restarted by
@@ -116,6 +125,7 @@ def sender(
     """Sender process: encodes each question once and sends the frame to every receiver."""
     from latentwire.device import set_threads  # torch
 
+    _settings(engine=True, **{"--backend": backend, "--receivers": receivers})
     _logging()
     set_threads(threads)
     serve_sender(_ckpt(ckpt), backend=backend, receivers=receivers, curve_dir=curve, device=device)
@@ -142,6 +152,7 @@ def receiver(
     from latentwire.device import set_threads  # torch
     from latentwire.receivers.process import serve  # torch
 
+    _settings(engine=True, **{"--bind": bind, "--replies": replies})
     _logging()
     set_threads(threads)
     serve(
@@ -171,6 +182,7 @@ def arbiter(
     curve: CurveDir = None,
 ) -> None:
     """Arbiter process: takes clients' questions, joins the receivers' replies, picks the joint answer."""
+    _settings(**{"--arbiter": address, "--backend": backend, "--replies": replies})
     _logging()
     serve_arbiter(
         frontend=address,
@@ -278,6 +290,7 @@ def up(
 ) -> None:
     """Start a sender, one receiver per --receiver and an arbiter; report readiness; restart a process that dies;
     stop all on Ctrl-C."""
+    _settings(engine=True)
     path = _ckpt(ckpt)
     given = _receivers(receiver, llama, qwen)
     if procfile is not None:
@@ -285,6 +298,8 @@ def up(
     else:
         chosen = given or DEFAULT_RECEIVERS
         procs = processes(chosen, {"sender": sender_threads, "receiver": receiver_threads})
+        for name in chosen:  # where each receiver binds, when the environment says
+            settings.check_endpoint(f"${address_var(name)}", os.environ.get(address_var(name)))
         # what each receiver will load: a given spec, else $LATENTWIRE_<NAME>_MODEL, else the default's
         _check_receivers_in(path, {n: given.get(n) or os.environ.get(model_var(n)) or s for n, s in chosen.items()})
     # given specs go into the environment (a flag beats LATENTWIRE_<NAME>_MODEL); defaults leave it as it is
@@ -301,6 +316,8 @@ def up(
                 sup.say("up", f"not ready: {e}")
 
     sup.run(stop, on_start=lambda: threading.Thread(target=watch, daemon=True).start())
+    if sup.failed:  # a process refused its settings: restarting it would refuse them again
+        raise typer.Exit(2)
 
 
 @app.command("procfile", rich_help_panel=PANEL)

@@ -27,6 +27,7 @@ from latentwire import net
 from latentwire.client import Client
 
 RESTART_MIN_S, RESTART_MAX_S = 1.0, 30.0
+SETTING_ERROR_RC = 2  # a process that refused its settings (one line, exit 2): restarting it would refuse them again
 STOP_GRACE_S = 15.0  # a receiver may be mid-generation when asked to stop
 
 
@@ -49,6 +50,7 @@ class Supervisor:
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
     restart: bool = True
     out: TextIO = sys.stdout
+    failed: str = ""  # the process that refused its settings, when one did (everything was then stopped)
     _state: dict[str, _Proc] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -98,6 +100,11 @@ class Supervisor:
                 rc = p.popen.poll() if p.popen else None
                 if rc is None:
                     continue
+                if rc == SETTING_ERROR_RC:
+                    self.failed = p.name
+                    self.say("up", f"{p.name} refused its settings (rc={rc}, its error above); stopping everything")
+                    stop.set()
+                    break
                 if not self.restart:
                     self.say("up", f"{p.name} exited (rc={rc}); stopping everything (--no-restart)")
                     stop.set()
@@ -274,6 +281,10 @@ class LocalSystem:
         engine: str | None = None,
         threads: Mapping[str, int] | None = None,
     ) -> None:
+        if engine:  # refused here, not after the ready timeout
+            from latentwire.settings import check_engine
+
+            check_engine(engine)
         chosen = dict(DEFAULT_RECEIVERS if receivers is None else receivers)
         self.threads = {**THREADS, **(threads or {})}
         chosen.update({n: s for n, s in (("llama", llama), ("qwen", qwen)) if s})
@@ -308,8 +319,15 @@ class LocalSystem:
         with self.log.open("w") as out:
             self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         with self.client() as c:
-            c.wait_ready(self.ready_timeout, receivers=len(self.receivers))
+            c.wait_ready(self.ready_timeout, receivers=len(self.receivers), on_wait=lambda _: self._running())
         return self
+
+    def _running(self) -> None:
+        """Raise if `up` has exited (e.g. a process refused its settings): it will never be ready."""
+        if self.proc is not None and self.proc.poll() is not None:
+            lines = [x for x in self.log.read_text(errors="replace").splitlines() if "error" in x.lower()]
+            why = lines[-1].strip() if lines else f"see {self.log}"
+            raise RuntimeError(f"latentwire up exited (rc={self.proc.returncode}) before it was ready: {why}")
 
     def client(self, **kw: Any) -> Client:
         return Client(self.address, **kw)

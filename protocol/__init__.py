@@ -4,6 +4,7 @@ Depends on numpy and msgpack only.
 """
 
 from .base import DEFAULT_LIMITS, PROTOCOL_NAME, PROTOCOL_VERSION, Limits, ProtocolError
+from .codes import ERROR_CODES, ErrorCode, refusal_code
 from .frames import FrameSize, decode_frame, encode_frame, frame_size, peek_rid
 from .fuzz import FuzzStats, fuzz, sample_messages
 from .messages import (
@@ -25,6 +26,8 @@ from .paths import PATH_NAMES, PATHS, SENDER_PATHS, WIRE_PATHS, PathSpec, path_s
 from .quant import Quant, QuantizedLatent, dequantize, error_bound, quantize
 
 __all__ = [
+    "ERROR_CODES",
+    "ErrorCode",
     "DEFAULT_LIMITS",
     "MODES",
     "PATHS",
@@ -61,5 +64,6 @@ __all__ = [
     "latent_request",
     "peek_rid",
     "quantize",
+    "refusal_code",
     "sample_messages",
 ]

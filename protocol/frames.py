@@ -164,23 +164,34 @@ def frame_size(data: bytes | Message) -> FrameSize:
 
 def peek_rid(data: bytes, limits: Limits = DEFAULT_LIMITS) -> str:
     """Best-effort request id of a frame that failed to decode ("" if unreadable), so an error reply
-    can still be matched to its request (e.g. a frame of another protocol version)."""
+    can still be matched to its request (e.g. a frame of another protocol version, or one over a limit).
+
+    Reads the top-level map key by key and only the `i` value, skipping the others unread: a frame refused for
+    an over-limit field (a context over `max_text_bytes`) still names its request."""
     try:
         if memoryview(data).nbytes > limits.max_frame_bytes:
             return ""
-        wire = msgpack.unpackb(
-            data,
+        cap = limits.max_frame_bytes  # nothing in a frame of this size is longer than the frame
+        unpacker = msgpack.Unpacker(
             raw=False,
             strict_map_key=False,
-            max_bin_len=limits.max_frame_bytes,
-            max_str_len=max(limits.max_text_bytes, limits.max_str),
-            max_array_len=limits.max_items,
-            max_map_len=max(limits.max_items, MAX_KEYS),
+            max_buffer_size=cap,
+            max_bin_len=cap,
+            max_str_len=cap,
+            max_array_len=cap,
+            max_map_len=cap,
             max_ext_len=0,
         )
+        unpacker.feed(data)
+        for _ in range(min(unpacker.read_map_header(), MAX_KEYS)):
+            if unpacker.unpack() == "i":
+                rid = unpacker.unpack()
+                break
+            unpacker.skip()
+        else:
+            return ""
     except Exception:  # noqa: BLE001 - any unreadable frame simply has no rid
         return ""
-    rid = wire.get("i") if isinstance(wire, dict) else None
     if not isinstance(rid, str) or len(rid.encode("utf-8", "replace")) > limits.max_str:
         return ""
     try:

@@ -18,7 +18,7 @@ id the arbiter issued (ids are unguessable and travel only from the sender to it
 receivers to that end), so a forged heartbeat neither delays an answer nor tilts the pick, and forged peers give up
 their seats to real ones; a reply counts only from an announced receiver, under its own model name, once per
 request. Nothing here stops a forged sender, or anyone who reads the traffic: the defaults bind loopback only;
-across hosts use CURVE.
+across hosts use CURVE. With CURVE a receiver's id is bound to the key it was first heard with (`Roster.speaks_for`).
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from latentwire.protocol import (
     encode_frame,
     error_reply,
     peek_rid,
+    refusal_code,
 )
 from latentwire.receivers.board import Board, Peer, Pending
 
@@ -52,6 +53,22 @@ __all__ = ["MAX_PEERS", "TICK_S", "Board", "serve"]
 
 log = logging.getLogger("latentwire.arbiter")
 TICK_S = 0.02  # how often deadlines, dead processes and requests waiting for a sender are looked at
+
+
+def client_key(frame: zmq.Frame, curve: bool) -> bytes | None:
+    """Who sent `frame`, for fair admission: its CURVE public key (the ZAP user id) with CURVE, else the peer's IP
+    address; None where the transport has neither (ipc, inproc: then its ROUTER identity, local peers only).
+
+    Not the ROUTER identity: a client gets a new one with every socket it opens, for free, and 300 sockets held
+    every slot. A key costs a flooder a key the arbiter accepts, an address costs it a host; on plain TCP clients
+    behind one address (one host, one NAT) share one fair share.
+    """
+    prop = "User-Id" if curve else "Peer-Address"
+    try:
+        value = frame.get(prop)
+    except zmq.ZMQError:
+        return None
+    return f"{prop}:{value}".encode() if value else None
 
 
 def serve(
@@ -109,6 +126,9 @@ def serve(
     def dispatch(p: Pending, peer: Peer | None) -> None:
         """Send `p` to `peer`, trying the other live senders if it has vanished; finish `p` if it failed."""
         now = time.monotonic()
+        if board.stale(p, now):  # nobody waits for it any more: the sender must not spend a second on it
+            close(p, now)
+            return
         while peer is not None:
             forward = board.forward(p, now, time.time())  # the arbiter's rid, deadline and opening time travel on
             try:
@@ -122,7 +142,7 @@ def serve(
         if p.failure is not None:
             close(p, now)
 
-    def on_front(envelope: tuple[bytes, ...], data: bytes) -> None:
+    def on_front(envelope: tuple[bytes, ...], data: bytes, key: bytes | None) -> None:
         def reply(msg: Message) -> None:
             try:
                 data = encode_frame(msg)
@@ -137,7 +157,7 @@ def serve(
             msg = decode_frame(data)
         except ProtocolError as e:
             board.stats["bad_client_frame"] += 1
-            reply(error_reply(peek_rid(data), pid, "bad_frame", str(e)))
+            reply(error_reply(peek_rid(data), pid, refusal_code(e).value, str(e)))
             return
         if isinstance(msg, Heartbeat):  # a client's readiness / stats probe
             st = board.status(now)
@@ -150,12 +170,13 @@ def serve(
         if stop:
             reply(error_reply(msg.rid, pid, "shutting_down", "arbiter shutting_down"))
             return
-        why = board.busy(envelope)  # a fair share of the window per client: a flood cannot lock others out
+        admission = envelope if key is None else key
+        why = board.busy(admission)  # a fair share of the window per client: a flood cannot lock others out
         if why:
             board.stats["busy"] += 1
             reply(error_reply(msg.rid, pid, "busy", f"arbiter busy: {why}"))
             return
-        dispatch(*board.open(envelope, msg, len(data), now, time.time()))
+        dispatch(*board.open(envelope, msg, len(data), now, time.time(), admission=admission))
 
     def on_back(ident: bytes, data: bytes) -> None:
         try:
@@ -173,7 +194,7 @@ def serve(
         else:
             board.stats["bad_sender_frame"] += 1
 
-    def on_pull(data: bytes) -> None:
+    def on_pull(data: bytes, key: bytes) -> None:
         try:
             msg = decode_frame(data)
         except ProtocolError as e:
@@ -182,22 +203,23 @@ def serve(
             return
         now = time.monotonic()
         if isinstance(msg, Heartbeat):
-            board.heartbeat(msg, now, role="receiver")
+            board.heartbeat(msg, now, role="receiver", key=key)
         elif isinstance(msg, (Reply, ErrorReply)):
-            p = board.on_receiver(msg, len(data), now)
+            p = board.on_receiver(msg, len(data), now, key=key)
             if p is not None:
                 close(p, now)
         else:
             board.stats["bad_reply_frame"] += 1
 
-    def handle(sock: zmq.Socket, parts: list[bytes]) -> None:
+    def handle(sock: zmq.Socket, frames: list[zmq.Frame]) -> None:
+        parts = [f.bytes for f in frames]
         if sock is pull and len(parts) == 1:
-            on_pull(parts[0])
-        elif sock is front and len(parts) in (2, 3):  # DEALER: [id, frame]; REQ: [id, b"", frame]
-            on_front(tuple(parts[:-1]), parts[-1])
+            on_pull(parts[0], (curve is not None and client_key(frames[0], True)) or b"")
+        elif sock is front and (len(parts) == 2 or (len(parts) == 3 and not parts[1])):
+            on_front(tuple(parts[:-1]), parts[-1], client_key(frames[-1], curve is not None))
         elif sock is back and len(parts) == 2:
             on_back(parts[0], parts[1])
-        else:
+        else:  # e.g. [id, tag, ask] from a DEALER: a tag per ask would be a new client per ask, and held with it
             board.stats["bad_envelope"] += 1
 
     def tick(now: float) -> None:
@@ -221,9 +243,9 @@ def serve(
                     for _ in range(1000):  # drain what is queued, bounded so no socket starves the others
                         if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:  # cheaper than raising zmq.Again
                             break
-                        parts = sock.recv_multipart(zmq.NOBLOCK)
+                        frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)  # frames: the peer's properties
                         try:
-                            handle(sock, parts)
+                            handle(sock, frames)
                         except Exception:  # a bug must cost one frame, not the arbiter and every request in flight
                             board.stats["internal_error"] += 1
                             log.exception("frame handling failed")

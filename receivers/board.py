@@ -9,8 +9,9 @@ Spec (`serve` in arbiter.py feeds it frames and the clock; tests call it directl
   own (one-token text, every PROBE_EVERY_S, one at a time, answered to nobody) for the sender to fan out; any
   answer to it, even late, proves its receiver. Until then it is `unproven` in the status and never waited for.
 * Admission (`busy`, asked before `open`): at most `max_inflight` client requests in flight, and each client (its
-  ROUTER envelope) at most an equal share of them among the clients in flight, itself included, with one share
-  always left free: a flooding client hears `busy`, a client asking now and then gets in.
+  admission key: what a flooder cannot multiply for free, see arbiter.py) at most an equal share of them among the
+  clients in flight, itself included, with one share always left free: a flooding client hears `busy`, a client
+  asking now and then gets in.
 * Opening a request (`open`): it gets the arbiter's own id (unique across clients and arbiter restarts, and
   unguessable) and expects an answer from every model with a receiver that serves the system at that moment, until
   its deadline: `timeout` s, or sooner when the client's ask says it stops waiting sooner.
@@ -45,6 +46,7 @@ from dataclasses import replace
 from latentwire import net
 from latentwire.protocol import (
     DEFAULT_LIMITS,
+    ERROR_CODES,  # counted one by one in the status; anything else is counted as `error.other`
     Ask,
     ErrorReply,
     Heartbeat,
@@ -71,13 +73,6 @@ PROBE_EVERY_S = 2.0  # a receiver yet to answer is probed this often (one probe 
 PROBE_TIMEOUT_S = 10.0  # a probe waits this long; a later answer still proves its receiver
 PROBE_QUESTION = "Are you there?"  # asked as text for one token: the cheapest request every receiver answers
 UNPROVEN = "unproven: announced itself, but has yet to answer a request (not waited for)"
-# error codes counted one by one in the status; anything else is counted as `error.other`
-ERROR_CODES = frozenset(
-    {
-        "bad_frame", "bad_version", "bad_quant", "bad_shape", "bad_request", "wrong_checkpoint", "unexpected_kind",
-        "too_large", "bad_output", "internal", "shutting_down", "busy", "expired",
-    }
-)  # fmt: skip
 _REPORT_BYTES = ("request", "header", "payload", "scales", "fanout")  # a Sent's byte counts, kept per request
 
 
@@ -102,7 +97,7 @@ class Board(Roster):
         super().__init__(dead_after)
         self.pid, self.timeout, self.max_inflight = pid, timeout, max_inflight
         self.pending: dict[str, Pending] = {}
-        self._asking: Counter[tuple[bytes, ...]] = Counter()  # client (ROUTER envelope) -> its requests in flight
+        self._asking: Counter[object] = Counter()  # client (its admission key) -> its requests in flight
         self.finished: OrderedDict[str, bool] = OrderedDict()  # rid -> a probe? (their late replies are the norm)
         # 64 random bits: a request id must be unguessable, answering one proves a receiver (see Roster)
         self._prefix, self._seq = uuid.uuid4().hex[:16], 0
@@ -124,6 +119,7 @@ class Board(Roster):
             "peers": len(self.peers),
             **({"unproven": ",".join(sorted({p.name for p in ready.unproven}))} if ready.unproven else {}),
             **({"mismatch": _explain(ready.mismatched)} if ready.mismatched else {}),
+            **({"mismatch_unproven": len(ready.foreign)} if ready.foreign else {}),
             **{k: v for k, v in sorted(self.stats.items())[:40]},
         }
         limit = DEFAULT_LIMITS.max_str  # names come from peers: a status must always fit a frame
@@ -136,8 +132,9 @@ class Board(Roster):
         """Clients' requests in flight (the arbiter's probes left out)."""
         return sum(self._asking.values())
 
-    def busy(self, client: tuple[bytes, ...]) -> str:
-        """Why `client` may not open one more request now ("" when it may).
+    def busy(self, client: object) -> str:
+        """Why `client` (its admission key: see `serve`, what costs a flooder to multiply) may not open one more
+        request now ("" when it may).
 
         At most `max_inflight` requests are in flight, and each client holds at most an equal share of them among
         the clients with requests in flight, itself included, with one share always left free: so however hard one
@@ -153,12 +150,19 @@ class Board(Roster):
         return ""
 
     def open(
-        self, client: tuple[bytes, ...], ask: Ask, ask_bytes: int, now: float, wall: float | None = None
+        self,
+        client: tuple[bytes, ...],
+        ask: Ask,
+        ask_bytes: int,
+        now: float,
+        wall: float | None = None,
+        admission: object = None,
     ) -> tuple[Pending, Peer | None]:
         """Register a request and choose its sender (least in flight); a failure is set when none can serve.
 
-        With no live sender but one heard from before (a sender restarting), the request waits for one. `wall` is
-        the Unix time at `now`: with it, an ask's own deadline (a Unix time) shortens the request's.
+        `client` is the envelope its answer goes back to, `admission` the key `busy` was asked with (default: the
+        envelope). With no live sender but one heard from before (a sender restarting), the request waits for one.
+        `wall` is the Unix time at `now`: with it, an ask's own deadline (a Unix time) shortens the request's.
         """
         ready = self.receivers(now)
         expected = frozenset(p.name for p in ready.ok)  # proven ones only: a forged heartbeat never holds an answer
@@ -167,11 +171,12 @@ class Board(Roster):
         deadline = now + self.timeout
         if ask.deadline is not None and wall is not None:  # the client stops waiting sooner: so does everyone
             deadline = min(deadline, now + max(0.0, ask.deadline - wall))
-        p = Pending(self._rid(), client, ask, expected, now, deadline, absent=absent)
+        key = client if admission is None else admission
+        p = Pending(self._rid(), client, ask, expected, now, deadline, absent=absent, admission=key)
         p.configured, p.models = self.configured(now, len(expected))
         add(p.nbytes, "ask", ask_bytes)
         self.pending[p.rid] = p
-        self._asking[client] += 1
+        self._asking[key] += 1
         if not expected:
             p.failure = error_reply(ask.rid, self.pid, *self._none_ready(ready, now))
             return p, None
@@ -185,6 +190,14 @@ class Board(Roster):
         and opening time as Unix times (`wall` is the Unix time at `now`) for the sender to copy into its frames."""
         deadline, opened = wall + max(0.0, p.deadline - now), max(0.0, wall - (now - p.started))
         return replace(p.ask, rid=p.rid, sender=self.pid, deadline=deadline, opened=opened)
+
+    def stale(self, p: Pending, now: float) -> bool:
+        """Whether `p`'s deadline has passed before it went to a sender (counted: `expired_unsent`); then it is
+        answered as it stands (`no_answer`) instead of being forwarded."""
+        if now < p.deadline or p.failure is not None:
+            return False
+        self.stats["expired_unsent"] += 1
+        return True
 
     def _rid(self) -> str:
         self._seq += 1
@@ -200,7 +213,9 @@ class Board(Roster):
             sender = self._checkpoint(now)
             fp = f" (fingerprint {sender.fingerprint[:12]})" if sender and sender.fingerprint else ""
             why.append(f"no receiver serves the sender's checkpoint{fp}: {_explain(ready.mismatched)}")
-        if ready.unproven and not self._heard("sender"):
+        if ready.foreign:  # counted, not named: until they answer, their names are anyone's text
+            why.append(f"{len(ready.foreign)} receiver(s) announced another checkpoint, yet to answer a request")
+        if (ready.unproven or ready.foreign) and not self._heard("sender"):
             return "no_sender", "no sender is ready (is everything up?)"  # nothing can prove the receivers
         if ready.unproven:
             names = ",".join(sorted({q.name for q in ready.unproven}))
@@ -214,11 +229,12 @@ class Board(Roster):
         if now < self._next_probe or any(p.probe for p in self.pending.values()):
             return None
         ready = self.receivers(now)
-        if not ready.unproven:
+        targets = ready.unproven + ready.foreign  # a real receiver on another checkpoint answers text: then named
+        if not targets:
             return None
         rid = self._rid()
         ask = Ask(rid, self.pid, PROBE_QUESTION, mode="text", max_new_tokens=1)
-        expected = frozenset(q.name for q in ready.unproven)
+        expected = frozenset(q.name for q in targets)
         p = Pending(rid, (), ask, expected, now, now + min(self.timeout, PROBE_TIMEOUT_S), probe=True)
         sender = self.assign(p, now)
         if sender is None:  # no live sender to carry it: a later tick tries again
@@ -276,8 +292,9 @@ class Board(Roster):
         if p.reported or p.failure is not None:
             self.stats["duplicate"] += 1
             return None
-        if isinstance(msg, ErrorReply):
-            p.failure = error_reply(p.ask.rid, self.pid, msg.code, msg.message)
+        if isinstance(msg, ErrorReply):  # dropped at its deadline: to the client, not answered in time (as receivers)
+            code = "no_answer" if msg.code == "expired" else msg.code
+            p.failure = error_reply(p.ask.rid, self.pid, code, msg.message)
             return p
         p.reported = True
         if msg.request > DEFAULT_LIMITS.max_frame_bytes or msg.receivers > net.MAX_FANOUT:
@@ -292,12 +309,14 @@ class Board(Roster):
             p.failure = error_reply(p.ask.rid, self.pid, "no_receivers", "the sender could reach no receiver")
         return p if p.complete() else None
 
-    def on_receiver(self, msg: Reply | ErrorReply, nbytes: int, now: float) -> Pending | None:
+    def on_receiver(self, msg: Reply | ErrorReply, nbytes: int, now: float, key: bytes = b"") -> Pending | None:
         """A receiver's reply or error; late, duplicate, unknown and forged ones are counted and ignored.
 
         Any answer naming a request id the arbiter issued proves its receiver, even a late one or one from a receiver
         whose seat a flood took: only the receivers a sender fanned the request out to have seen that id.
         """
+        if not self.speaks_for(self.peers.get(msg.sender), key):  # CURVE: another receiver's key
+            return None
         p = self.pending.get(msg.rid)
         if p is not None or msg.rid in self.finished:
             self.prove(msg.sender)
@@ -362,9 +381,9 @@ class Board(Roster):
         while len(self.finished) > FINISHED_MEMORY:
             self.finished.popitem(last=False)
         if p.client:
-            self._asking[p.client] -= 1
-            if self._asking[p.client] <= 0:
-                del self._asking[p.client]  # only clients with requests in flight count for the fair share
+            self._asking[p.admission] -= 1
+            if self._asking[p.admission] <= 0:
+                del self._asking[p.admission]  # only clients with requests in flight count for the fair share
         sender = self.peers.get(p.sender)
         if sender is not None:
             sender.inflight = max(0, sender.inflight - 1)

@@ -5,7 +5,9 @@ The pick: raw log-probs of two models are not comparable, so the winner is the a
 P(correct) (`calibration.pick`, each receiver's Platt map for the request's path, ties broken by model name). The
 answer is `degraded` whenever fewer receivers answered than the system is configured with, and `errors` names
 every receiver that did not answer and why. With no answer at all: the receivers' common code when all refused
-the request for one reason, else `all_failed`, `shutting_down` or `no_answer`. Socket-free and pure: the Board
+the request for one reason (`COMMON_CODES`); `no_answer` when none answered in time, `expired` errors included (a
+receiver that drops a request at its deadline did not answer in time, it did not fail); `shutting_down` when the
+arbiter stops; else `all_failed`. Socket-free and pure: the Board
 passes in what only it knows (the calibrations, the configured count).
 """
 
@@ -21,7 +23,9 @@ from latentwire.receivers.calibration import Calibration, agreement
 from latentwire.receivers.calibration import pick as pick_answer
 
 # receiver error codes that describe the request itself: when every receiver says the same, the client hears it
-REQUEST_FAULTS = frozenset({"too_large", "bad_shape", "bad_frame", "bad_request"})
+REQUEST_FAULTS = frozenset({"too_large", "bad_shape", "bad_frame", "bad_request", "no_match"})
+# ... and those every receiver may say at once for another common reason
+COMMON_CODES = REQUEST_FAULTS | {"shutting_down"}
 MAX_ENTRIES = 64  # errors and durations kept per answer: names come from peers, a reply must fit a frame
 
 
@@ -47,6 +51,7 @@ class Pending:
     models: tuple[str, ...] = ()  # the checkpoint's receiver models (to name the missing ones)
     absent: dict[str, str] = field(default_factory=dict)  # model -> why it was not expected although it is up
     probe: bool = False  # the arbiter's own request, to prove receivers; no client hears of it
+    admission: object = None  # who the client is for fair admission (`Board.busy`); None: its envelope
     dispatches: int = 0
     wait_until: float = 0.0  # while waiting for a sender: give up then
 
@@ -120,10 +125,12 @@ def outcome(
 def _no_answer(p: Pending, pid: str, errors: dict[str, str], missing: bool, why: str) -> ErrorReply:
     detail = "; ".join(f"{m}: {e}" for m, e in sorted(errors.items())) or "no receiver answered"
     codes = {e.split(":", 1)[0] for e in p.errors.values()}
-    if len(codes) == 1 and not missing and codes <= REQUEST_FAULTS:
+    if len(codes) == 1 and not missing and codes <= COMMON_CODES:
         code = codes.pop()  # every receiver refused the request for the same reason: say which
+    elif codes <= {"expired"}:  # a receiver that dropped it at its deadline did not answer in time: nothing failed
+        code = "shutting_down" if why == "shutting_down" else "no_answer"
     else:
-        code = "all_failed" if p.errors else "shutting_down" if why == "shutting_down" else "no_answer"
+        code = "all_failed"
     return error_reply(p.ask.rid, pid, code, detail)
 
 

@@ -19,8 +19,18 @@ import zmq
 from latentwire import net
 from latentwire.protocol import ErrorReply, Heartbeat, encode_frame, error_reply, peek_rid
 
+from .backlog import Backlog
 from .calibration import announced
-from .receiver import MAX_BATCH, MAX_BATCH_POSITIONS, MAX_SLOT_TOKENS, Liveness, load_receiver, slot_cap
+from .receiver import (
+    MAX_BACKLOG,
+    MAX_BATCH,
+    MAX_BATCH_POSITIONS,
+    MAX_SLOT_TOKENS,
+    Liveness,
+    Receiver,
+    load_receiver,
+    slot_cap,
+)
 
 log = logging.getLogger("latentwire.receiver")
 
@@ -48,6 +58,17 @@ class _Heartbeats(threading.Thread):
             with contextlib.suppress(zmq.Again):  # no arbiter yet: it will hear the next one
                 self.sock.send(frame, zmq.NOBLOCK)
         self.sock.close(0)
+
+
+def _read(pull: zmq.Socket, rx: Receiver, backlog: Backlog, room: int) -> list[ErrorReply]:
+    """Frames queued on `pull`, into `backlog` while it holds fewer than `room` requests (the rest stay on the
+    socket: what is read is held in memory); the refusals among them."""
+    refused = []
+    while len(backlog) < room and pull.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        reply = rx.enqueue(pull.recv(zmq.NOBLOCK), backlog, None)
+        if reply is not None:
+            refused.append(reply)
+    return refused
 
 
 def serve(
@@ -120,22 +141,27 @@ def serve(
     beats = _Heartbeats(ctx, replies, curve, Heartbeat("", pid, "receiver", "alive", info, cal), rx.liveness)
     beats.start()
     log.info("receiver %s ready on %s (load %.1f s)", rx.name, bind, load_s)
+    backlog: Backlog[tuple[None, object]] = Backlog(rx.max_batch_positions, max_batch)
     dropped = 0  # expired frames of the current backlog
     try:
         while not stop:
-            if not pull.poll(200):
+            if not backlog and not pull.poll(200):
                 continue
-            frames = [pull.recv()]
-            while len(frames) < max(1, max_batch) and pull.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                frames.append(pull.recv(zmq.NOBLOCK))  # what queued meanwhile is decoded together
+            # read again after every generate call, so what arrived meanwhile competes for the next one by size
+            # (`Backlog`): a short ask waits for the call already running, not for every long ask read before it
             expired = 0
-            for _, reply in rx.replies(frames):  # sent as each sub-batch is done: short asks leave first
+            for reply in _read(pull, rx, backlog, MAX_BACKLOG):
+                out.send(encode_frame(reply))
+                expired += reply.code == "expired"
+            for _, reply in rx.generate_next(backlog):
                 out.send(encode_frame(reply))
                 expired += isinstance(reply, ErrorReply) and reply.code == "expired"
             dropped += expired
             if dropped and not expired:  # one line per backlog, when it is through
                 log.info("dropped %d frames unanswered: nobody waited for them any more", dropped)
                 dropped = 0
+        for _, reply in rx.refuse_all(backlog, f"receiver {rx.name} stopping"):  # read, never generated
+            out.send(encode_frame(reply))
         while pull.poll(0):  # explicit failures for everything already queued here
             data = pull.recv()
             out.send(encode_frame(error_reply(peek_rid(data), pid, "shutting_down", f"receiver {rx.name} stopping")))

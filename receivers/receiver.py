@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -31,26 +32,39 @@ from latentwire.protocol import (
     dequantize,
     error_reply,
     peek_rid,
+    refusal_code,
 )
 
+from .backlog import Backlog, sub_batches
+
+__all__ = [
+    "MAX_BACKLOG",
+    "MAX_BATCH",
+    "MAX_BATCH_POSITIONS",
+    "Backlog",
+    "Liveness",
+    "Receiver",
+    "positions",
+    "sub_batches",
+]
+
 log = logging.getLogger("latentwire.receiver")
+T = TypeVar("T")  # what a caller tags its queued requests with (the frame's index, or nothing)
 
 
 def error_code(e: ProtocolError) -> str:
     """A machine-readable code for why a frame was refused (the message stays human-readable)."""
-    text = str(e)
-    if "unsupported protocol version" in text:
-        return "bad_version"
-    if "unknown quant scheme" in text:
-        return "bad_quant"
-    return "bad_frame"
+    return refusal_code(e).value
 
 
 # text and token-budget slots: a longer prompt would hold the receiver for minutes (every dev context fits,
 # even one byte per token); further capped by the model's own context window
 MAX_SLOT_TOKENS = 16384
 PROMPT_ROOM = 256  # positions kept for the chat template around the slot and the answer
-MAX_BATCH = 8  # frames read off the socket together (serve's `max_batch`)
+MAX_BATCH = 8  # requests decoded through one generate call at most (serve's `max_batch`)
+# requests read off the socket and waiting for a generate call (`Backlog`): enough that a short ask is read past a
+# window of long ones and goes next; what waits is small (token ids, latent slots), the rest stays on the socket
+MAX_BACKLOG = 64
 # padded positions (requests x the longest one's slot + answer) decoded through one generate call: memory grows with
 # it, and eight text asks near the slot cap together would need ~10 GB; one request over it is decoded alone
 MAX_BATCH_POSITIONS = 8192
@@ -110,6 +124,7 @@ class _Prepared:
     slot: torch.Tensor
     durations: dict[str, float]
     fingerprint: str  # stamped on the reply (latent answers only)
+    ids: bool = False  # `slot` holds token ids (text), embedded only for the generate call; else embeddings
 
 
 @dataclass
@@ -140,34 +155,50 @@ class Receiver:
 
     def replies(self, frames: Sequence[bytes]) -> Iterator[tuple[int, Reply | ErrorReply]]:
         """(index of the frame, its reply) for frames that arrived together, each as soon as it is ready; never
-        raises.
-
-        Refusals come first. Valid requests are decoded together, one `generate` call per path, token cap and
-        sub-batch of at most `max_batch_positions` padded positions (left-padded, so each answer is the one it
-        would get alone), the shortest sub-batch first so short asks are not kept waiting behind long ones; a
-        failing request costs only its own answer. Right before each sub-batch, and once more after it, a request
-        nobody waits for any more (`expired`) gets that error instead: earlier sub-batches take time.
-        """
-        groups: dict[tuple[bool, int], list[tuple[int, _Prepared]]] = {}
+        raises. Refusals come first, then one `generate` call after another as `Backlog.take` picks them (the
+        shortest first, so short asks are not kept waiting behind long ones)."""
+        backlog: Backlog[tuple[int, _Prepared]] = Backlog(self.max_batch_positions, len(frames))
         for i, data in enumerate(frames):
-            prep = self._prepare(data)
-            if isinstance(prep, ErrorReply):
-                yield i, prep
+            refused = self.enqueue(data, backlog, i)
+            if refused is not None:
+                yield i, refused
+        while backlog:
+            yield from self.generate_next(backlog)
+
+    def enqueue(self, data: bytes, backlog: Backlog[tuple[T, _Prepared]], tag: T) -> ErrorReply | None:
+        """Check and prepare one frame and queue it in `backlog` under `tag`; its refusal instead, if any."""
+        prep = self._prepare(data)
+        if isinstance(prep, ErrorReply):
+            return prep
+        cap = min(prep.msg.max_new_tokens, self.max_new_tokens)
+        backlog.add((tag, prep), (isinstance(prep.msg, LatentRequest), cap), positions(prep.slot, cap))
+        return None
+
+    def generate_next(self, backlog: Backlog[tuple[T, _Prepared]]) -> Iterator[tuple[T, Reply | ErrorReply]]:
+        """(tag, reply) for the requests of the next generate call `backlog` picks: one call of at most
+        `max_batch_positions` padded positions (left-padded, so each answer is the one it would get alone); a
+        failing request costs only its own answer. Right before the call, and once more after it, a request nobody
+        waits for any more (`expired`) gets that error instead: earlier calls take time."""
+        group, items = backlog.take()
+        if not items:
+            return
+        _, cap = group
+        live = []
+        for tag, p in items:
+            gone = self._expired(p.msg)
+            if gone is None:
+                live.append((tag, p))
             else:
-                cap = min(prep.msg.max_new_tokens, self.max_new_tokens)
-                groups.setdefault((isinstance(prep.msg, LatentRequest), cap), []).append((i, prep))
-        for cap, items in self._batches(groups):
-            live = []
-            for i, p in items:
-                gone = self._expired(p.msg)
-                if gone is None:
-                    live.append((i, p))
-                else:
-                    yield i, gone
-            if live:
-                for (i, p), reply in zip(live, self._generate([p for _, p in live], cap), strict=True):
-                    # stopped mid-generate: the answer would arrive after the arbiter stopped waiting for it
-                    yield i, (self._expired(p.msg) if isinstance(reply, Reply) else None) or reply
+                yield tag, gone
+        if live:
+            for (tag, p), reply in zip(live, self._generate([p for _, p in live], cap), strict=True):
+                # stopped mid-generate: the answer would arrive after the arbiter stopped waiting for it
+                yield tag, (self._expired(p.msg) if isinstance(reply, Reply) else None) or reply
+
+    def refuse_all(self, backlog: Backlog[tuple[T, _Prepared]], why: str) -> Iterator[tuple[T, ErrorReply]]:
+        """`shutting_down` for everything still queued in `backlog` (the process is stopping)."""
+        for tag, p in backlog.drain():
+            yield tag, error_reply(p.msg.rid, self.pid, "shutting_down", why)
 
     def _expired(self, msg: LatentRequest | TextRequest) -> ErrorReply | None:
         """An `expired` error when nobody waits for `msg`'s answer any more (SPEC.md "Deadlines"), else None."""
@@ -179,18 +210,6 @@ class Receiver:
         else:
             return None
         return error_reply(msg.rid, self.pid, "expired", f"{self.name}: dropped, nobody waits for it: {why}")
-
-    def _batches(
-        self, groups: dict[tuple[bool, int], list[tuple[int, _Prepared]]]
-    ) -> list[tuple[int, list[tuple[int, _Prepared]]]]:
-        """(cap, requests) per generate call: each group split by `sub_batches`, all of them shortest first."""
-        out = []
-        for (_, cap), items in groups.items():
-            sizes = [positions(p.slot, cap) for _, p in items]
-            for batch in sub_batches(sizes, self.max_batch_positions):
-                out.append((max(sizes[j] for j in batch), cap, [items[j] for j in batch]))
-        out.sort(key=lambda b: b[0])  # stable: equal sizes keep the order they arrived in
-        return [(cap, items) for _, cap, items in out]
 
     def _prepare(self, data: bytes) -> _Prepared | ErrorReply:
         cpu0 = time.process_time()
@@ -243,7 +262,7 @@ class Receiver:
             return error_reply(msg.rid, self.pid, "bad_frame", "latent: values out of range (the adapter overflows)")
         if slot.shape[0] <= int(getattr(self.adapter.cfg, "prompt_len", 0)):  # the trained prompt alone is no question
             why = "latent: no row matches a token of this receiver's vocabulary (every row dropped)"
-            return error_reply(msg.rid, self.pid, "bad_frame", why)
+            return error_reply(msg.rid, self.pid, "no_match", why)
         t2 = time.perf_counter()
         return _Prepared(msg, slot, {"decode": t1 - t0, "adapt": t2 - t1}, self.fingerprint)
 
@@ -259,8 +278,9 @@ class Receiver:
         if len(ids) > self.max_slot_tokens:
             why = f"prompt of {len(ids)} tokens is over this receiver's cap of {self.max_slot_tokens}"
             return error_reply(msg.rid, self.pid, "too_large", why)
-        slot = self.llm.embed(torch.tensor(ids, device=self.llm.device))
-        return _Prepared(msg, slot, {"tokenize": time.perf_counter() - t0}, "")
+        # token ids until the call (what waits in the backlog stays small): embedded in `_generate`
+        slot = torch.tensor(ids, device=self.llm.device)
+        return _Prepared(msg, slot, {"tokenize": time.perf_counter() - t0}, "", ids=True)
 
     def _generate(self, preps: list[_Prepared], cap: int) -> list[Reply | ErrorReply]:
         """One generate call for `preps`; if it fails, each is retried alone so only the culprit fails."""
@@ -269,7 +289,7 @@ class Receiver:
 
         t_start, cpu_start = time.perf_counter(), time.process_time()
         try:
-            gens = generate(self.llm, [p.slot for p in preps], cap)
+            gens = generate(self.llm, [self.llm.embed(p.slot) if p.ids else p.slot for p in preps], cap)
         except Exception as e:  # noqa: BLE001 - one failed request must not take the receiver down
             if len(preps) > 1:
                 return [r for p in preps for r in self._generate([p], cap)]
@@ -292,21 +312,9 @@ class Receiver:
 
 
 def positions(slot: torch.Tensor, cap: int) -> int:
-    """What a request adds to its batch's padded length: its slot and the tokens it may generate (the chat template
-    around them is the same few dozen positions for every request)."""
+    """What a request adds to its batch's padded length: its slot (embeddings or token ids) and the tokens it may
+    generate (the chat template around them is the same few dozen positions for every request)."""
     return int(slot.shape[0]) + cap
-
-
-def sub_batches(sizes: Sequence[int], budget: int) -> list[list[int]]:
-    """Indices of `sizes` in batches, shortest first, each padded (count x its longest) to at most `budget`
-    positions; a request over `budget` alone is a batch of its own."""
-    batches: list[list[int]] = []
-    for i in sorted(range(len(sizes)), key=lambda j: sizes[j]):  # ascending: sizes[i] is the batch's longest
-        if batches and (len(batches[-1]) + 1) * sizes[i] <= budget:
-            batches[-1].append(i)
-        else:
-            batches.append([i])
-    return batches
 
 
 def load_receiver(model: str, ckpt: str | Path, name: str | None, pid: str, device: str, dtype: str) -> Receiver:

@@ -7,7 +7,9 @@ is one of the checkpoint's, it announced the sender's fingerprint (the sender mo
 checkpoint), and it is *proven*: it has answered a request the arbiter issued (a reply or an error naming the
 request's id, which only the receivers a sender fanned the request out to ever see). A heartbeat costs nothing to
 forge on plain TCP; an answer to a live request id cannot be forged without seeing the traffic. So a receiver
-that only beats is never waited for and never supplies a calibration, and the arbiter probes it (`Board.probe`).
+that only beats is never waited for, never supplies a calibration and is never named in the status or an answer
+(a receiver that announces another checkpoint is counted until it has answered), and the arbiter probes it
+(`Board.probe`).
 At most MAX_PEERS peers per role are kept; when full, a dead peer gives up its seat first, then a receiver that
 never answered, so forged heartbeats never keep a proven receiver out. Socket-free: time is passed in. `Board`
 builds on it.
@@ -50,6 +52,7 @@ class Peer:
     fingerprint: str = ""  # checkpoint it serves (announced)
     models: tuple[str, ...] = ()  # senders: the checkpoint's receiver models
     fanout: int = 0  # senders: receivers it is configured to fan out to
+    key: bytes = b""  # with CURVE, the public key it was first heard with: no other key speaks for it
 
 
 @dataclass
@@ -58,7 +61,10 @@ class Readiness:
 
     ok: list[Peer]  # serve the system: of the sender's checkpoint and proven
     unproven: list[Peer]  # of the checkpoint, but yet to answer a request: not waited for, probed
-    mismatched: dict[str, str]  # model -> why its live receivers cannot serve the system
+    mismatched: dict[str, str]  # model -> why its live proven receivers cannot serve the system
+    # announced another checkpoint or model, yet to answer a request: probed, and until one answers only counted,
+    # never named (a heartbeat costs nothing to forge, so its model name and fingerprint are anyone's text)
+    foreign: list[Peer] = field(default_factory=list)
 
 
 class Roster:
@@ -79,8 +85,20 @@ class Roster:
         while len(self.proven) > PROVEN_MEMORY:
             self.proven.popitem(last=False)
 
-    def heartbeat(self, hb: Heartbeat, now: float, route: bytes = b"", role: str | None = None) -> Peer | None:
-        """Note a peer's heartbeat; refused (None) when its role is not the one its socket serves."""
+    def speaks_for(self, peer: Peer | None, key: bytes) -> bool:
+        """Whether a frame sent with CURVE key `key` (b"": plain TCP, no key known) may speak for `peer`: with CURVE,
+        a peer's id is bound to the key it was first heard with, so another key's frames under it are refused
+        (`impostor`). Plain TCP trusts the network: the id is all there is."""
+        if peer is None or not key or not peer.key or key == peer.key:
+            return True
+        self.stats["impostor"] += 1
+        return False
+
+    def heartbeat(
+        self, hb: Heartbeat, now: float, route: bytes = b"", role: str | None = None, key: bytes = b""
+    ) -> Peer | None:
+        """Note a peer's heartbeat; refused (None) when its role is not the one its socket serves, or (CURVE) when
+        `key` is not the key the peer was first heard with."""
         if hb.role not in ROLES or (role is not None and hb.role != role):
             self.stats["bad_role"] += 1
             return None
@@ -88,12 +106,14 @@ class Roster:
         if peer is not None and peer.role != hb.role:
             self.stats["bad_role"] += 1
             return None
+        if not self.speaks_for(peer, key):
+            return None
         if peer is None:
             if not self._room(hb.role, now):
                 self.stats["peers_full"] += 1
                 return None
             name = str(hb.info.get("model", hb.sender)) if hb.role == "receiver" else hb.sender
-            peer = self.peers[hb.sender] = Peer(hb.sender, hb.role, name or hb.sender, now)
+            peer = self.peers[hb.sender] = Peer(hb.sender, hb.role, name or hb.sender, now, key=key)
             self.stats[f"joined.{hb.role}"] += 1
             log.info("%s %s joined (%s)", hb.role, peer.name, hb.sender)
         if hb.status == "stopping" and peer.status != "stopping":
@@ -156,19 +176,27 @@ class Roster:
         """The live receivers: those that serve the system, those yet to prove it, and why the others cannot (by
         model name: that is how answers and the status name receivers)."""
         sender = self._checkpoint(now)
-        ok, unproven, bad = [], [], {}
+        ok, unproven, foreign, bad = [], [], [], {}
         for p in self.alive("receiver", now):
             why = self.mismatch(p, sender)
-            if why:
+            if why and p.pid in self.proven:
                 bad.setdefault(p.name, set()).add(why)
+            elif why:
+                foreign.append(p)
             else:
                 (ok if p.pid in self.proven else unproven).append(p)
-        return Readiness(ok, unproven, {name: "; ".join(sorted(whys)) for name, whys in sorted(bad.items())})
+        explained = {name: "; ".join(sorted(whys)) for name, whys in sorted(bad.items())}
+        return Readiness(ok, unproven, explained, foreign)
 
     def calibration(self, model: str, path: str = "latent") -> Calibration:
         """The calibration for `path` the most recently heard proven receiver of `model` announced (identity if
         none): anyone can announce a model's name, only a real receiver may decide how its answers are weighed."""
-        peers = [p for p in self.peers.values() if p.role == "receiver" and p.name == model and p.pid in self.proven]
+        sender = self._checkpoint(float("inf"))  # the sender most recently heard (at no time is one alive)
+        peers = [
+            p
+            for p in self.peers.values()
+            if p.role == "receiver" and p.name == model and p.pid in self.proven and not self.mismatch(p, sender)
+        ]
         return max(peers, key=lambda p: p.last_seen).calibrations.get(path, Calibration()) if peers else Calibration()
 
     def configured(self, now: float, expected: int) -> tuple[int, tuple[str, ...]]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +38,8 @@ from latentwire.protocol import (
     peek_rid,
 )
 
+from .bounds import Refused, bounded_paragraphs
+
 if TYPE_CHECKING:
     from .sharer import SharerEncoder
 
@@ -53,6 +55,7 @@ class Sender:
     fingerprint: str
     m: int
     pid: str
+    expired: int = 0  # asks dropped unread because their deadline had passed (in the heartbeats' info)
 
     def build(self, ask: Ask) -> tuple[bytes, dict[str, float]]:
         """(frame, durations); raises ProtocolError when the request cannot be expressed (e.g. fp16 overflow)."""
@@ -65,8 +68,6 @@ class Sender:
         """Frames for asks that arrived together: the sharer reads all of their evidence in one batch (its greedy
         steps cost about what one question's do), the rest is per ask. Each item is (frame, durations) or the
         exception that ask alone raised (a ProtocolError when it cannot be expressed)."""
-        from latentwire.data import parse_context
-
         from .paths import needs_reading
 
         t0, cpu0 = time.perf_counter(), time.process_time()
@@ -74,8 +75,8 @@ class Sender:
         for i, a in enumerate(asks):
             if path_spec(a.mode).sender:
                 try:
-                    docs[i] = (a.question, parse_context(a.context))
-                except Exception as e:  # noqa: BLE001 - this ask alone fails with it
+                    docs[i] = (a.question, bounded_paragraphs(a.context))
+                except Exception as e:  # noqa: BLE001 - this ask alone fails with it (Refused: over a bound)
                     docs[i] = e
         shared = [i for i, d in docs.items() if needs_reading(asks[i].mode) and not isinstance(d, Exception)]
         readings: dict[int, object] = {}
@@ -202,7 +203,10 @@ def serve(
     last_beat = time.monotonic()
     worker = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="encode")
     try:
-        alive = encode_frame(Heartbeat("", pid, "sender", "alive", info))
+
+        def alive() -> bytes:
+            return encode_frame(Heartbeat("", pid, "sender", "alive", {**info, "expired": sender.expired}))
+
         while not stop:
             if dealer.poll(200):
                 # a sharer reads for seconds: the work runs on a worker thread (the PUSH sockets go with it, one
@@ -229,12 +233,12 @@ def serve(
         log.info("sender stopped")
 
 
-def _beat(dealer: zmq.Socket, alive: bytes, last: float) -> float:
-    """Send `alive` if a heartbeat is due; returns when the last one was sent."""
+def _beat(dealer: zmq.Socket, alive: Callable[[], bytes], last: float) -> float:
+    """Send an `alive` heartbeat if one is due; returns when the last one was sent."""
     if time.monotonic() - last < net.HEARTBEAT_S:
         return last
     with contextlib.suppress(zmq.Again):  # no arbiter yet: it hears the next one
-        dealer.send(alive, zmq.NOBLOCK)
+        dealer.send(alive(), zmq.NOBLOCK)
     return time.monotonic()
 
 
@@ -251,11 +255,17 @@ def _handle_many(sender: Sender, batch: Sequence[bytes], pushes: list[zmq.Socket
         if not isinstance(ask, Ask):
             why = f"a sender takes ask frames, not {type(ask).__name__}"
             replies[i] = error_reply(ask.rid, sender.pid, "unexpected_kind", why)
+        elif ask.deadline is not None and (late := time.time() - ask.deadline) >= 0:
+            sender.expired += 1  # before any reading: an ask nobody waits for costs nothing
+            why = f"dropped unread, nobody waits for it: deadline passed {late:.1f} s ago"
+            replies[i] = error_reply(ask.rid, sender.pid, "expired", why)
         else:
             asks.append((i, ask))
     built = sender.build_many([a for _, a in asks]) if asks else []
     for (i, ask), result in zip(asks, built, strict=True):
-        if isinstance(result, ProtocolError):
+        if isinstance(result, Refused):
+            replies[i] = error_reply(ask.rid, sender.pid, result.code, str(result))
+        elif isinstance(result, ProtocolError):
             replies[i] = error_reply(ask.rid, sender.pid, "bad_request", str(result))
         elif isinstance(result, Exception):
             log.error("encode failed: %s: %s", type(result).__name__, result)

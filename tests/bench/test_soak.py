@@ -1,6 +1,8 @@
 """The soak entry point (`python -m latentwire.bench.soak`) for 20 s on the tiny checkpoint: normal traffic beside
-garbage, forged heartbeats, a flooding client, oversized asks and a receiver stopped and resumed; every role's figures
-are printed and returned, nothing is lost, no process restarts, and the system answers in full at the end."""
+garbage, forged heartbeats, a flooding client, oversized asks, contexts over the sender's bounds, many identities and
+rotating envelopes, asks past their deadline, a small ask beside long ones, and a receiver stopped and resumed; every
+role's figures are printed and returned, nothing is lost, no process restarts, and the system answers in full at the
+end."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import pytest
 
 from latentwire.bench import soak
 
-ROLES = ("normal", "oversized", "flood", "garbage", "forged")
+ROLES = ("normal", "oversized", "flood", "contexts", "identities", "expired", "long", "small", "garbage", "forged")
 
 
 def test_a_short_soak_loses_nothing(tiny_trained, capsys: pytest.CaptureFixture[str]) -> None:
@@ -23,10 +25,16 @@ def test_a_short_soak_loses_nothing(tiny_trained, capsys: pytest.CaptureFixture[
     assert result["stops"] == 1 and roles["normal"]["degraded"] > 0  # the stopped receiver was missed meanwhile
     for name, p in result["processes"].items():
         assert p["restarts"] == 0 and p["peak_rss_mb"] > 0, (name, p)
+    assert roles["contexts"]["failed"] == roles["contexts"]["sent"] > 0  # too_large / bad_request, each answered
+    assert roles["identities"]["answered"] == roles["identities"]["sent"] > 0
+    assert roles["expired"]["failed"] == roles["expired"]["sent"] > 0
+    assert roles["small"]["answered"] > 0 and roles["long"]["answered"] > 0
+    arbiter = result["arbiter"]
+    assert arbiter["expired_unsent"] > 0 and arbiter["bad_envelope"] > 0, arbiter
     assert result["final_ok"] and result["arbiter"]["late_reply"] == 0, result["arbiter"]
     assert result["arbiter"]["internal_error"] == 0
     lines = out.splitlines()
-    assert lines[1].split() == ["role", "sent", "lost", "failed", "degraded", "p50_s", "peak_rss_mb"]
+    assert lines[1].split() == ["role", "sent", "lost", "failed", "degraded", "p50_s", "p95_s", "peak_rss_mb"]
     for name in (*ROLES, *soak.PROCESSES):
         assert any(line.split()[0] == name for line in lines[2:]), out
 

@@ -111,6 +111,31 @@ def test_receiver_errors_degrade_or_fail() -> None:
     assert isinstance(e, ErrorReply) and e.code == "all_failed"
 
 
+@pytest.mark.parametrize(
+    ("codes", "want"),
+    [
+        (("expired", "expired"), "no_answer"),  # dropped at the deadline by each: nobody answered in time
+        (("shutting_down", "shutting_down"), "shutting_down"),
+        (("expired", "internal"), "all_failed"),
+    ],
+)
+def test_receivers_that_drop_a_request_at_its_deadline_did_not_fail_it(codes: tuple[str, str], want: str) -> None:
+    b = proven_board()
+    p = open_ask(b)
+    for m, code in zip(("llama", "qwen"), codes, strict=True):
+        b.on_receiver(ErrorReply(p.rid, f"r-{m}", code, "why"), 50, 0.5)
+    e = b.finish(p, 0.5)
+    assert isinstance(e, ErrorReply) and e.code == want and e.rid == "c-1", e
+
+
+def test_a_request_the_sender_dropped_at_its_deadline_is_no_answer_to_the_client() -> None:
+    b = proven_board()
+    p, sender = b.open((b"client",), Ask("c-1", "client", "Who?", "Ada wrote it.", mode="text"), 100, 0.0)
+    done = b.on_sender(ErrorReply(p.rid, sender.pid, "expired", "dropped unread"), route=sender.route)
+    e = b.finish(done, 0.1)
+    assert isinstance(e, ErrorReply) and (e.code, e.rid) == ("no_answer", "c-1"), e
+
+
 def test_dead_or_stopping_receiver_finishes_early_and_leaves_the_expected_set() -> None:
     b = proven_board(timeout=60.0)
     p = open_ask(b)
@@ -224,6 +249,8 @@ def test_receiver_outside_the_checkpoint_or_of_another_checkpoint_is_not_ready()
     other = {"model": "llama", "fingerprint": "0" * 64}
     b.heartbeat(Heartbeat("", "r-evil", "receiver", "alive", evil), 0.0, role="receiver")
     b.heartbeat(Heartbeat("", "r-llama2", "receiver", "alive", other), 0.0, role="receiver")
+    b.prove("r-evil")  # real receivers: they answered a probe (the next test: until then they are only counted)
+    b.prove("r-llama2")
     st = b.status(0.0).info
     assert st["receivers"] == "llama,qwen" and st["n_receivers"] == 2
     assert (
@@ -299,12 +326,39 @@ def test_a_receiver_of_another_checkpoint_is_named_as_such_not_as_down() -> None
     assert "down" not in j.errors["llama"] and "not ready" not in j.errors["llama"]
 
 
+def test_unproven_receivers_put_no_text_of_theirs_in_the_status_or_an_answer() -> None:
+    """A heartbeat costs nothing to forge: a receiver that announces another checkpoint is counted, not named, until
+    it answers a request id; the arbiter probes it (a real one answers and is then named)."""
+    b = proven_board()
+    forged = {"model": "buy cheap pills at example.com", "fingerprint": "visit-example-com" * 3}
+    b.heartbeat(Heartbeat("", "r-spam", "receiver", "alive", forged), 0.0, role="receiver")
+    st = b.status(0.0).info
+    assert st["mismatch_unproven"] == 1 and "mismatch" not in st, st
+    assert not any("example" in str(v) for v in st.values()), st
+    p = open_ask(b, mode="text")
+    assert p.expected == {"llama", "qwen"} and not any("example" in why for why in p.absent.values()), p.absent
+    probe = b.probe(2.5)  # PROBE_EVERY_S after the one that proved llama and qwen
+    assert probe is not None and "buy cheap pills at example.com" in probe[0].expected
+    b.on_receiver(Reply(probe[0].rid, "r-spam", forged["model"], "yes", -0.1, {}), 10, 3.0)  # it was real
+    assert "buy cheap pills at example.com: not a model of checkpoint" in b.status(3.0).info["mismatch"]
+
+
+def test_no_receivers_with_only_unproven_foreign_ones_counts_them() -> None:
+    b = Board("arb", timeout=10.0, dead_after=4.0)
+    b.heartbeat(hb("s1", "sender"), 0.0, route=b"s1", role="sender")
+    b.heartbeat(Heartbeat("", "r-x", "receiver", "alive", {"model": "llama", "fingerprint": OTHER_FP}), 0.0)
+    p, _ = b.open((b"client",), Ask("c-1", "client", "Who?", "Ada wrote it.", mode="text"), 100, 0.0)
+    assert p.failure is not None and p.failure.code == "no_receivers"
+    assert "1 receiver(s) announced another checkpoint" in p.failure.message and OTHER_FP[:12] not in p.failure.message
+
+
 def test_no_receivers_says_they_serve_another_checkpoint_when_all_do() -> None:
     b = Board("arb", timeout=10.0, dead_after=4.0)
     b.heartbeat(hb("s1", "sender"), 0.0, route=b"s1", role="sender")
     for m in ("llama", "qwen"):
         info = {"model": m, "fingerprint": OTHER_FP}
         b.heartbeat(Heartbeat("", f"r-{m}", "receiver", "alive", info), 0.0, role="receiver")
+        b.prove(f"r-{m}")
     p, sender = b.open((b"client",), Ask("c-1", "client", "Who?", "Ada wrote it.", mode="text"), 100, 0.0)
     assert sender is None and p.failure is not None and p.failure.code == "no_receivers"
     msg = p.failure.message
