@@ -18,9 +18,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from latentwire.checkpoint import read_config
-from latentwire.client import summarize_answers
 from latentwire.data import Example
-from latentwire.up import LocalSystem, receiver_name
+from latentwire.processes.client import summarize_answers
+from latentwire.processes.up import LocalSystem, receiver_name
 
 QUANTS = ("fp16", "int8", "int4")
 

@@ -70,8 +70,8 @@ def _cpu_seconds() -> dict[str, float]:
 def run(n: int = 200, warmup: int = 10, quant: str = "int8") -> dict[str, Any]:
     """The breakdown over `n` asks, and each role's CPU milliseconds per request (receivers summed; the sender's
     include its encoder, the receivers' their models): where the processes themselves spend time."""
+    from latentwire.processes.up import LocalSystem
     from latentwire.trainer.recipe import tiny_checkpoint
-    from latentwire.up import LocalSystem
 
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = tiny_checkpoint(Path(tmp))

@@ -12,11 +12,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from latentwire.calibration import Calibration, agreement, pick
 from latentwire.checkpoint import ModelEntry
 from latentwire.data import Example
 from latentwire.evaluate import evaluate
 from latentwire.metrics import bootstrap_ci, exact_match, f1_score, summarize
-from latentwire.receivers.calibration import Calibration, agreement, pick
 from latentwire.system.pipeline import Wire, docs_of
 
 SUMMARY_KEYS = (

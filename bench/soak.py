@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from latentwire.client import Answer
+from latentwire.processes.client import Answer
 from latentwire.protocol import (
     TextRequest,
     encode_frame,
@@ -92,7 +92,7 @@ class Tally:
 class Soak:
     """The running system, the end of the run, and what each role counted."""
 
-    system: Any  # latentwire.up.LocalSystem, started
+    system: Any  # latentwire.processes.up.LocalSystem, started
     end: float  # monotonic time the roles stop starting new work
     rng: random.Random
     seeds: list[bytes]  # valid request frames of the checkpoint (the receivers' garbage is made from them)
@@ -147,7 +147,7 @@ def run(
     seconds: float, ckpt: str | Path | None = None, seed: int = 0, out: Callable[[str], None] | None = print
 ) -> dict:
     """Soak the system for `seconds`; returns (and prints, unless `out` is None) the figures per role."""
-    from latentwire.up import LocalSystem
+    from latentwire.processes.up import LocalSystem
 
     with tempfile.TemporaryDirectory(prefix="latentwire-soak-") as tmp:
         ckpt = Path(ckpt) if ckpt else tiny_checkpoint(Path(tmp) / "ckpt")

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import psutil
 import zmq
 
-from latentwire import net
+from latentwire.processes import net
 from latentwire.protocol import DEFAULT_LIMITS, Ask, ErrorReply, Heartbeat, Reply, encode_frame
 from latentwire.protocol.fuzz import mutate
 

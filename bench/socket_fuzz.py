@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from latentwire import net
+from latentwire.processes import net
 from latentwire.protocol import (
     DEFAULT_LIMITS,
     Ask,

@@ -162,7 +162,7 @@ def demo(
     from .checkpoint import DEFAULT_CKPT
     from .data import load_split
     from .metrics import f1_score
-    from .up import LocalSystem
+    from .processes.up import LocalSystem
 
     ckpt = ckpt or DEFAULT_CKPT
     if not (ckpt / "config.json").is_file():

@@ -18,15 +18,13 @@ from typing import Annotated
 
 import typer
 
-from latentwire import net
+from latentwire.arbiter.process import serve as serve_arbiter
 from latentwire.cli_base import CliError, Context, EngineOpt, Mode, Split
-from latentwire.client import Answer, Client, summarize_answers
 from latentwire.data import load_split
 from latentwire.metrics import exact_match, f1_score, postprocess
-from latentwire.protocol import DEFAULT_LIMITS, Ask, Quant
-from latentwire.receivers.arbiter import serve as serve_arbiter
-from latentwire.sender.process import serve as serve_sender
-from latentwire.up import (
+from latentwire.processes import net
+from latentwire.processes.client import Answer, Client, summarize_answers
+from latentwire.processes.up import (
     DEFAULT_RECEIVERS,
     THREADS,
     Supervisor,
@@ -38,6 +36,8 @@ from latentwire.up import (
     processes,
     procfile_text,
 )
+from latentwire.protocol import DEFAULT_LIMITS, Ask, Quant
+from latentwire.sender.process import serve as serve_sender
 
 app = typer.Typer(add_completion=False)
 PANEL = "Processes"

@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 import zmq
 
-from latentwire import net
+from latentwire.calibration import announced
+from latentwire.processes import net
 from latentwire.protocol import ErrorReply, Heartbeat, encode_frame, error_reply, peek_rid
 
-from .calibration import announced
 from .receiver import MAX_BATCH, MAX_BATCH_POSITIONS, MAX_SLOT_TOKENS, Liveness, load_receiver, slot_cap
 
 log = logging.getLogger("latentwire.receiver")

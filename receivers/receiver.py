@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from latentwire import net
+from latentwire.processes import net
 from latentwire.protocol import (
     ErrorReply,
     LatentRequest,

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import zmq
 
-from latentwire import net
+from latentwire.processes import net
 from latentwire.protocol import (
     Ask,
     ErrorReply,

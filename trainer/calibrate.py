@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from latentwire import checkpoint
+from latentwire.calibration import CALIBRATED_PATHS, Calibration, fit_platt
 from latentwire.data import Example, load_split
 from latentwire.evaluate import evaluate
 from latentwire.models import LLM
-from latentwire.receivers.calibration import CALIBRATED_PATHS, Calibration, fit_platt
 from latentwire.system.pipeline import Wire, load_checkpoint
 
 
@@ -142,7 +142,7 @@ def _report_joint(val: dict[str, dict[str, dict]], fitted: dict[str, dict[str, d
     """Per path on the validation rows: the joint pick with the new maps against the best single receiver (in
     sample: the maps were fitted on these rows) and the oracle."""
     from latentwire.bench.quality import joint
-    from latentwire.receivers.calibration import Calibration
+    from latentwire.calibration import Calibration
 
     for path, by_name in val.items():
         if len(by_name) < 2:

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from latentwire import up
 from latentwire.cli import app
 from latentwire.metrics import exact_match, f1_score, postprocess
+from latentwire.processes import up
 
 TINY = {"llama": "tiny-llama", "qwen": "tiny-qwen"}  # process name -> model spec (the tiny checkpoint's names)
 MODELS = set(TINY.values())

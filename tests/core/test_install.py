@@ -76,7 +76,7 @@ def test_the_installed_core_finds_its_data_inside_the_package(wheel: Path, src: 
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     probe = (
-        "import json, latentwire, latentwire.checkpoint as c, latentwire.evaluate as e, latentwire.net as n\n"
+        "import json, latentwire, latentwire.checkpoint as c, latentwire.evaluate as e, latentwire.processes.net as n\n"
         "print(json.dumps({'pkg': latentwire.__file__, 'ckpt': str(c.DEFAULT_CKPT), 'rows': str(e.ROWS_DIR),"
         " 'fp': c.fingerprint(c.DEFAULT_CKPT), 'procs': sorted(n.procfile())}))"
     )

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SUBPACKAGES = ("sender", "protocol", "receivers", "trainer", "bench", "system")
+SUBPACKAGES = ("sender", "protocol", "receivers", "arbiter", "processes", "trainer", "bench", "system")
 
 
 def _installed_layout(dest: Path) -> Path:

@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 from livekit import tiny_system
 
-from latentwire import net
-from latentwire.client import Answer
+from latentwire.processes import net
+from latentwire.processes.client import Answer
 from latentwire.receivers.receiver import RETURN_GRACE_S
 
 BASE_S, STOP_S, AFTER_S = 4.0, net.DEAD_AFTER_S + 1.5, 4.0  # stopped long enough to be taken for dead

@@ -8,9 +8,9 @@ import shutil
 import pytest
 
 from latentwire import checkpoint
+from latentwire.arbiter.roster import Roster
+from latentwire.calibration import Calibration, announced
 from latentwire.protocol import WIRE_PATHS, Heartbeat, decode_frame, encode_frame
-from latentwire.receivers.calibration import Calibration, announced
-from latentwire.receivers.roster import Roster
 from latentwire.trainer.calibrate import calibrate
 
 

@@ -28,7 +28,11 @@ import time
 
 import zmq
 
-from latentwire import net
+from latentwire.arbiter.board import Board, Peer, Pending
+
+# Re-exported for code that imports them from here (tests of other parts, the socket fuzz bench)
+from latentwire.arbiter.roster import MAX_PEERS
+from latentwire.processes import net
 from latentwire.protocol import (
     Ask,
     ErrorReply,
@@ -43,10 +47,6 @@ from latentwire.protocol import (
     error_reply,
     peek_rid,
 )
-from latentwire.receivers.board import Board, Peer, Pending
-
-# Re-exported for code that imports them from here (tests of other parts, the socket fuzz bench)
-from latentwire.receivers.roster import MAX_PEERS
 
 __all__ = ["MAX_PEERS", "TICK_S", "Board", "serve"]
 

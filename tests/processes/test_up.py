@@ -11,11 +11,11 @@ import pytest
 from honcho.environ import parse_procfile
 from typer.testing import CliRunner
 
-from latentwire import net, up
 from latentwire.cli import app
-from latentwire.client import Answer, summarize_answers
 from latentwire.data import Example, Paragraph
 from latentwire.proc_cli import scored_row
+from latentwire.processes import net, up
+from latentwire.processes.client import Answer, summarize_answers
 from latentwire.protocol import Ask, ErrorReply, JointReply
 
 REPO = Path(__file__).resolve().parents[2]

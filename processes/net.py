@@ -190,7 +190,7 @@ def procfile(path: str | Path | None = None) -> dict[str, str]:
     `latentwire procfile` generates it (the committed Procfile is that text), so nothing is read from outside the
     package."""
     if path is None:
-        from latentwire.up import processes  # at call time: `up` imports this module
+        from latentwire.processes.up import processes  # at call time: `up` imports this module
 
         return processes()
     from honcho.environ import parse_procfile

@@ -42,7 +42,15 @@ import uuid
 from collections import Counter, OrderedDict
 from dataclasses import replace
 
-from latentwire import net
+from latentwire.arbiter.joint import Pending, add, agree, outcome, pick  # noqa: F401 - pick, agree: re-exported
+from latentwire.arbiter.roster import (  # noqa: F401 - the peer limits: re-exported
+    MAX_PEERS,
+    PEER_MEMORY_S,
+    Peer,
+    Readiness,
+    Roster,
+)
+from latentwire.processes import net
 from latentwire.protocol import (
     DEFAULT_LIMITS,
     Ask,
@@ -53,14 +61,6 @@ from latentwire.protocol import (
     Reply,
     Sent,
     error_reply,
-)
-from latentwire.receivers.joint import Pending, add, agree, outcome, pick  # noqa: F401 - pick, agree: re-exported
-from latentwire.receivers.roster import (  # noqa: F401 - the peer limits: re-exported
-    MAX_PEERS,
-    PEER_MEMORY_S,
-    Peer,
-    Readiness,
-    Roster,
 )
 
 log = logging.getLogger("latentwire.arbiter")

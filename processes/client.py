@@ -19,7 +19,7 @@ from typing import Any
 
 import zmq
 
-from latentwire import net
+from latentwire.processes import net
 from latentwire.protocol import (
     Ask,
     ErrorReply,

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from latentwire import net
-from latentwire.client import Client
+from latentwire.processes import net
+from latentwire.processes.client import Client
 
 RESTART_MIN_S, RESTART_MAX_S = 1.0, 30.0
 STOP_GRACE_S = 15.0  # a receiver may be mid-generation when asked to stop
