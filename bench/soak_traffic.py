@@ -1,6 +1,7 @@
 """The soak's traffic roles (`soak.py` runs them side by side): normal, oversized and flooding clients, garbage
 frames, forged heartbeats and replies, stopped receivers, and the memory sampler. Each takes the running `Soak`,
-is bounded in rate, and stops when the run ends.
+is bounded in rate, and stops when the run ends. The run's shared state (`Soak`, each role's `Tally`) lives here,
+beside the roles that write it.
 """
 
 from __future__ import annotations
@@ -9,18 +10,19 @@ import contextlib
 import os
 import random
 import signal
+import statistics
+import threading
 import time
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import Any
 
 import psutil
 import zmq
 
 from latentwire.processes import net
+from latentwire.processes.client import Answer
 from latentwire.protocol import DEFAULT_LIMITS, Ask, ErrorReply, Heartbeat, Reply, encode_frame
 from latentwire.protocol.fuzz import mutate
-
-if TYPE_CHECKING:
-    from .soak import Soak
 
 RECEIVERS = {"llama": "tiny-llama", "qwen": "tiny-qwen"}
 PROCESSES = ("arbiter", "sender", *RECEIVERS)
@@ -35,6 +37,57 @@ GARBAGE_PER_S = 10.0  # frames per second at each arbiter socket (receivers get 
 FORGED_PER_S = 5.0
 STOP_EVERY_S, STOP_S = 60.0, net.DEAD_AFTER_S + 1.5  # a stop long enough to be taken for dead
 FIRST_STOP_S, QUIET_END_S = 5.0, 8.0  # no stop starts before the first, or ends within the last seconds
+
+
+@dataclass
+class Tally:
+    """What one traffic role sent and heard back."""
+
+    sent: int = 0
+    answered: int = 0
+    lost: int = 0  # no answer at all
+    failed: int = 0  # an explicit error (busy, too_large, bad_request, ...)
+    degraded: int = 0
+    latencies: list[float] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, a: Answer) -> None:
+        with self._lock:
+            self.sent += 1
+            if a.error is not None and a.error.code == "timeout":
+                self.lost += 1
+                return
+            self.answered += 1
+            self.latencies.append(a.latency_s)
+            self.failed += a.reply is None
+            self.degraded += a.reply is not None and bool(a.reply.degraded)
+
+    def summary(self) -> dict[str, Any]:
+        p50 = round(statistics.median(self.latencies), 3) if self.latencies else None
+        keys = ("sent", "answered", "lost", "failed", "degraded")
+        return {**{k: getattr(self, k) for k in keys}, "p50_s": p50}
+
+
+@dataclass
+class Soak:
+    """The running system, the end of the run, and what each role counted."""
+
+    system: Any  # latentwire.processes.up.LocalSystem, started
+    end: float  # monotonic time the roles stop starting new work
+    rng: random.Random
+    seeds: list[bytes]  # valid request frames of the checkpoint (the receivers' garbage is made from them)
+    tallies: dict[str, Tally] = field(default_factory=dict)
+    peaks: dict[str, float] = field(default_factory=dict)  # process role -> peak RSS in MiB
+    stops: list[str] = field(default_factory=list)
+
+    def tally(self, role: str) -> Tally:
+        return self.tallies.setdefault(role, Tally())
+
+    def running(self) -> bool:
+        return time.monotonic() < self.end
+
+    def pace(self, per_s: float) -> None:
+        time.sleep(min(1.0 / per_s, max(0.0, self.end - time.monotonic())))
 
 
 def _question(i: int) -> tuple[int, str, str]:

@@ -35,6 +35,7 @@ from latentwire.processes.up import (
     parse_receivers,
     processes,
     procfile_text,
+    read_procfile,
 )
 from latentwire.protocol import DEFAULT_LIMITS, Ask, Quant
 from latentwire.sender.process import serve as serve_sender
@@ -281,7 +282,7 @@ def up(
     path = _ckpt(ckpt)
     given = _receivers(receiver, llama, qwen)
     if procfile is not None:
-        procs = net.procfile(procfile)
+        procs = read_procfile(procfile)
     else:
         chosen = given or DEFAULT_RECEIVERS
         procs = processes(chosen, {"sender": sender_threads, "receiver": receiver_threads})

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from honcho.environ import parse_procfile
+
 from latentwire.processes import net
 from latentwire.processes.client import Client
 
@@ -249,6 +251,19 @@ def procfile_text(receivers: Mapping[str, str] | None = None) -> str:
     receivers = check_receivers(DEFAULT_RECEIVERS if receivers is None else receivers)
     header = PROCFILE_HEADER.format(receivers=" ".join(f"{n}={s}" for n, s in receivers.items()))
     return header + "".join(f"{name}: {cmd}\n" for name, cmd in processes(receivers).items())
+
+
+def read_procfile(path: str | Path | None = None) -> dict[str, str]:
+    """The process list (name -> shell command) of the Procfile at `path`; without one, the default list as
+    `latentwire procfile` generates it (the committed Procfile is that text), so nothing is read from outside the
+    package."""
+    if path is None:
+        return processes()
+    path = Path(path)
+    procs = parse_procfile(path.read_text()).processes
+    if not procs:
+        raise ValueError(f"{path}: no processes (lines `name: command`)")
+    return dict(procs)
 
 
 class LocalSystem:

@@ -222,30 +222,3 @@ def build(recipe: TrainRecipe, out: str | Path, llms: dict[str, LLM] | None = No
     with open(out / "log.jsonl", "a") as f:
         f.write(json.dumps({"kind": "final", "split": "val", **summary["val"]}) + "\n")
     return ckpt
-
-
-def tiny_recipe(**over) -> TrainRecipe:
-    """The shipped design at toy size on the tiny random models: what tests, `smoke`, `bench --quick` and the
-    fuzz and overhead benches serve (a few seconds to build)."""
-    base = dict(
-        models=["tiny-llama", "tiny-qwen"],
-        sharer="tiny-qwen",
-        m=4,
-        d_z=32,
-        prompt_len=2,
-        rank=2,
-        steps=2,
-        batch_size=2,
-        eval_every=0,
-        eval_n=4,
-        train_limit=8,
-        max_new_tokens=4,
-        device="cpu",
-        dtype="float32",
-    )
-    return TrainRecipe(**{**base, **over})
-
-
-def tiny_checkpoint(folder: str | Path, llms: dict[str, LLM] | None = None, **over) -> Path:
-    """A tiny trained checkpoint in `folder/ckpt` (see `tiny_recipe`)."""
-    return build(tiny_recipe(**over), folder, llms=llms, progress=False)

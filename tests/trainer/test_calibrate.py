@@ -64,7 +64,7 @@ def test_unknown_paths_are_refused(built, tmp_path):
 def test_the_joint_pick_never_loses_to_the_best_receiver_on_the_fitted_rows():
     """b is sure of its wrong answers, a is right but unsure: the prior makes the pick a's, where plain maps
     would follow b's scores."""
-    from latentwire.bench.quality import joint
+    from latentwire.calibration import joint
     from latentwire.trainer.calibrate import with_prior
 
     rows = {

@@ -17,7 +17,8 @@ from latentwire.receivers import adapter as adapter_mod
 from latentwire.receivers.adapter import CodebookAdapter, CodebookAdapterConfig
 from latentwire.system.pipeline import docs_of, load_checkpoint
 from latentwire.trainer.loop import LoopConfig, TrainedParts, train_loop
-from latentwire.trainer.recipe import closed_form, tiny_recipe
+from latentwire.trainer.recipe import closed_form
+from latentwire.trainer.tiny import tiny_recipe
 
 
 @pytest.fixture(scope="module")
