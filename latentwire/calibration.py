@@ -17,9 +17,6 @@ import numpy as np
 from latentwire.metrics import normalize_answer, summarize
 from latentwire.protocol import WIRE_PATHS
 
-# the paths the recipe and `extend` calibrate each receiver on (val, cheap); `latentwire calibrate` fits any other
-CALIBRATED_PATHS = ("latent", "relay")
-
 
 @dataclass(frozen=True)
 class Calibration:

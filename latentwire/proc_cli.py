@@ -19,7 +19,7 @@ from typing import Annotated
 import typer
 
 from latentwire.arbiter.process import serve as serve_arbiter
-from latentwire.cli_base import CliError, Context, EngineOpt, Mode, Split
+from latentwire.cli_base import CliError, Context, EngineOpt, Split, WirePath
 from latentwire.data import load_split
 from latentwire.metrics import exact_match, f1_score, postprocess
 from latentwire.processes import net
@@ -189,7 +189,7 @@ def ask(
     question: str,
     context_file: Annotated[Path | None, typer.Option(help="file with the context paragraphs (UTF-8)")] = None,
     context: Annotated[str, typer.Option(help="context text (instead of --context-file)")] = "",
-    mode: Annotated[Mode, typer.Option()] = Mode.latent,
+    mode: Annotated[WirePath, typer.Option()] = WirePath.latent,
     quant: Annotated[Quant, typer.Option(help="latent quantisation")] = Quant.INT8,
     group_size: Annotated[int | None, typer.Option(help="int8/int4 columns per scale")] = None,
     budget: Annotated[int | None, typer.Option(help="token-budget tokens (default: M)")] = None,
@@ -223,7 +223,7 @@ def ask_batch(
     split: Annotated[Split, typer.Option()] = Split.dev,
     limit: Annotated[int | None, typer.Option(help="first N questions only")] = None,
     context: Annotated[Context, typer.Option()] = Context.distractor,
-    mode: Annotated[Mode, typer.Option()] = Mode.latent,
+    mode: Annotated[WirePath, typer.Option()] = WirePath.latent,
     quant: Annotated[Quant, typer.Option()] = Quant.INT8,
     group_size: int | None = None,
     budget: int | None = None,

@@ -134,7 +134,7 @@ class Sender:
                 )
         else:
             t1 = t0
-            budget = (ask.budget or self.m) if ask.mode == "token-budget" else None
+            budget = (ask.budget or self.m) if path_spec(ask.mode).budget else None
             text = slot_text(ask.question, ask.context)
             msg = TextRequest(ask.rid, self.pid, text, budget, ask.max_new_tokens, **times)
         frame = encode_frame(msg)

@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy as np
 
 from latentwire import checkpoint
-from latentwire.calibration import CALIBRATED_PATHS, Calibration, fit_platt, joint
+from latentwire.calibration import Calibration, fit_platt, joint
 from latentwire.data import Example, load_split
 from latentwire.evaluate import evaluate
 from latentwire.models import LLM
+from latentwire.protocol import CALIBRATED_PATHS
 from latentwire.system.pipeline import Wire, load_checkpoint
 
 

@@ -27,6 +27,7 @@ import numpy as np
 from latentwire import checkpoint
 from latentwire.data import load_split
 from latentwire.models import LLM, load_llm
+from latentwire.protocol import SENDER_PATHS, TRAINED_PATHS
 from latentwire.receivers.adapter import CodebookAdapter, CodebookAdapterConfig
 from latentwire.sender.selector import Selector, SelectorConfig, selection_report
 from latentwire.sender.sharer import SharerConfig, SharerEncoder
@@ -150,9 +151,8 @@ def closed_form(recipe: TrainRecipe, llms: dict[str, LLM], sharer: LLM) -> tuple
 def val_score(wire, names: list[str], rows, context: str, max_new_tokens: int) -> dict[str, float]:
     """Val F1 per receiver on the latent and relay-tuned paths (uncached: the parts are still training);
     `score`, what the loop keeps the best step by, is the latent's mean over receivers."""
-    paths = ("latent", "relay-tuned")
-    val = validate(wire, names, rows, context, max_new_tokens, paths, progress=False)
-    out = {f"{n}/{p}": val[p][n]["f1"] for p in paths for n in names}
+    val = validate(wire, names, rows, context, max_new_tokens, TRAINED_PATHS, progress=False)
+    out = {f"{n}/{p}": val[p][n]["f1"] for p in TRAINED_PATHS for n in names}
     out["score"] = float(np.mean([out[f"{n}/latent"] for n in names]))
     return out
 
@@ -205,8 +205,7 @@ def build(recipe: TrainRecipe, out: str | Path, llms: dict[str, LLM] | None = No
     if not state.is_main_process:  # the main process measures and writes the checkpoint
         return ckpt
     # every path on val: the run's figures and each path's score calibration (the joint pick's prior)
-    paths = ("evidence", "relay", "relay-tuned", "latent", "latent-closed")
-    val = validate(wire, list(llms), val_rows, recipe.context, recipe.max_new_tokens, paths, progress=progress)
+    val = validate(wire, list(llms), val_rows, recipe.context, recipe.max_new_tokens, SENDER_PATHS, progress=progress)
     calibration = fit(val)
     summary.update(
         wall_s=round(time.perf_counter() - t0, 1),
