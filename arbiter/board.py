@@ -62,6 +62,8 @@ from latentwire.protocol import (
     Sent,
     error_reply,
 )
+from latentwire.protocol.base import clip
+from latentwire.protocol.codes import ErrorCode as E
 
 log = logging.getLogger("latentwire.arbiter")
 FINISHED_MEMORY = 20_000  # finished request ids remembered to tell late replies from unknown ones
@@ -73,18 +75,13 @@ PROBE_QUESTION = "Are you there?"  # asked as text for one token: the cheapest r
 UNPROVEN = "unproven: announced itself, but has yet to answer a request (not waited for)"
 # error codes counted one by one in the status; anything else is counted as `error.other`
 ERROR_CODES = frozenset(
-    {
-        "bad_frame", "bad_version", "bad_quant", "bad_shape", "bad_request", "wrong_checkpoint", "unexpected_kind",
-        "too_large", "bad_output", "internal", "shutting_down", "busy", "expired",
-    }
+    c.value
+    for c in (
+        E.BAD_FRAME, E.BAD_VERSION, E.BAD_QUANT, E.BAD_SHAPE, E.BAD_REQUEST, E.WRONG_CHECKPOINT, E.UNEXPECTED_KIND,
+        E.TOO_LARGE, E.BAD_OUTPUT, E.INTERNAL, E.SHUTTING_DOWN, E.BUSY, E.EXPIRED,
+    )
 )  # fmt: skip
 _REPORT_BYTES = ("request", "header", "payload", "scales", "fanout")  # a Sent's byte counts, kept per request
-
-
-def _clip(s: str, max_bytes: int) -> str:
-    """`s` cut to `max_bytes` of UTF-8 (on a character boundary), marked with "..." when cut."""
-    b = s.encode("utf-8", "replace")
-    return s if len(b) <= max_bytes else b[: max_bytes - 3].decode("utf-8", "ignore") + "..."
 
 
 def _explain(bad: dict[str, str]) -> str:
@@ -127,7 +124,7 @@ class Board(Roster):
             **{k: v for k, v in sorted(self.stats.items())[:40]},
         }
         limit = DEFAULT_LIMITS.max_str  # names come from peers: a status must always fit a frame
-        info = {k: _clip(v, limit) if isinstance(v, str) else v for k, v in info.items()}
+        info = {k: clip(v, limit, "...") if isinstance(v, str) else v for k, v in info.items()}
         return Heartbeat("", self.pid, "arbiter", "ready" if receivers and senders else "waiting", info)
 
     # ---- requests ----

@@ -19,9 +19,12 @@ from latentwire.calibration import Calibration, agreement
 from latentwire.calibration import pick as pick_answer
 from latentwire.protocol import Ask, ErrorReply, JointReply, Reply, Sent, error_reply
 from latentwire.protocol.base import INT64_MAX
+from latentwire.protocol.codes import ErrorCode
 
 # receiver error codes that describe the request itself: when every receiver says the same, the client hears it
-REQUEST_FAULTS = frozenset({"too_large", "bad_shape", "bad_frame", "bad_request"})
+REQUEST_FAULTS = frozenset(
+    c.value for c in (ErrorCode.TOO_LARGE, ErrorCode.BAD_SHAPE, ErrorCode.BAD_FRAME, ErrorCode.BAD_REQUEST)
+)
 MAX_ENTRIES = 64  # errors and durations kept per answer: names come from peers, a reply must fit a frame
 
 

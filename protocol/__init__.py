@@ -4,6 +4,7 @@ Depends on numpy and msgpack only.
 """
 
 from .base import DEFAULT_LIMITS, PROTOCOL_NAME, PROTOCOL_VERSION, Limits, ProtocolError
+from .codes import ERROR_CODES, ErrorCode
 from .frames import FrameSize, decode_frame, encode_frame, frame_size, peek_rid
 from .fuzz import FuzzStats, fuzz, sample_messages
 from .messages import (
@@ -35,6 +36,8 @@ from .quant import Quant, QuantizedLatent, dequantize, error_bound, quantize
 
 __all__ = [
     "DEFAULT_LIMITS",
+    "ERROR_CODES",
+    "ErrorCode",
     "MODES",
     "PATHS",
     "PATH_NAMES",

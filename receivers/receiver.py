@@ -36,16 +36,6 @@ from latentwire.protocol import (
 log = logging.getLogger("latentwire.receiver")
 
 
-def error_code(e: ProtocolError) -> str:
-    """A machine-readable code for why a frame was refused (the message stays human-readable)."""
-    text = str(e)
-    if "unsupported protocol version" in text:
-        return "bad_version"
-    if "unknown quant scheme" in text:
-        return "bad_quant"
-    return "bad_frame"
-
-
 # text and token-budget slots: a longer prompt would hold the receiver for minutes (every dev context fits,
 # even one byte per token); further capped by the model's own context window
 MAX_SLOT_TOKENS = 16384
@@ -204,7 +194,7 @@ class Receiver:
         try:
             msg = decode_frame(data)
         except ProtocolError as e:
-            return error_reply(peek_rid(data), self.pid, error_code(e), str(e))
+            return error_reply(peek_rid(data), self.pid, e.code.value, str(e))
         try:
             if isinstance(msg, (LatentRequest, TextRequest)) and (gone := self._expired(msg)) is not None:
                 return gone  # before any work: a stopped receiver wades through its backlog at decoding speed
