@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # whole-system or packaging tests: `make test-fast` skips them
+
 ROOT = Path(__file__).resolve().parents[2]
 CHECKPOINT_FILES = ("config.json", "weights.safetensors")
 

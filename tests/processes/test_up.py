@@ -146,6 +146,7 @@ def tiny3_ckpt(tmp_path_factory) -> Path:
     return tiny_checkpoint(tmp_path_factory.mktemp("ckpt3"), llms=llms, models=list(llms))
 
 
+@pytest.mark.slow
 def test_live_bench_runs_one_receiver_per_checkpoint_model_and_scores_every_answer(
     tiny3_ckpt: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -20,6 +20,8 @@ from livekit import tiny_system
 from latentwire.processes import net
 from latentwire.protocol import Ask, Heartbeat, Reply, Sent, encode_frame
 
+pytestmark = pytest.mark.slow  # whole-system or packaging tests: `make test-fast` skips them
+
 LATENTWIRE = str(Path(sys.executable).parent / "latentwire")
 
 

@@ -24,6 +24,8 @@ import zmq
 from latentwire.processes import net
 from latentwire.protocol import ErrorReply, Reply, encode_frame, latent_request
 
+pytestmark = pytest.mark.slow  # whole-system or packaging tests: `make test-fast` skips them
+
 LATENTWIRE = str(Path(sys.executable).parent / "latentwire")
 TINY = {"llama": "tiny-llama", "qwen": "tiny-qwen"}  # process name -> model spec (the tiny checkpoint's names)
 QUESTION = "Who wrote the Analytical Engine notes?"

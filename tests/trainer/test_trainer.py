@@ -101,6 +101,7 @@ def test_a_string_the_receiver_has_no_token_for_is_spelled(tiny_llama, monkeypat
         assert without(z).shape[0] == 0  # the closed form alone drops it
 
 
+@pytest.mark.slow
 def test_two_process_gloo_training(tmp_path):
     """`latentwire train` under torchrun: two CPU processes (gloo), the main one writes the checkpoint."""
     args = ["--out", str(tmp_path), "--model", "tiny-llama", "--model", "tiny-qwen", "--sharer", "tiny-qwen"]
