@@ -18,25 +18,15 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from latentwire.checkpoint import read_config
-from latentwire.client import summarize_answers
 from latentwire.data import Example
-from latentwire.up import LocalSystem, receiver_name
+from latentwire.processes.client import summarize_answers
+from latentwire.processes.up import LocalSystem, receiver_name
+
+from .overhead import overhead_s, receiver_model_s
+from .overhead import run as idle_overhead
 
 QUANTS = ("fp16", "int8", "int4")
 REFERENCE_THREADS = {"sender": 1, "receiver": 1}  # how every process ran before the sender's reading took every core
-
-
-def receiver_model_s(row: dict) -> float:
-    """The slowest receiver's model work (adapter + generation) for one answered row."""
-    return max(
-        (r["durations"].get("adapt", 0.0) + r["durations"].get("generate", 0.0) for r in row["receivers"].values()),
-        default=0.0,
-    )
-
-
-def overhead_s(row: dict) -> float:
-    """End to end minus the model work: the sender's encoder and the slowest receiver's adapter + generation."""
-    return max(0.0, row["e2e_s"] - row["durations"].get("sender.encode", 0.0) - receiver_model_s(row))
 
 
 def stages(rows: Sequence[dict]) -> dict[str, float]:
@@ -196,8 +186,6 @@ def live_latency(
         mine, theirs = out["paths"][label].get("latency_p50_s"), ref.get("latency_p50_s")
         out["engine_speedup"] = theirs / mine if mine and theirs else None
     if idle_overhead_n:
-        from .overhead import run as idle_overhead
-
         idle = idle_overhead(idle_overhead_n)["overhead"]
         out["overhead_idle"] = {"p50": idle["p50_ms"] / 1e3, "p95": idle["p95_ms"] / 1e3, "n": idle_overhead_n}
     return out

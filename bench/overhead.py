@@ -2,7 +2,7 @@
 
 Runs `LocalSystem` on the tiny random models and a tiny checkpoint, asks `n` latent questions one at a time and
 prints JSON: the overhead as `latentwire bench` computes it (end to end minus the encoder and the slowest
-receiver's adapter + generation, `bench.live.overhead_s`), and where it goes, from the timings every reply
+receiver's adapter + generation, `overhead_s`), and where it goes, from the timings every reply
 carries: client <-> arbiter, the arbiter after the last reply, the hops arbiter -> sender -> receiver ->
 arbiter (sender and receiver work excluded), the sender's framing, and the receiver's own work around the model;
 then each role's CPU time per request.
@@ -18,7 +18,18 @@ from typing import Any
 
 import numpy as np
 
-from latentwire.bench.live import overhead_s
+
+def receiver_model_s(row: dict) -> float:
+    """The slowest receiver's model work (adapter + generation) for one answered row."""
+    return max(
+        (r["durations"].get("adapt", 0.0) + r["durations"].get("generate", 0.0) for r in row["receivers"].values()),
+        default=0.0,
+    )
+
+
+def overhead_s(row: dict) -> float:
+    """End to end minus the model work: the sender's encoder and the slowest receiver's adapter + generation."""
+    return max(0.0, row["e2e_s"] - row["durations"].get("sender.encode", 0.0) - receiver_model_s(row))
 
 
 def _pct(values: list[float]) -> dict[str, float]:
@@ -70,8 +81,8 @@ def _cpu_seconds() -> dict[str, float]:
 def run(n: int = 200, warmup: int = 10, quant: str = "int8") -> dict[str, Any]:
     """The breakdown over `n` asks, and each role's CPU milliseconds per request (receivers summed; the sender's
     include its encoder, the receivers' their models): where the processes themselves spend time."""
-    from latentwire.trainer.recipe import tiny_checkpoint
-    from latentwire.up import LocalSystem
+    from latentwire.processes.up import LocalSystem
+    from latentwire.trainer.tiny import tiny_checkpoint
 
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = tiny_checkpoint(Path(tmp))

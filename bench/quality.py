@@ -12,11 +12,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from latentwire.calibration import Calibration, joint
 from latentwire.checkpoint import ModelEntry
 from latentwire.data import Example
 from latentwire.evaluate import evaluate
 from latentwire.metrics import bootstrap_ci, exact_match, f1_score, summarize
-from latentwire.receivers.calibration import Calibration, agreement, pick
 from latentwire.system.pipeline import Wire, docs_of
 
 SUMMARY_KEYS = (
@@ -31,29 +31,6 @@ SUMMARY_KEYS = (
     "new_tokens",
     "seconds_per_question",
 )
-
-
-def joint(rows: dict[str, list[dict]], calibrations: dict[str, Calibration]) -> dict:
-    """Joint pick (the arbiter's rule), oracle bound and agreement over per-model rows of the same questions."""
-    names = sorted(rows)
-    picked, oracle_f1, oracle_em, agree = [], [], [], []
-    for i in range(len(rows[names[0]])):
-        per = {m: rows[m][i] for m in names}
-        picked.append(per[pick({m: (r["pred"], r["score"]) for m, r in per.items()}, calibrations)])
-        oracle_f1.append(max(r["f1"] for r in per.values()))
-        oracle_em.append(max(r["em"] for r in per.values()))
-        agree.append(agreement([r["pred"] for r in per.values()]))
-    a = np.array(agree, dtype=bool)
-    jf = np.array([r["f1"] for r in picked])
-    return {
-        "joint": summarize([r["em"] for r in picked], jf.tolist()),
-        "oracle": summarize(oracle_em, oracle_f1),
-        "agreement": {
-            "rate": float(a.mean()),
-            "f1_when_agree": float(jf[a].mean()) if a.any() else None,
-            "f1_when_disagree": float(jf[~a].mean()) if (~a).any() else None,
-        },
-    }
 
 
 PAIRED = (("latent", "relay-tuned"), ("latent", "relay"))  # (path, baseline): `quality.<ctx>.paired` compares these

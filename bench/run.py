@@ -178,6 +178,6 @@ def run_bench(
 def quick_checkpoint(path: Path) -> Path:
     """The shipped recipe on tiny random models (`bench --quick`, CI): a tiny trained checkpoint, seconds; returns
     `path/ckpt`."""
-    from latentwire.trainer.recipe import tiny_checkpoint
+    from latentwire.trainer.tiny import tiny_checkpoint
 
     return tiny_checkpoint(path, eval_n=8, train_limit=100, context="gold")

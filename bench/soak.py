@@ -37,28 +37,26 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import statistics
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from latentwire.client import Answer
 from latentwire.protocol import (
     TextRequest,
     encode_frame,
 )
-from latentwire.trainer.recipe import tiny_checkpoint
+from latentwire.trainer.tiny import tiny_checkpoint
 
 from .soak_traffic import (
     PROCESSES,
     READY_S,
     RECEIVERS,
     TIMEOUT_S,
+    Soak,
     contexts,
     expired,
     flood,
@@ -72,59 +70,6 @@ from .soak_traffic import (
     small_asks,
     stop_receivers,
 )
-
-
-@dataclass
-class Tally:
-    """What one traffic role sent and heard back."""
-
-    sent: int = 0
-    answered: int = 0
-    lost: int = 0  # no answer at all
-    failed: int = 0  # an explicit error (busy, too_large, bad_request, ...)
-    degraded: int = 0
-    latencies: list[float] = field(default_factory=list)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def add(self, a: Answer) -> None:
-        with self._lock:
-            self.sent += 1
-            if a.error is not None and a.error.code == "timeout":
-                self.lost += 1
-                return
-            self.answered += 1
-            self.latencies.append(a.latency_s)
-            self.failed += a.reply is None
-            self.degraded += a.reply is not None and bool(a.reply.degraded)
-
-    def summary(self) -> dict[str, Any]:
-        p50 = round(statistics.median(self.latencies), 3) if self.latencies else None
-        p95 = round(statistics.quantiles(self.latencies, n=20)[-1], 3) if len(self.latencies) > 1 else p50
-        keys = ("sent", "answered", "lost", "failed", "degraded")
-        return {**{k: getattr(self, k) for k in keys}, "p50_s": p50, "p95_s": p95}
-
-
-@dataclass
-class Soak:
-    """The running system, the end of the run, and what each role counted."""
-
-    system: Any  # latentwire.up.LocalSystem, started
-    end: float  # monotonic time the roles stop starting new work
-    rng: random.Random
-    seeds: list[bytes]  # valid request frames of the checkpoint (the receivers' garbage is made from them)
-    tallies: dict[str, Tally] = field(default_factory=dict)
-    peaks: dict[str, float] = field(default_factory=dict)  # process role -> peak RSS in MiB
-    stops: list[str] = field(default_factory=list)
-
-    def tally(self, role: str) -> Tally:
-        return self.tallies.setdefault(role, Tally())
-
-    def running(self) -> bool:
-        return time.monotonic() < self.end
-
-    def pace(self, per_s: float) -> None:
-        time.sleep(min(1.0 / per_s, max(0.0, self.end - time.monotonic())))
-
 
 # ---- the run ----
 
@@ -163,7 +108,7 @@ def run(
     seconds: float, ckpt: str | Path | None = None, seed: int = 0, out: Callable[[str], None] | None = print
 ) -> dict:
     """Soak the system for `seconds`; returns (and prints, unless `out` is None) the figures per role."""
-    from latentwire.up import LocalSystem
+    from latentwire.processes.up import LocalSystem
 
     with tempfile.TemporaryDirectory(prefix="latentwire-soak-") as tmp:
         ckpt = Path(ckpt) if ckpt else tiny_checkpoint(Path(tmp) / "ckpt")

@@ -1,7 +1,8 @@
 """The soak's traffic roles (`soak.py` runs them side by side): normal, oversized and flooding clients, contexts
 over the sender's bounds, many identities and rotating envelopes, asks past their deadline, a small ask beside long
 text asks, garbage frames, forged heartbeats and replies, stopped receivers, and the memory sampler. Each takes the
-running `Soak`, is bounded in rate, and stops when the run ends.
+running `Soak`, is bounded in rate, and stops when the run ends. The run's shared state (`Soak`, each role's
+`Tally`) lives here, beside the roles that write it.
 """
 
 from __future__ import annotations
@@ -11,19 +12,19 @@ import itertools
 import os
 import random
 import signal
+import statistics
+import threading
 import time
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import Any
 
 import psutil
 import zmq
 
-from latentwire import net
-from latentwire.client import Client
+from latentwire.processes import net
+from latentwire.processes.client import Answer, Client
 from latentwire.protocol import DEFAULT_LIMITS, Ask, ErrorReply, Heartbeat, Reply, decode_frame, encode_frame
 from latentwire.protocol.fuzz import mutate
-
-if TYPE_CHECKING:
-    from .soak import Soak
 
 RECEIVERS = {"llama": "tiny-llama", "qwen": "tiny-qwen"}
 PROCESSES = ("arbiter", "sender", *RECEIVERS)
@@ -47,6 +48,58 @@ IDENTITY_HOST, ENVELOPE_HOST, LONG_HOST = "127.0.0.3", "127.0.0.4", "127.0.0.5"
 EXPIRED_PER_S = 20.0  # asks whose deadline has passed: answered at once, never forwarded
 LONG_CONTEXT = CONTEXT * 64  # ~4,000 byte-level tokens: one long text ask per generate call
 LONG_WINDOW, SMALL_EVERY_S = 8, 2.0
+
+
+@dataclass
+class Tally:
+    """What one traffic role sent and heard back."""
+
+    sent: int = 0
+    answered: int = 0
+    lost: int = 0  # no answer at all
+    failed: int = 0  # an explicit error (busy, too_large, bad_request, ...)
+    degraded: int = 0
+    latencies: list[float] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, a: Answer) -> None:
+        with self._lock:
+            self.sent += 1
+            if a.error is not None and a.error.code == "timeout":
+                self.lost += 1
+                return
+            self.answered += 1
+            self.latencies.append(a.latency_s)
+            self.failed += a.reply is None
+            self.degraded += a.reply is not None and bool(a.reply.degraded)
+
+    def summary(self) -> dict[str, Any]:
+        p50 = round(statistics.median(self.latencies), 3) if self.latencies else None
+        p95 = round(statistics.quantiles(self.latencies, n=20)[-1], 3) if len(self.latencies) > 1 else p50
+        keys = ("sent", "answered", "lost", "failed", "degraded")
+        return {**{k: getattr(self, k) for k in keys}, "p50_s": p50, "p95_s": p95}
+
+
+@dataclass
+class Soak:
+    """The running system, the end of the run, and what each role counted."""
+
+    system: Any  # latentwire.processes.up.LocalSystem, started
+    end: float  # monotonic time the roles stop starting new work
+    rng: random.Random
+    seeds: list[bytes]  # valid request frames of the checkpoint (the receivers' garbage is made from them)
+    tallies: dict[str, Tally] = field(default_factory=dict)
+    peaks: dict[str, float] = field(default_factory=dict)  # process role -> peak RSS in MiB
+    stops: list[str] = field(default_factory=list)
+
+    def tally(self, role: str) -> Tally:
+        return self.tallies.setdefault(role, Tally())
+
+    def running(self) -> bool:
+        return time.monotonic() < self.end
+
+    def pace(self, per_s: float) -> None:
+        time.sleep(min(1.0 / per_s, max(0.0, self.end - time.monotonic())))
 
 
 def _question(i: int) -> tuple[int, str, str]:

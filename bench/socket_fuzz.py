@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from latentwire import net
+from latentwire.processes import net
 from latentwire.protocol import (
     DEFAULT_LIMITS,
     Ask,
@@ -339,7 +339,7 @@ def run(frames: int = 100_000, receiver_frames: int = 100_000, seed: int = 0) ->
 
 def _run_receiver(n: int, seed: int, env: dict[str, str]) -> dict[str, Any]:
     from latentwire import checkpoint
-    from latentwire.trainer.recipe import tiny_checkpoint
+    from latentwire.trainer.tiny import tiny_checkpoint
 
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = tiny_checkpoint(Path(tmp))

@@ -14,9 +14,9 @@ from typing import Annotated, Any
 
 import typer
 
-from . import settings
 from .cli_base import DEBUG_ENV, Context, EngineOpt, Mode, OneLineErrors, Split, recipe_options
 from .proc_cli import app as processes
+from .processes import settings
 
 app = typer.Typer(
     cls=OneLineErrors,
@@ -165,7 +165,7 @@ def demo(
     from .checkpoint import DEFAULT_CKPT
     from .data import load_split
     from .metrics import f1_score
-    from .up import LocalSystem
+    from .processes.up import LocalSystem
 
     ckpt = ckpt or DEFAULT_CKPT
     if not (ckpt / "config.json").is_file():

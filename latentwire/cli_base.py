@@ -31,13 +31,15 @@ import click
 import typer
 from typer.core import TyperGroup
 
-from latentwire.protocol.paths import PATH_NAMES
+from latentwire.protocol.paths import PATH_NAMES, WIRE_PATHS
 
 DEBUG_ENV = "LATENTWIRE_DEBUG"
 
 
 # the CLI's `--mode` choices: every path of `protocol/paths.py` (members named like `token_budget`)
 Mode = Enum("Mode", {p.replace("-", "_"): p for p in PATH_NAMES}, type=str)  # type: ignore[misc]
+# `ask`'s and `ask-batch`'s choices: only the paths an Ask may name (the others are measured in-process)
+WirePath = Enum("WirePath", {p.replace("-", "_"): p for p in WIRE_PATHS}, type=str)  # type: ignore[misc]
 
 
 class Context(str, Enum):

@@ -26,7 +26,7 @@ from .lm import generate, template_of, text_slots
 from .metrics import exact_match, f1_score, postprocess, summarize
 from .models import LLM, cache_root
 from .prompts import PROMPT_VERSION, example_slot
-from .protocol import PATH_NAMES, SENDER_PATHS
+from .protocol import PATH_NAMES, path_spec
 
 SlotFn = Callable[[Sequence[Example]], list[torch.Tensor]]  # examples -> this model's slot embeddings
 
@@ -86,10 +86,11 @@ def evaluate(
     """
     if mode not in PATH_NAMES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(PATH_NAMES)}")
-    if mode in SENDER_PATHS and slot_fn is None:
+    spec = path_spec(mode)
+    if spec.sender and slot_fn is None:
         raise ValueError(f"{mode} mode needs a checkpoint (its sender's selector, sharer or encoder)")
     if slot_fn is None:
-        cut = budget if mode == "token-budget" else None
+        cut = budget if spec.budget else None
         slot_fn = lambda exs: text_slots(llm, [example_slot(ex, context) for ex in exs], cut)  # noqa: E731
     batch_size = batch_size or (1 if mode == "text" else 16)
     key = cache_key(
@@ -98,7 +99,7 @@ def evaluate(
         split=split,
         context=context,
         mode=mode,
-        budget=budget if mode == "token-budget" else None,
+        budget=budget if spec.budget else None,
         prompt=PROMPT_VERSION,
         max_new_tokens=max_new_tokens,
         # float32 is the reference; other dtypes (bf16 on CUDA) and engines answer differently, so they key apart
@@ -160,7 +161,7 @@ def evaluate(
         "mode": mode,
         "context": context,
         "split": split,
-        **({"budget": budget} if mode == "token-budget" else {}),
+        **({"budget": budget} if spec.budget else {}),
         **summarize([r["em"] for r in rows], [r["f1"] for r in rows]),
         "nll_per_token": float(np.mean([r["nll"] for r in rows])) if rows else float("nan"),
         "prompt_tokens": float(np.mean([r["prompt_tokens"] for r in rows])) if rows else 0.0,

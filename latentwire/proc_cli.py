@@ -18,15 +18,13 @@ from typing import Annotated
 
 import typer
 
-from latentwire import net, settings
-from latentwire.cli_base import CliError, Context, EngineOpt, Mode, Split
-from latentwire.client import Answer, Client, summarize_answers
+from latentwire.arbiter.process import serve as serve_arbiter
+from latentwire.cli_base import CliError, Context, EngineOpt, Split, WirePath
 from latentwire.data import load_split
 from latentwire.metrics import exact_match, f1_score, postprocess
-from latentwire.protocol import DEFAULT_LIMITS, Ask, Quant
-from latentwire.receivers.arbiter import serve as serve_arbiter
-from latentwire.sender.process import serve as serve_sender
-from latentwire.up import (
+from latentwire.processes import net, settings
+from latentwire.processes.client import Answer, Client, summarize_answers
+from latentwire.processes.up import (
     DEFAULT_RECEIVERS,
     THREADS,
     Supervisor,
@@ -38,7 +36,10 @@ from latentwire.up import (
     parse_receivers,
     processes,
     procfile_text,
+    read_procfile,
 )
+from latentwire.protocol import DEFAULT_LIMITS, Ask, Quant
+from latentwire.sender.process import serve as serve_sender
 
 app = typer.Typer(add_completion=False)
 PANEL = "Processes"
@@ -200,7 +201,7 @@ def ask(
     question: str,
     context_file: Annotated[Path | None, typer.Option(help="file with the context paragraphs (UTF-8)")] = None,
     context: Annotated[str, typer.Option(help="context text (instead of --context-file)")] = "",
-    mode: Annotated[Mode, typer.Option()] = Mode.latent,
+    mode: Annotated[WirePath, typer.Option()] = WirePath.latent,
     quant: Annotated[Quant, typer.Option(help="latent quantisation")] = Quant.INT8,
     group_size: Annotated[int | None, typer.Option(help="int8/int4 columns per scale")] = None,
     budget: Annotated[int | None, typer.Option(help="token-budget tokens (default: M)")] = None,
@@ -234,7 +235,7 @@ def ask_batch(
     split: Annotated[Split, typer.Option()] = Split.dev,
     limit: Annotated[int | None, typer.Option(help="first N questions only")] = None,
     context: Annotated[Context, typer.Option()] = Context.distractor,
-    mode: Annotated[Mode, typer.Option()] = Mode.latent,
+    mode: Annotated[WirePath, typer.Option()] = WirePath.latent,
     quant: Annotated[Quant, typer.Option()] = Quant.INT8,
     group_size: int | None = None,
     budget: int | None = None,
@@ -294,7 +295,7 @@ def up(
     path = _ckpt(ckpt)
     given = _receivers(receiver, llama, qwen)
     if procfile is not None:
-        procs = net.procfile(procfile)
+        procs = read_procfile(procfile)
     else:
         chosen = given or DEFAULT_RECEIVERS
         procs = processes(chosen, {"sender": sender_threads, "receiver": receiver_threads})

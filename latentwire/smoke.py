@@ -33,7 +33,7 @@ def smoke(
     echo: Echo = print,
 ) -> dict[str, str]:
     """Answer one dev question on every receiver of the checkpoint; returns each receiver's generated text."""
-    from .trainer.recipe import tiny_checkpoint
+    from .trainer.tiny import tiny_checkpoint
 
     ex = load_split("dev", data_dir=data_dir, limit=1)[0]
     with tempfile.TemporaryDirectory() as tmp:

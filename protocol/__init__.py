@@ -22,17 +22,28 @@ from .messages import (
     error_reply,
     latent_request,
 )
-from .paths import PATH_NAMES, PATHS, SENDER_PATHS, WIRE_PATHS, PathSpec, path_spec
+from .paths import (
+    CALIBRATED_PATHS,
+    PATH_NAMES,
+    PATHS,
+    SENDER_PATHS,
+    TRAINED_PATHS,
+    WIRE_PATHS,
+    PathSpec,
+    path_spec,
+)
 from .quant import Quant, QuantizedLatent, dequantize, error_bound, quantize
 
 __all__ = [
+    "DEFAULT_LIMITS",
     "ERROR_CODES",
     "ErrorCode",
-    "DEFAULT_LIMITS",
     "MODES",
     "PATHS",
     "PATH_NAMES",
     "SENDER_PATHS",
+    "TRAINED_PATHS",
+    "CALIBRATED_PATHS",
     "WIRE_PATHS",
     "PathSpec",
     "path_spec",

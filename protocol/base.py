@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .codes import ErrorCode
+
 PROTOCOL_NAME = "latentwire"
 PROTOCOL_VERSION = 2
 
@@ -19,7 +21,20 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 class ProtocolError(ValueError):
-    """A frame or message breaks the wire format; the message says what was wrong."""
+    """A frame or message breaks the wire format; the message says what was wrong, `code` what a peer is told."""
+
+    def __init__(self, message: str, code: ErrorCode = ErrorCode.BAD_FRAME) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def clip(s: str, max_bytes: int, mark: str = "") -> str:
+    """`s` cut to at most `max_bytes` of UTF-8 on a character boundary (lone surrogates replaced), ending in `mark`
+    when it was cut."""
+    b = s.encode("utf-8", "replace")
+    if len(b) <= max_bytes:
+        return b.decode("utf-8", "ignore")
+    return b[: max_bytes - len(mark.encode())].decode("utf-8", "ignore") + mark
 
 
 @dataclass(frozen=True)

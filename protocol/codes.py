@@ -1,4 +1,5 @@
 """The error codes LatentWire's processes put in `err` frames: the one list (SPEC.md lists them under `err`).
+A `ProtocolError` carries its code from where it is raised, so nobody reads it back from the message.
 
 A decoder accepts any non-empty code, so a peer of another implementation may send others; the arbiter counts the
 codes of this list one by one in its status and every other one as `other`.
@@ -41,12 +42,8 @@ ERROR_CODES: frozenset[str] = frozenset(c.value for c in ErrorCode)
 
 
 def refusal_code(error: Exception) -> ErrorCode:
-    """The code for a frame that failed to decode with `error` (a ProtocolError): `bad_version` for another major
-    version, `bad_quant` for an unknown quant scheme, else `bad_frame`. Every process that answers an undecodable
-    frame names it this way (SPEC.md, `err`)."""
-    text = str(error)
-    if "unsupported protocol version" in text:
-        return ErrorCode.BAD_VERSION
-    if "unknown quant scheme" in text:
-        return ErrorCode.BAD_QUANT
-    return ErrorCode.BAD_FRAME
+    """The code for a frame that failed to decode with `error`: the code its `ProtocolError` was raised with
+    (`bad_version` for another major version, `bad_quant` for an unknown quant scheme, ...), else `bad_frame`.
+    Every process that answers an undecodable frame names it this way (SPEC.md, `err`)."""
+    code = getattr(error, "code", None)
+    return code if isinstance(code, ErrorCode) else ErrorCode.BAD_FRAME

@@ -8,6 +8,7 @@ from typing import Any
 import msgpack
 
 from .base import DEFAULT_LIMITS, PROTOCOL_NAME, PROTOCOL_VERSION, Limits, ProtocolError
+from .codes import ErrorCode
 from .messages import (
     Ask,
     ErrorReply,
@@ -111,7 +112,9 @@ def decode_frame(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
     if name != PROTOCOL_NAME or not isinstance(name, str):
         raise ProtocolError(f"not a {PROTOCOL_NAME} frame: format name 'p' is {name!r}")
     if version != PROTOCOL_VERSION or not isinstance(version, int) or isinstance(version, bool):
-        raise ProtocolError(f"unsupported protocol version {version!r} (this decoder speaks {PROTOCOL_VERSION})")
+        raise ProtocolError(
+            f"unsupported protocol version {version!r} (this decoder speaks {PROTOCOL_VERSION})", ErrorCode.BAD_VERSION
+        )
     if not isinstance(kind, str) or kind not in _CLASSES:
         raise ProtocolError(f"unknown message kind {kind!r}; expected one of {sorted(_CLASSES)}")
     cls, keys = _CLASSES[kind]
@@ -125,7 +128,7 @@ def decode_frame(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
         msg = cls(**fields)
         check_limits(msg, limits)
     except ProtocolError as e:
-        raise ProtocolError(f"{kind} frame: {e}") from None
+        raise ProtocolError(f"{kind} frame: {e}", e.code) from None
     return msg
 
 

@@ -22,6 +22,7 @@ from .base import (
     check_int,
     check_str,
     check_str_bytes,
+    clip,
 )
 from .paths import WIRE_PATHS
 from .quant import QMAX, Quant, QuantizedLatent, _scheme, quantize
@@ -372,9 +373,4 @@ def latent_request(
 
 def error_reply(rid: str, sender: str, code: str, message: str, limits: Limits = DEFAULT_LIMITS) -> ErrorReply:
     """An ErrorReply whose code and message are cut to fit `limits.max_str` (so replying cannot fail)."""
-    return ErrorReply(rid, sender, _clip(code, limits.max_str) or "error", _clip(message, limits.max_str))
-
-
-def _clip(s: str, max_bytes: int) -> str:
-    """Cut `s` to at most max_bytes of UTF-8 on a character boundary (lone surrogates replaced)."""
-    return s.encode("utf-8", "replace")[:max_bytes].decode("utf-8", "ignore")
+    return ErrorReply(rid, sender, clip(code, limits.max_str) or "error", clip(message, limits.max_str))

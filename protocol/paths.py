@@ -24,28 +24,43 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class PathSpec:
+    """What a path means: every role reads these facts here instead of comparing the path's name."""
+
     name: str
     sender: bool  # the sender computes the slot (needs a checkpoint); else the client's text fills it
     latent: bool  # the slot is soft tokens (a latent frame); else text (a text frame)
     tuned: bool  # the receiver applies its checkpoint's trained parts
     wire: bool  # an Ask may name it
+    reads: bool = False  # the sharer reads the question (every sender path but `evidence`, the selection itself)
+    budget: bool = False  # the slot is the text cut to a token budget (the checkpoint's M unless the Ask sets one)
+    trained: bool = False  # the gradient loop trains through it, and keeps its best step by its val F1
+    calibrated: bool = False  # the recipe fits each receiver's score map on it (`latentwire calibrate`: any other)
 
 
 PATHS: dict[str, PathSpec] = {
     p.name: p
     for p in (
         PathSpec("text", sender=False, latent=False, tuned=False, wire=True),
-        PathSpec("token-budget", sender=False, latent=False, tuned=False, wire=True),
+        PathSpec("token-budget", sender=False, latent=False, tuned=False, wire=True, budget=True),
         PathSpec("evidence", sender=True, latent=False, tuned=False, wire=True),
-        PathSpec("relay", sender=True, latent=False, tuned=False, wire=True),
-        PathSpec("relay-tuned", sender=True, latent=False, tuned=True, wire=False),
-        PathSpec("latent", sender=True, latent=True, tuned=True, wire=True),
-        PathSpec("latent-closed", sender=True, latent=True, tuned=False, wire=False),
+        PathSpec("relay", sender=True, latent=False, tuned=False, wire=True, reads=True, calibrated=True),
+        PathSpec("relay-tuned", sender=True, latent=False, tuned=True, wire=False, reads=True, trained=True),
+        PathSpec("latent", sender=True, latent=True, tuned=True, wire=True, reads=True, trained=True, calibrated=True),
+        PathSpec("latent-closed", sender=True, latent=True, tuned=False, wire=False, reads=True),
     )
 }
+
+
+def _latent_first(names: list[str]) -> tuple[str, ...]:
+    """The latent leads the lists the trainer walks: its val F1 is the score a run keeps its best step by."""
+    return tuple(sorted(names, key=lambda p: not PATHS[p].latent))
+
+
 PATH_NAMES: tuple[str, ...] = tuple(PATHS)
 WIRE_PATHS: tuple[str, ...] = tuple(p for p, s in PATHS.items() if s.wire)
 SENDER_PATHS: tuple[str, ...] = tuple(p for p, s in PATHS.items() if s.sender)
+TRAINED_PATHS: tuple[str, ...] = _latent_first([p for p, s in PATHS.items() if s.trained])
+CALIBRATED_PATHS: tuple[str, ...] = _latent_first([p for p, s in PATHS.items() if s.calibrated])
 
 
 def path_spec(name: str) -> PathSpec:

@@ -12,6 +12,7 @@ from enum import Enum
 import numpy as np
 
 from .base import INT32_MAX, ProtocolError, check_int
+from .codes import ErrorCode
 
 FP16_MAX = 65504.0
 F32_TINY = float(np.finfo(np.float32).tiny)  # 2**-126, the smallest normal float32
@@ -180,7 +181,9 @@ def quantize(x: np.ndarray, scheme: Quant | str, group_size: int | None = None) 
 
 def _scheme(scheme: object, name: str) -> Quant:
     if not isinstance(scheme, str) or scheme not in Quant._value2member_map_:
-        raise ProtocolError(f"{name}: unknown quant scheme {scheme!r}; expected one of {[q.value for q in Quant]}")
+        raise ProtocolError(
+            f"{name}: unknown quant scheme {scheme!r}; expected one of {[q.value for q in Quant]}", ErrorCode.BAD_QUANT
+        )
     return Quant(scheme)
 
 

@@ -16,11 +16,11 @@ from pathlib import Path
 import torch
 import zmq
 
-from latentwire import net
+from latentwire.calibration import announced
+from latentwire.processes import net
 from latentwire.protocol import ErrorReply, Heartbeat, encode_frame, error_reply, peek_rid
 
 from .backlog import Backlog
-from .calibration import announced
 from .receiver import (
     MAX_BACKLOG,
     MAX_BATCH,

@@ -21,7 +21,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from latentwire import net
+from latentwire.processes import net
 from latentwire.protocol import (
     ErrorReply,
     LatentRequest,
@@ -32,7 +32,6 @@ from latentwire.protocol import (
     dequantize,
     error_reply,
     peek_rid,
-    refusal_code,
 )
 
 from .backlog import Backlog, sub_batches
@@ -50,11 +49,6 @@ __all__ = [
 
 log = logging.getLogger("latentwire.receiver")
 T = TypeVar("T")  # what a caller tags its queued requests with (the frame's index, or nothing)
-
-
-def error_code(e: ProtocolError) -> str:
-    """A machine-readable code for why a frame was refused (the message stays human-readable)."""
-    return refusal_code(e).value
 
 
 # text and token-budget slots: a longer prompt would hold the receiver for minutes (every dev context fits,
@@ -223,7 +217,7 @@ class Receiver:
         try:
             msg = decode_frame(data)
         except ProtocolError as e:
-            return error_reply(peek_rid(data), self.pid, error_code(e), str(e))
+            return error_reply(peek_rid(data), self.pid, e.code.value, str(e))
         try:
             if isinstance(msg, (LatentRequest, TextRequest)) and (gone := self._expired(msg)) is not None:
                 return gone  # before any work: a stopped receiver wades through its backlog at decoding speed

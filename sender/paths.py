@@ -22,8 +22,8 @@ Payload = str | np.ndarray
 
 
 def needs_reading(path: str) -> bool:
-    """Whether a sender path needs the sharer's reading (all but `evidence`, which is the selection itself)."""
-    return path_spec(path).sender and path != "evidence"
+    """Whether a sender path needs the sharer's reading (`PathSpec.reads`)."""
+    return path_spec(path).reads
 
 
 def payload(encoder: SharerEncoder, path: str, doc: Doc, reading: Reading | None = None) -> Payload:
@@ -31,7 +31,7 @@ def payload(encoder: SharerEncoder, path: str, doc: Doc, reading: Reading | None
     spec = path_spec(path)
     if not spec.sender:
         raise ValueError(f"{path} is not a sender path: the client's text fills its slot")
-    if path == "evidence":
+    if not spec.reads:  # the selection itself
         return slot_text(doc[0], encoder.evidence(doc))
     if reading is None:
         reading = encoder.read([doc])[0]

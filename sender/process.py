@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import zmq
 
-from latentwire import net
+from latentwire.processes import net
 from latentwire.protocol import (
     Ask,
     ErrorReply,
@@ -135,7 +135,7 @@ class Sender:
                 )
         else:
             t1 = t0
-            budget = (ask.budget or self.m) if ask.mode == "token-budget" else None
+            budget = (ask.budget or self.m) if path_spec(ask.mode).budget else None
             text = slot_text(ask.question, ask.context)
             msg = TextRequest(ask.rid, self.pid, text, budget, ask.max_new_tokens, **times)
         frame = encode_frame(msg)

@@ -49,7 +49,7 @@ def dev3():
 def tiny_trained(tiny_llama, tiny_qwen, tmp_path_factory):
     """(checkpoint, llms): the shipped recipe at toy size, trained a few steps on the tiny models; copy it before
     changing it."""
-    from latentwire.trainer.recipe import tiny_checkpoint
+    from latentwire.trainer.tiny import tiny_checkpoint
 
     llms = {"tiny-llama": tiny_llama, "tiny-qwen": tiny_qwen}
     return tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "run", llms=llms, train_limit=60), llms

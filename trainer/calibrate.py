@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy as np
 
 from latentwire import checkpoint
+from latentwire.calibration import Calibration, fit_platt, joint
 from latentwire.data import Example, load_split
 from latentwire.evaluate import evaluate
 from latentwire.models import LLM
-from latentwire.receivers.calibration import CALIBRATED_PATHS, Calibration, fit_platt
+from latentwire.protocol import CALIBRATED_PATHS
 from latentwire.system.pipeline import Wire, load_checkpoint
 
 
@@ -84,8 +85,6 @@ PRIORS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 100.0)
 
 def with_prior(rows: dict[str, list[dict]], cals: dict[str, Calibration]) -> dict[str, Calibration]:
     """`cals` with the best single receiver's prior (see `fit`)."""
-    from latentwire.bench.quality import joint
-
     n = min(len(r) for r in rows.values())
     rows = {m: r[:n] for m, r in rows.items()}
     best = max(rows, key=lambda m: (np.mean([r["f1"] for r in rows[m]]) if n else 0.0, m))
@@ -141,9 +140,6 @@ def calibrate(
 def _report_joint(val: dict[str, dict[str, dict]], fitted: dict[str, dict[str, dict]], log: Callable) -> None:
     """Per path on the validation rows: the joint pick with the new maps against the best single receiver (in
     sample: the maps were fitted on these rows) and the oracle."""
-    from latentwire.bench.quality import joint
-    from latentwire.receivers.calibration import Calibration
-
     for path, by_name in val.items():
         if len(by_name) < 2:
             continue

@@ -30,6 +30,7 @@ from safetensors.torch import save_file
 from latentwire import checkpoint
 from latentwire.data import load_split
 from latentwire.models import LLM, load_llm
+from latentwire.protocol import SENDER_PATHS
 from latentwire.receivers.adapter import CodebookAdapter, CodebookAdapterConfig
 from latentwire.system.pipeline import load_checkpoint
 
@@ -173,8 +174,7 @@ def extend(
         log(f"trained {', '.join(live.trained_parts)} and tau: best val latent F1 {trained['best_val'].get('score')}")
     adapter = live
     # every path, fitted as the recipe fits the first receivers
-    paths = ("evidence", "relay", "relay-tuned", "latent", "latent-closed")
-    val = validate(wire, [name], rows, recipe.context, max_new, paths, False)
+    val = validate(wire, [name], rows, recipe.context, max_new, SENDER_PATHS, False)
     calibration = fit(val)[name]
     ext["summary"] = {
         "wall_s": round(time.perf_counter() - t0, 1),

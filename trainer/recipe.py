@@ -27,6 +27,7 @@ import numpy as np
 from latentwire import checkpoint
 from latentwire.data import load_split
 from latentwire.models import LLM, load_llm
+from latentwire.protocol import SENDER_PATHS, TRAINED_PATHS
 from latentwire.receivers.adapter import CodebookAdapter, CodebookAdapterConfig
 from latentwire.sender.selector import Selector, SelectorConfig, selection_report
 from latentwire.sender.sharer import SharerConfig, SharerEncoder
@@ -150,9 +151,8 @@ def closed_form(recipe: TrainRecipe, llms: dict[str, LLM], sharer: LLM) -> tuple
 def val_score(wire, names: list[str], rows, context: str, max_new_tokens: int) -> dict[str, float]:
     """Val F1 per receiver on the latent and relay-tuned paths (uncached: the parts are still training);
     `score`, what the loop keeps the best step by, is the latent's mean over receivers."""
-    paths = ("latent", "relay-tuned")
-    val = validate(wire, names, rows, context, max_new_tokens, paths, progress=False)
-    out = {f"{n}/{p}": val[p][n]["f1"] for p in paths for n in names}
+    val = validate(wire, names, rows, context, max_new_tokens, TRAINED_PATHS, progress=False)
+    out = {f"{n}/{p}": val[p][n]["f1"] for p in TRAINED_PATHS for n in names}
     out["score"] = float(np.mean([out[f"{n}/latent"] for n in names]))
     return out
 
@@ -205,8 +205,7 @@ def build(recipe: TrainRecipe, out: str | Path, llms: dict[str, LLM] | None = No
     if not state.is_main_process:  # the main process measures and writes the checkpoint
         return ckpt
     # every path on val: the run's figures and each path's score calibration (the joint pick's prior)
-    paths = ("evidence", "relay", "relay-tuned", "latent", "latent-closed")
-    val = validate(wire, list(llms), val_rows, recipe.context, recipe.max_new_tokens, paths, progress=progress)
+    val = validate(wire, list(llms), val_rows, recipe.context, recipe.max_new_tokens, SENDER_PATHS, progress=progress)
     calibration = fit(val)
     summary.update(
         wall_s=round(time.perf_counter() - t0, 1),
@@ -222,30 +221,3 @@ def build(recipe: TrainRecipe, out: str | Path, llms: dict[str, LLM] | None = No
     with open(out / "log.jsonl", "a") as f:
         f.write(json.dumps({"kind": "final", "split": "val", **summary["val"]}) + "\n")
     return ckpt
-
-
-def tiny_recipe(**over) -> TrainRecipe:
-    """The shipped design at toy size on the tiny random models: what tests, `smoke`, `bench --quick` and the
-    fuzz and overhead benches serve (a few seconds to build)."""
-    base = dict(
-        models=["tiny-llama", "tiny-qwen"],
-        sharer="tiny-qwen",
-        m=4,
-        d_z=32,
-        prompt_len=2,
-        rank=2,
-        steps=2,
-        batch_size=2,
-        eval_every=0,
-        eval_n=4,
-        train_limit=8,
-        max_new_tokens=4,
-        device="cpu",
-        dtype="float32",
-    )
-    return TrainRecipe(**{**base, **over})
-
-
-def tiny_checkpoint(folder: str | Path, llms: dict[str, LLM] | None = None, **over) -> Path:
-    """A tiny trained checkpoint in `folder/ckpt` (see `tiny_recipe`)."""
-    return build(tiny_recipe(**over), folder, llms=llms, progress=False)

@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from latentwire.bench.quality import joint, wire_bytes
+from latentwire.bench.quality import wire_bytes
 from latentwire.bench.run import run_bench
+from latentwire.calibration import Calibration, joint
 from latentwire.protocol import PATH_NAMES
-from latentwire.receivers.calibration import Calibration
 from latentwire.system.pipeline import load_checkpoint
 from latentwire.trainer.recipe import TrainRecipe
 

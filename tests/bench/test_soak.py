@@ -13,6 +13,7 @@ from latentwire.bench import soak
 ROLES = ("normal", "oversized", "flood", "contexts", "identities", "expired", "long", "small", "garbage", "forged")
 
 
+@pytest.mark.slow
 def test_a_short_soak_loses_nothing(tiny_trained, capsys: pytest.CaptureFixture[str]) -> None:
     result = soak.run(20, ckpt=tiny_trained[0])
     out = capsys.readouterr().out

@@ -8,10 +8,10 @@ import threading
 
 import zmq
 
-from latentwire import net
+from latentwire.arbiter import process as arbiter
 from latentwire.bench.socket_fuzz import ArbiterFuzz
+from latentwire.processes import net
 from latentwire.protocol import DEFAULT_LIMITS, Heartbeat
-from latentwire.receivers import arbiter
 
 
 def _addr() -> str:

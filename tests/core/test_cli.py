@@ -139,7 +139,7 @@ def test_console_script_prints_one_line_and_exits_2(big_context: Path) -> None:
 
 
 def test_a_system_that_is_not_up_is_one_line() -> None:
-    from latentwire import net
+    from latentwire.processes import net
 
     address = f"tcp://127.0.0.1:{net.free_port()}"
     res = CliRunner().invoke(app, ["ask", "Who?", "--arbiter", address, "--wait", "0.5", "--n-receivers", "3"])

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from latentwire import up
 from latentwire.cli import app
 from latentwire.metrics import exact_match, f1_score, postprocess
+from latentwire.processes import up
 
 TINY = {"llama": "tiny-llama", "qwen": "tiny-qwen"}  # process name -> model spec (the tiny checkpoint's names)
 MODELS = set(TINY.values())
@@ -81,6 +81,7 @@ BYTES = re.compile(r"bytes: (?P<request>\d+) per receiver \((?P<payload>\d+) pay
                    r"end-to-end \d+ ms")  # fmt: skip
 
 
+@pytest.mark.slow
 def test_ask_prints_the_joint_answer_each_receivers_and_the_bytes(system: up.LocalSystem) -> None:
     res = CliRunner().invoke(app, _ask(system, RECORDS[0]["question"], "--context", CONTEXT, "--quant", "int4"))
     assert res.exit_code == 0, res.output
@@ -100,6 +101,7 @@ def test_ask_prints_the_joint_answer_each_receivers_and_the_bytes(system: up.Loc
     assert int(b["payload"]) == 64 and int(b["fanout"]) == 2 * int(b["request"]) > 0
 
 
+@pytest.mark.slow
 def test_ask_json_is_the_full_record(system: up.LocalSystem) -> None:
     res = CliRunner().invoke(app, [*_ask(system, RECORDS[1]["question"], "--context", CONTEXT), "--json"])
     assert res.exit_code == 0, res.output
@@ -109,6 +111,7 @@ def test_ask_json_is_the_full_record(system: up.LocalSystem) -> None:
     assert row["answer"] == row["receivers"][row["model"]]["answer"]
 
 
+@pytest.mark.slow
 def test_ask_a_request_the_system_refuses_is_an_error_line_and_exit_1(system: up.LocalSystem) -> None:
     res = CliRunner().invoke(app, _ask(system, "Who?", "--context", CONTEXT, "--group-size", "3"))  # d_z 32: no
     assert res.exit_code == 1 and res.stdout == ""
@@ -118,6 +121,7 @@ def test_ask_a_request_the_system_refuses_is_an_error_line_and_exit_1(system: up
 # ---- latentwire ask-batch ----
 
 
+@pytest.mark.slow
 def test_ask_batch_writes_scored_rows_and_sums_them_up(system: up.LocalSystem, data_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "rows" / "results.jsonl"
     args = ["ask-batch", "--split", "dev", "--data-dir", str(data_dir), "--mode", "latent", "--quant", "int8"]
@@ -149,6 +153,7 @@ class _TinySystem(up.LocalSystem):
         super().__init__(ckpt, TINY, **kw)
 
 
+@pytest.mark.slow
 def test_demo_answers_dev_questions_through_the_processes(
     ckpt: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

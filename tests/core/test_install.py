@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # whole-system or packaging tests: `make test-fast` skips them
+
 ROOT = Path(__file__).resolve().parents[2]
 CHECKPOINT_FILES = ("config.json", "weights.safetensors")
 
@@ -76,9 +78,9 @@ def test_the_installed_core_finds_its_data_inside_the_package(wheel: Path, src: 
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     probe = (
-        "import json, latentwire, latentwire.checkpoint as c, latentwire.evaluate as e, latentwire.net as n\n"
+        "import json, latentwire, latentwire.checkpoint as c, latentwire.evaluate as e, latentwire.processes.up as n\n"
         "print(json.dumps({'pkg': latentwire.__file__, 'ckpt': str(c.DEFAULT_CKPT), 'rows': str(e.ROWS_DIR),"
-        " 'fp': c.fingerprint(c.DEFAULT_CKPT), 'procs': sorted(n.procfile())}))"
+        " 'fp': c.fingerprint(c.DEFAULT_CKPT), 'procs': sorted(n.read_procfile())}))"
     )
     # cwd outside the checkout, so its `latentwire/` folder cannot shadow the unpacked one
     res = subprocess.run(

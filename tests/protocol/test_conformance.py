@@ -25,7 +25,7 @@ CONTEXT = "Ada Lovelace wrote the notes in 1843.\nCharles Babbage designed the e
 
 @pytest.fixture(scope="module")
 def address(tiny_trained, tmp_path_factory) -> str:
-    from latentwire.up import LocalSystem
+    from latentwire.processes.up import LocalSystem
 
     system = LocalSystem(
         tiny_trained[0], llama="tiny-llama", qwen="tiny-qwen", log=tmp_path_factory.mktemp("spec") / "up.log"

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import latentwire.protocol as protocol
+from latentwire.arbiter.board import ERROR_CODES as COUNTED
 from latentwire.protocol import ERROR_CODES, ErrorCode
-from latentwire.receivers.board import ERROR_CODES as COUNTED
 
 SPEC = Path(protocol.__file__).with_name("SPEC.md").read_text()
 

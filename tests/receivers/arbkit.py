@@ -10,7 +10,7 @@ from pathlib import Path
 
 import zmq
 
-from latentwire import net
+from latentwire.processes import net
 from latentwire.protocol import Ask, Heartbeat, Message, Reply, Sent, decode_frame, encode_frame
 from latentwire.receivers import arbiter
 

@@ -14,7 +14,7 @@ from latentwire.protocol import encode_frame, latent_request
 
 @pytest.fixture(scope="session")
 def tiny_ckpt(tiny_trained) -> Path:
-    """The shipped design at toy size (`trainer.recipe.tiny_checkpoint`), trained a few steps."""
+    """The shipped design at toy size (`trainer.tiny.tiny_checkpoint`), trained a few steps."""
     from latentwire.device import set_threads
 
     set_threads(1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from latentwire.up import LocalSystem
+from latentwire.processes.up import LocalSystem
 
 
 def tiny_system(ckpt: Path, folder: Path) -> LocalSystem:

@@ -8,7 +8,7 @@ import zmq
 import zmq.auth
 from arbkit import FP, LiveArbiter, wait_for
 
-from latentwire import net
+from latentwire.processes import net
 from latentwire.protocol import Heartbeat, encode_frame
 
 

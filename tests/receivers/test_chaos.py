@@ -22,9 +22,11 @@ from pathlib import Path
 import pytest
 from livekit import tiny_system
 
-from latentwire import net
-from latentwire.client import Answer
+from latentwire.processes import net
+from latentwire.processes.client import Answer
 from latentwire.receivers.receiver import RETURN_GRACE_S
+
+pytestmark = pytest.mark.slow  # whole-system or packaging tests: `make test-fast` skips them
 
 BASE_S, STOP_S, AFTER_S = 4.0, net.DEAD_AFTER_S + 1.5, 4.0  # stopped long enough to be taken for dead
 CONTEXT = "Ada Lovelace wrote the notes on the Analytical Engine in 1843. " * 48  # ~3 KB: the slowest backlog

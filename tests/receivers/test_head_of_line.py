@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from livekit import tiny_system
 
-from latentwire.client import Answer
+from latentwire.processes.client import Answer
 
 # ~6,000 byte-level tokens each: three of them per generate call (MAX_BATCH_POSITIONS), a read of eight takes three
 LONG_CONTEXT = "Ada Lovelace wrote the notes on the Analytical Engine in 1843. " * 95

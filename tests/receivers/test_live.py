@@ -17,8 +17,10 @@ from pathlib import Path
 import pytest
 from livekit import tiny_system
 
-from latentwire import net
+from latentwire.processes import net
 from latentwire.protocol import Ask, Heartbeat, Reply, Sent, encode_frame
+
+pytestmark = pytest.mark.slow  # whole-system or packaging tests: `make test-fast` skips them
 
 LATENTWIRE = str(Path(sys.executable).parent / "latentwire")
 
@@ -36,9 +38,9 @@ def test_arbiter_loop_answers_in_flight_requests_on_stop() -> None:
 
     import zmq
 
-    from latentwire.client import Client
+    from latentwire.arbiter import process as arbiter
+    from latentwire.processes.client import Client
     from latentwire.protocol import decode_frame
-    from latentwire.receivers import arbiter
 
     front, back, replies = (f"tcp://127.0.0.1:{p}" for p in _ports(3))
     stop = net.StopFlag(install=False)
@@ -304,7 +306,7 @@ def test_receiver_in_another_namespace_over_curve(netns, tiny_ckpt: Path, tmp_pa
     import zmq
     import zmq.auth
 
-    from latentwire.client import Client
+    from latentwire.processes.client import Client
 
     ns, host_ip, ns_ip = netns
     keys = tmp_path / "keys"

@@ -21,8 +21,10 @@ import numpy as np
 import pytest
 import zmq
 
-from latentwire import net
+from latentwire.processes import net
 from latentwire.protocol import ErrorReply, Reply, encode_frame, latent_request
+
+pytestmark = pytest.mark.slow  # whole-system or packaging tests: `make test-fast` skips them
 
 LATENTWIRE = str(Path(sys.executable).parent / "latentwire")
 TINY = {"llama": "tiny-llama", "qwen": "tiny-qwen"}  # process name -> model spec (the tiny checkpoint's names)
@@ -67,7 +69,7 @@ def _assert_full(answer, models: set[str]) -> None:
 
 @pytest.fixture(scope="module")
 def system(tiny_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator:
-    from latentwire.up import LocalSystem
+    from latentwire.processes.up import LocalSystem
 
     s = LocalSystem(tiny_ckpt, TINY, log=tmp_path_factory.mktemp("up") / "up.log", timeout=30)
     with s:
@@ -116,7 +118,7 @@ def test_a_sharer_reading_longer_than_the_silence_limit_is_not_sent_twice(
 ) -> None:
     """The sender runs in this process with its sharer's reading slowed past net.DEAD_AFTER_S; its heartbeats go on
     from the serving thread meanwhile, so the arbiter neither forgets it nor re-dispatches the request."""
-    from latentwire.client import Client
+    from latentwire.processes.client import Client
     from latentwire.sender import process
     from latentwire.sender.sharer import SharerEncoder
 
@@ -250,7 +252,7 @@ def test_curve_link_answers_known_senders_and_refuses_an_unknown_key(
     from typer.testing import CliRunner
 
     from latentwire.cli import app
-    from latentwire.up import LocalSystem
+    from latentwire.processes.up import LocalSystem
 
     keys = tmp_path / "keys"
     res = CliRunner().invoke(app, ["keygen", str(keys)])

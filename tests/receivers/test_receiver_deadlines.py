@@ -10,8 +10,8 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
+from latentwire.arbiter.board import ERROR_CODES, Board
 from latentwire.protocol import Ask, ErrorReply, Heartbeat, Reply, Sent, TextRequest, decode_frame, encode_frame
-from latentwire.receivers.board import ERROR_CODES, Board
 from latentwire.receivers.receiver import Liveness, Receiver
 
 WALL = 1_700_000_000.0  # the fake Unix time "now"

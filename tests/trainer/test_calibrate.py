@@ -8,9 +8,9 @@ import shutil
 import pytest
 
 from latentwire import checkpoint
+from latentwire.arbiter.roster import Roster
+from latentwire.calibration import Calibration, announced
 from latentwire.protocol import WIRE_PATHS, Heartbeat, decode_frame, encode_frame
-from latentwire.receivers.calibration import Calibration, announced
-from latentwire.receivers.roster import Roster
 from latentwire.trainer.calibrate import calibrate
 
 
@@ -64,7 +64,7 @@ def test_unknown_paths_are_refused(built, tmp_path):
 def test_the_joint_pick_never_loses_to_the_best_receiver_on_the_fitted_rows():
     """b is sure of its wrong answers, a is right but unsure: the prior makes the pick a's, where plain maps
     would follow b's scores."""
-    from latentwire.bench.quality import joint
+    from latentwire.calibration import joint
     from latentwire.trainer.calibrate import with_prior
 
     rows = {

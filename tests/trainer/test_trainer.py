@@ -17,7 +17,8 @@ from latentwire.receivers import adapter as adapter_mod
 from latentwire.receivers.adapter import CodebookAdapter, CodebookAdapterConfig
 from latentwire.system.pipeline import docs_of, load_checkpoint
 from latentwire.trainer.loop import LoopConfig, TrainedParts, train_loop
-from latentwire.trainer.recipe import closed_form, tiny_recipe
+from latentwire.trainer.recipe import closed_form
+from latentwire.trainer.tiny import tiny_recipe
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +101,7 @@ def test_a_string_the_receiver_has_no_token_for_is_spelled(tiny_llama, monkeypat
         assert without(z).shape[0] == 0  # the closed form alone drops it
 
 
+@pytest.mark.slow
 def test_two_process_gloo_training(tmp_path):
     """`latentwire train` under torchrun: two CPU processes (gloo), the main one writes the checkpoint."""
     args = ["--out", str(tmp_path), "--model", "tiny-llama", "--model", "tiny-qwen", "--sharer", "tiny-qwen"]

@@ -43,7 +43,15 @@ import uuid
 from collections import Counter, OrderedDict
 from dataclasses import replace
 
-from latentwire import net
+from latentwire.arbiter.joint import Pending, add, agree, outcome, pick  # noqa: F401 - pick, agree: re-exported
+from latentwire.arbiter.roster import (  # noqa: F401 - the peer limits: re-exported
+    MAX_PEERS,
+    PEER_MEMORY_S,
+    Peer,
+    Readiness,
+    Roster,
+)
+from latentwire.processes import net
 from latentwire.protocol import (
     DEFAULT_LIMITS,
     ERROR_CODES,  # counted one by one in the status; anything else is counted as `error.other`
@@ -56,14 +64,7 @@ from latentwire.protocol import (
     Sent,
     error_reply,
 )
-from latentwire.receivers.joint import Pending, add, agree, outcome, pick  # noqa: F401 - pick, agree: re-exported
-from latentwire.receivers.roster import (  # noqa: F401 - the peer limits: re-exported
-    MAX_PEERS,
-    PEER_MEMORY_S,
-    Peer,
-    Readiness,
-    Roster,
-)
+from latentwire.protocol.base import clip
 
 log = logging.getLogger("latentwire.arbiter")
 FINISHED_MEMORY = 20_000  # finished request ids remembered to tell late replies from unknown ones
@@ -74,12 +75,6 @@ PROBE_TIMEOUT_S = 10.0  # a probe waits this long; a later answer still proves i
 PROBE_QUESTION = "Are you there?"  # asked as text for one token: the cheapest request every receiver answers
 UNPROVEN = "unproven: announced itself, but has yet to answer a request (not waited for)"
 _REPORT_BYTES = ("request", "header", "payload", "scales", "fanout")  # a Sent's byte counts, kept per request
-
-
-def _clip(s: str, max_bytes: int) -> str:
-    """`s` cut to `max_bytes` of UTF-8 (on a character boundary), marked with "..." when cut."""
-    b = s.encode("utf-8", "replace")
-    return s if len(b) <= max_bytes else b[: max_bytes - 3].decode("utf-8", "ignore") + "..."
 
 
 def _explain(bad: dict[str, str]) -> str:
@@ -123,7 +118,7 @@ class Board(Roster):
             **{k: v for k, v in sorted(self.stats.items())[:40]},
         }
         limit = DEFAULT_LIMITS.max_str  # names come from peers: a status must always fit a frame
-        info = {k: _clip(v, limit) if isinstance(v, str) else v for k, v in info.items()}
+        info = {k: clip(v, limit, "...") if isinstance(v, str) else v for k, v in info.items()}
         return Heartbeat("", self.pid, "arbiter", "ready" if receivers and senders else "waiting", info)
 
     # ---- requests ----

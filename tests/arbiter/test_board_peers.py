@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from boardkit import FP, beat, open_ask, prove, proven_board, reply, sent
 
+from latentwire.arbiter import board
+from latentwire.arbiter.board import Board
+from latentwire.calibration import Calibration
 from latentwire.protocol import Ask, Heartbeat, JointReply
-from latentwire.receivers import board
-from latentwire.receivers.board import Board
-from latentwire.receivers.calibration import Calibration
 
 # ---- forged heartbeats (plain TCP: anyone may push to the replies socket) ----
 

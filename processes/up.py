@@ -23,8 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from latentwire import net
-from latentwire.client import Client
+from honcho.environ import parse_procfile
+
+from latentwire.processes import net
+from latentwire.processes.client import Client
 
 RESTART_MIN_S, RESTART_MAX_S = 1.0, 30.0
 SETTING_ERROR_RC = 2  # a process that refused its settings (one line, exit 2): restarting it would refuse them again
@@ -258,6 +260,19 @@ def procfile_text(receivers: Mapping[str, str] | None = None) -> str:
     return header + "".join(f"{name}: {cmd}\n" for name, cmd in processes(receivers).items())
 
 
+def read_procfile(path: str | Path | None = None) -> dict[str, str]:
+    """The process list (name -> shell command) of the Procfile at `path`; without one, the default list as
+    `latentwire procfile` generates it (the committed Procfile is that text), so nothing is read from outside the
+    package."""
+    if path is None:
+        return processes()
+    path = Path(path)
+    procs = parse_procfile(path.read_text()).processes
+    if not procs:
+        raise ValueError(f"{path}: no processes (lines `name: command`)")
+    return dict(procs)
+
+
 class LocalSystem:
     """The whole system (`latentwire up`) on free loopback ports, as a context manager (tests, bench).
 
@@ -282,7 +297,7 @@ class LocalSystem:
         threads: Mapping[str, int] | None = None,
     ) -> None:
         if engine:  # refused here, not after the ready timeout
-            from latentwire.settings import check_engine
+            from latentwire.processes.settings import check_engine
 
             check_engine(engine)
         chosen = dict(DEFAULT_RECEIVERS if receivers is None else receivers)

@@ -21,9 +21,9 @@ import logging
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 
-from latentwire import net
+from latentwire.calibration import Calibration
+from latentwire.processes import net
 from latentwire.protocol import Heartbeat
-from latentwire.receivers.calibration import Calibration
 
 log = logging.getLogger("latentwire.arbiter")
 PEER_MEMORY_S = 600.0  # a peer silent this long is forgotten (its name still explains a degraded answer until then)

@@ -28,7 +28,11 @@ import time
 
 import zmq
 
-from latentwire import net
+from latentwire.arbiter.board import Board, Peer, Pending
+
+# Re-exported for code that imports them from here (tests of other parts, the socket fuzz bench)
+from latentwire.arbiter.roster import MAX_PEERS
+from latentwire.processes import net
 from latentwire.protocol import (
     Ask,
     ErrorReply,
@@ -44,10 +48,6 @@ from latentwire.protocol import (
     peek_rid,
     refusal_code,
 )
-from latentwire.receivers.board import Board, Peer, Pending
-
-# Re-exported for code that imports them from here (tests of other parts, the socket fuzz bench)
-from latentwire.receivers.roster import MAX_PEERS
 
 __all__ = ["MAX_PEERS", "TICK_S", "Board", "serve"]
 

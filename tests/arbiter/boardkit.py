@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
+from latentwire.arbiter.board import Board
 from latentwire.protocol import Ask, Heartbeat, Reply, Sent
-from latentwire.receivers.board import Board
 
 FP = "f" * 64
 SENDER_INFO = {"fingerprint": FP, "models": "llama,qwen", "receivers": 2}

@@ -17,10 +17,10 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from latentwire.calibration import Calibration, agreement
+from latentwire.calibration import pick as pick_answer
 from latentwire.protocol import Ask, ErrorReply, JointReply, Reply, Sent, error_reply
 from latentwire.protocol.base import INT64_MAX
-from latentwire.receivers.calibration import Calibration, agreement
-from latentwire.receivers.calibration import pick as pick_answer
 
 # receiver error codes that describe the request itself: when every receiver says the same, the client hears it
 REQUEST_FAULTS = frozenset({"too_large", "bad_shape", "bad_frame", "bad_request", "no_match"})

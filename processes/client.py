@@ -19,7 +19,7 @@ from typing import Any
 
 import zmq
 
-from latentwire import net
+from latentwire.processes import net
 from latentwire.protocol import (
     Ask,
     ErrorReply,
@@ -29,6 +29,7 @@ from latentwire.protocol import (
     decode_frame,
     encode_frame,
     error_reply,
+    path_spec,
 )
 
 GRACE_S = 5.0  # the client waits this much longer than the arbiter's own timeout before giving up
@@ -73,7 +74,7 @@ class Answer:
         row: dict[str, Any] = {
             "id": self.tag,
             "mode": self.ask.mode,
-            "quant": self.ask.quant if self.ask.mode == "latent" else None,
+            "quant": self.ask.quant if path_spec(self.ask.mode).latent else None,
             "ok": self.ok,
             "answer": self.answer,
             "model": r.model if r else None,

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from latentwire import net, settings
-from latentwire.settings import SettingError
-from latentwire.up import LocalSystem, Supervisor
+from latentwire.processes import net, settings
+from latentwire.processes.settings import SettingError
+from latentwire.processes.up import LocalSystem, Supervisor
 
 LATENTWIRE = str(Path(sys.executable).parent / "latentwire")
 

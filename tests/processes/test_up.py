@@ -11,11 +11,11 @@ import pytest
 from honcho.environ import parse_procfile
 from typer.testing import CliRunner
 
-from latentwire import net, up
 from latentwire.cli import app
-from latentwire.client import Answer, summarize_answers
 from latentwire.data import Example, Paragraph
 from latentwire.proc_cli import scored_row
+from latentwire.processes import up
+from latentwire.processes.client import Answer, summarize_answers
 from latentwire.protocol import Ask, ErrorReply, JointReply
 
 REPO = Path(__file__).resolve().parents[2]
@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_committed_procfile_is_the_generated_default() -> None:
     assert (REPO / "Procfile").read_text() == up.procfile_text()
-    assert net.procfile() == up.processes() == up.processes(up.DEFAULT_RECEIVERS)
+    assert up.read_procfile() == up.processes() == up.processes(up.DEFAULT_RECEIVERS)
     assert list(up.processes()) == ["sender", "llama", "qwen", "arbiter"]
 
 
@@ -135,7 +135,7 @@ def tiny3_ckpt(tmp_path_factory) -> Path:
     from latentwire.device import set_threads
     from latentwire.models import load_llm
     from latentwire.tiny import tiny_llm
-    from latentwire.trainer.recipe import tiny_checkpoint
+    from latentwire.trainer.tiny import tiny_checkpoint
 
     set_threads(1)
     folder = tmp_path_factory.mktemp("models") / "llama-b"
@@ -146,6 +146,7 @@ def tiny3_ckpt(tmp_path_factory) -> Path:
     return tiny_checkpoint(tmp_path_factory.mktemp("ckpt3"), llms=llms, models=list(llms))
 
 
+@pytest.mark.slow
 def test_live_bench_runs_one_receiver_per_checkpoint_model_and_scores_every_answer(
     tiny3_ckpt: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -180,23 +180,3 @@ class StopFlag:
 
     def wait(self, timeout: float) -> bool:
         return self._event.wait(timeout)
-
-
-# ---- Procfile ----
-
-
-def procfile(path: str | Path | None = None) -> dict[str, str]:
-    """The process list (name -> shell command) of the Procfile at `path`; without one, the default list as
-    `latentwire procfile` generates it (the committed Procfile is that text), so nothing is read from outside the
-    package."""
-    if path is None:
-        from latentwire.up import processes  # at call time: `up` imports this module
-
-        return processes()
-    from honcho.environ import parse_procfile
-
-    path = Path(path)
-    procs = parse_procfile(path.read_text()).processes
-    if not procs:
-        raise ValueError(f"{path}: no processes (lines `name: command`)")
-    return dict(procs)

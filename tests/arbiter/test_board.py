@@ -7,11 +7,11 @@ from __future__ import annotations
 import pytest
 from boardkit import FP, beat, hb, open_ask, proven_board, reply, sent
 
+from latentwire.arbiter import board
+from latentwire.arbiter.board import Board, agree, pick
+from latentwire.calibration import Calibration
+from latentwire.calibration import pick as calibration_pick
 from latentwire.protocol import Ask, ErrorReply, Heartbeat, JointReply, Reply, encode_frame
-from latentwire.receivers import board
-from latentwire.receivers.board import Board, agree, pick
-from latentwire.receivers.calibration import Calibration
-from latentwire.receivers.calibration import pick as calibration_pick
 
 # ---- the join and the pick ----
 

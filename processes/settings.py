@@ -14,7 +14,7 @@ import os
 import re
 from collections.abc import Mapping
 
-from latentwire import net
+from latentwire.processes import net
 
 # scheme://rest as ZeroMQ takes it; tcp needs host:port (a port number or `*`)
 _ENDPOINT = re.compile(r"(tcp://[^\s:/]+:(\d+|\*))|((ipc|inproc)://\S+)")
@@ -28,7 +28,7 @@ def check(*, engine: bool = False, env: Mapping[str, str] | None = None) -> None
     """Check the settings every process reads (raises SettingError): threads, timeout, receivers count, the
     addresses, the CURVE folder; and `$LATENTWIRE_ENGINE` when the process loads a model."""
     env = os.environ if env is None else env
-    _number(env, "LATENTWIRE_THREADS", int, lo=1)
+    _number(env, "LATENTWIRE_THREADS", int, lo=0)  # 0: every core
     _number(env, "LATENTWIRE_N_RECEIVERS", int, lo=1)
     _number(env, "LATENTWIRE_TIMEOUT", float, lo=0.0, strict=True)
     for var, _default in net.ADDRESSES.values():

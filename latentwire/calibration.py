@@ -1,4 +1,5 @@
-"""Score calibration and the joint pick, shared by the arbiter and the bench.
+"""Score calibration and the joint pick, shared by the receivers (which announce their maps), the arbiter (which
+picks), the trainer (which fits the maps) and the bench (which scores the pick offline).
 
 Raw mean log-probabilities of two models with different tokenizers are not comparable. Each receiver's raw
 score is mapped to P(answer is right) by Platt scaling fitted on the validation slice, and stored with the
@@ -13,10 +14,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from latentwire.metrics import normalize_answer, summarize
 from latentwire.protocol import WIRE_PATHS
-
-# the paths the recipe and `extend` calibrate each receiver on (val, cheap); `latentwire calibrate` fits any other
-CALIBRATED_PATHS = ("latent", "relay")
 
 
 @dataclass(frozen=True)
@@ -76,8 +75,6 @@ def pick(answers: dict[str, tuple[str, float]], calibrations: dict[str, Calibrat
     name. With two receivers this is the higher calibrated score (agreeing ones give the same answer anyway).
     The arbiter and the bench both call this.
     """
-    from latentwire.metrics import normalize_answer
-
     if not answers:
         raise ValueError("no answers to pick from")
     cal = {n: calibrations.get(n, Calibration())(answers[n][1]) for n in answers}
@@ -90,6 +87,27 @@ def pick(answers: dict[str, tuple[str, float]], calibrations: dict[str, Calibrat
 
 def agreement(answers: list[str]) -> bool:
     """At least two answers, all equal after the official normalisation."""
-    from latentwire.metrics import normalize_answer
-
     return len(answers) >= 2 and len({normalize_answer(a) for a in answers}) == 1
+
+
+def joint(rows: dict[str, list[dict]], calibrations: dict[str, Calibration]) -> dict:
+    """Joint pick (the arbiter's rule), oracle bound and agreement over per-model rows of the same questions."""
+    names = sorted(rows)
+    picked, oracle_f1, oracle_em, agree = [], [], [], []
+    for i in range(len(rows[names[0]])):
+        per = {m: rows[m][i] for m in names}
+        picked.append(per[pick({m: (r["pred"], r["score"]) for m, r in per.items()}, calibrations)])
+        oracle_f1.append(max(r["f1"] for r in per.values()))
+        oracle_em.append(max(r["em"] for r in per.values()))
+        agree.append(agreement([r["pred"] for r in per.values()]))
+    a = np.array(agree, dtype=bool)
+    jf = np.array([r["f1"] for r in picked])
+    return {
+        "joint": summarize([r["em"] for r in picked], jf.tolist()),
+        "oracle": summarize(oracle_em, oracle_f1),
+        "agreement": {
+            "rate": float(a.mean()),
+            "f1_when_agree": float(jf[a].mean()) if a.any() else None,
+            "f1_when_disagree": float(jf[~a].mean()) if (~a).any() else None,
+        },
+    }

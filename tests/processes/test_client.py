@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import zmq
 
-from latentwire import net
-from latentwire.client import Client, Refused
-from latentwire.receivers import arbiter
+from latentwire.arbiter import process as arbiter
+from latentwire.processes import net
+from latentwire.processes.client import Client, Refused
 
 
 def _addr() -> str:
