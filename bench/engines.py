@@ -3,7 +3,7 @@
 For each engine, on the same questions: the whole checkpoint loaded with it, the sharer reading every question
 afresh (no reading cache) and every receiver answering on each path asked for (no row cache), as eval serves them.
 Per engine: prefill and decoding tokens per second (every model's forward passes timed, a pass over at least
-`engine.PREFILL_ROWS` positions per row counted as prefill), seconds per question, F1 per receiver and path, and
+`PREFILL_POSITIONS` positions per row counted as prefill), seconds per question, F1 per receiver and path, and
 against the first engine (the reference, `float32`): the F1 difference and the share of answers unchanged word for
 word. Writes `engines.json` (merged into the bench's results.json under `engines` by `--results`).
 """
@@ -24,10 +24,12 @@ import numpy as np
 import torch
 
 from latentwire.data import Example, load_split
-from latentwire.engine import ENGINES, PREFILL_ROWS
+from latentwire.engine import ENGINES
 from latentwire.evaluate import evaluate
 from latentwire.models import LLM
 from latentwire.system.pipeline import Wire, docs_of, load_checkpoint
+
+PREFILL_POSITIONS = 8  # a forward pass over at least this many positions per row is timed as a prefill
 
 
 class PassTimer:
@@ -57,7 +59,7 @@ class PassTimer:
             out = forward(*args, **kwargs)
             dt = time.perf_counter() - t0
             rows, positions = int(x.shape[0]), int(x.shape[1])
-            if positions >= PREFILL_ROWS:
+            if positions >= PREFILL_POSITIONS:
                 self.prefill_s += dt
                 self.prefill_tokens += rows * positions
             else:

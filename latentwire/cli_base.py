@@ -323,8 +323,8 @@ EngineOpt = Annotated[
     str,
     typer.Option(
         "--engine",
-        help="inference engine: auto ($LATENTWIRE_ENGINE, else float32), float32, bfloat16 (~2x faster in batches on "
-        "a CPU with bfloat16 arithmetic), int8, bf16-int8, f32-int8",
+        help="inference engine: auto ($LATENTWIRE_ENGINE; else bf16-w8 on a CPU with bfloat16 arithmetic, float32 "
+        "elsewhere), float32, bf16-w8 (bfloat16, decoding steps on int8 weights)",
         callback=_engine_setting,
     ),
 ]

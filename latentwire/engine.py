@@ -1,23 +1,30 @@
 """How a frozen model runs its inference passes: the engine, one registry, picked by measurement.
 
 A CPU spends a reading or an answer in two kinds of pass. The prompt's prefill multiplies many positions at once
-and is compute-bound; each greedy decoding step multiplies one position per row and is bound by how many bytes of
-weights it streams. The engines:
+and is compute-bound; each greedy decoding step of a live request multiplies one row and is bound by how many bytes
+of weights it streams. The engines:
 
 - `float32`: the model as loaded.
-- `bf16`: the whole model in bfloat16 (weights, embedding table, norms, attention, activations): one cast at load,
-  none per layer, and every matrix multiply on the CPU's bfloat16 units (AMX, AVX512-BF16).
-- `bf16-w8`: `bf16`, and each `Linear` (the output head included) also keeps its weights in int8, one scale per
-  output channel; a pass over fewer than `PREFILL_ROWS` positions per row (a decoding step) multiplies those with
-  torch's weight-only kernel (`torch._weight_int8pack_mm`: int8 weights, bfloat16 activations, which are never
-  quantised), half of bfloat16's bytes per step. A prefill stays on the bfloat16 weights.
+- `bf16-w8`: the whole model in bfloat16 (weights, embedding table, norms, attention, activations: one cast at load,
+  none per layer, every product on the CPU's bfloat16 units, AMX or AVX512-BF16), and each `Linear` (the output head
+  included) also keeps its weights in int8, one scale per output channel. A pass over at most `W8_MAX_ROWS` rows
+  (the decoding step of one to four requests: live serving) multiplies those with torch's weight-only kernel
+  (`torch._weight_int8pack_mm`: int8 weights, bfloat16 activations, which are never quantised), half of bfloat16's
+  bytes per step; a prefill and a batch's decoding steps (eval, the bench) stay on the bfloat16 weights, where the
+  matrix units are faster (the int8 kernel's time grows with every row, bfloat16's barely does).
 
-`auto` is `$LATENTWIRE_ENGINE` when set; else, on a CPU with bfloat16 arithmetic, the fastest engine whose F1 is no
-more than 0.01 below `float32`'s on every receiver in `python -m latentwire.bench.engines` on 100 dev questions:
-`bf16-w8` (see `AUTO_ENGINE`; E20 in docs/EXPERIMENTS.md has the table); `float32` elsewhere (bfloat16 is emulated
-there and slower than float32), and on any other device. Training needs gradients through the frozen model and
-always runs `float32` (`torch` autocast for speed); every inference path (the sharer's reading, the receivers, eval,
-calibrate, the bench) loads the same engine, so what is measured is what serves.
+`auto` is `$LATENTWIRE_ENGINE` when set; else, on a CPU with bfloat16 arithmetic, the fastest engine whose latent
+F1 is no more than 0.01 below `float32`'s on every receiver in `python -m latentwire.bench.engines` on 100 dev
+questions: `bf16-w8` (`AUTO_ENGINE`); `float32` on any other CPU (bfloat16 is emulated there, slower than float32)
+and on other devices. Measured on 2 cores with AMX (docs/EXPERIMENTS.md E20), batches on 2 threads, the sharer and
+three receivers, against float32: the whole model in bfloat16 2.41x, with int8 decoding 2.07x (F1 −0.001 /
++0.011 / +0.035 gemma / llama / qwen; 87-93% of answers unchanged), bfloat16 `Linear` layers around float32 1.99x
+(gemma −0.020); one request at a time on one thread (Qwen, a 140-token prompt, 10 tokens) float32 2.49 s, the whole
+model in bfloat16 2.76 s, with int8 decoding 1.10 s. So `bf16-w8` is both: bfloat16's batches, int8's single rows.
+The dynamic-int8 engines (activations quantised too) lost the quality (E18) and are gone, as are the two losers
+above. Training needs gradients through the frozen model and always runs `float32` (`torch` autocast for speed);
+every inference path (the sharer's reading, the receivers, eval, calibrate, the bench) loads the same engine, so
+what is measured is what serves.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-PREFILL_ROWS = 8  # positions per row in one pass from which the compute-bound bfloat16 multiply wins
+W8_MAX_ROWS = 4  # rows (positions x batch) up to which a pass multiplies int8 weights: a live decoding step
 AUTO_ENGINE = "bf16-w8"  # what `auto` picks on a CPU with bfloat16 arithmetic: the module docstring's rule
 
 
@@ -49,31 +56,19 @@ class W8Linear(nn.Module):
         self.register_buffer("scales", scales.to(linear.weight.dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # positions per row, not rows: a batch of decoding steps is still memory-bound
-        positions = x.shape[-2] if x.dim() >= 3 else x.numel() // x.shape[-1]
-        if positions >= PREFILL_ROWS:
-            return F.linear(x, self.weight, self.bias)
+        # the weight-only kernel multiplies row by row (its time grows with every row, ~0.1 ms per 4864 x 896 on one
+        # core) while bfloat16's matrix units take a few rows as fast as one: past W8_MAX_ROWS, bfloat16 wins
+        if x.numel() // x.shape[-1] > W8_MAX_ROWS:
+            # contiguous: the head reads a sliced last position (`logits_to_keep`), and torch multiplies a
+            # non-contiguous bfloat16 input by first copying the transposed weight (~1 s for a 150k vocabulary)
+            return F.linear(x.contiguous(), self.weight, self.bias)
         flat = x.reshape(-1, x.shape[-1]).to(self.scales.dtype)
         y = torch._weight_int8pack_mm(flat, self.qweight, self.scales).reshape(*x.shape[:-1], -1)
         return y if self.bias is None else y + self.bias
 
 
-def _contiguous_input(module: nn.Module, args: tuple) -> tuple:
-    return (args[0].contiguous(), *args[1:])
-
-
-def _bf16(model: nn.Module) -> nn.Module:
-    model.to(torch.bfloat16)
-    # the output head reads one sliced position (`logits_to_keep`); in bfloat16 torch multiplies a non-contiguous
-    # input by copying the transposed head first (~1 s for a 150k vocabulary), so the slice is made contiguous
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if head is not None:
-        head.register_forward_pre_hook(_contiguous_input)
-    return model
-
-
 def _bf16_w8(model: nn.Module) -> nn.Module:
-    _bf16(model)
+    model.to(torch.bfloat16)
     targets = [
         (parent, name, child)
         for parent in model.modules()
@@ -88,30 +83,6 @@ def _bf16_w8(model: nn.Module) -> nn.Module:
     return model
 
 
-class _BF16Linear(nn.Module):
-    """`linear` with bfloat16 weights that takes and returns float32 (measured against `bf16`, then retired)."""
-
-    def __init__(self, linear: nn.Linear):
-        super().__init__()
-        self.inner = nn.Linear(linear.in_features, linear.out_features, linear.bias is not None, dtype=torch.bfloat16)
-        with torch.no_grad():
-            self.inner.weight.copy_(linear.weight)
-            if linear.bias is not None:
-                self.inner.bias.copy_(linear.bias)
-        self.inner.requires_grad_(False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.inner(x.to(torch.bfloat16)).to(x.dtype)
-
-
-def _linear_bf16(model: nn.Module) -> nn.Module:
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is nn.Linear:
-                setattr(parent, name, _BF16Linear(child))
-    return model
-
-
 @dataclass(frozen=True)
 class Engine:
     name: str
@@ -123,9 +94,7 @@ ENGINES: dict[str, Engine] = {
     e.name: e
     for e in (
         Engine("float32", "the model as loaded", None),
-        Engine("bf16", "the whole model in bfloat16", _bf16),
         Engine("bf16-w8", "bfloat16, decoding steps on int8 weights (weight-only)", _bf16_w8),
-        Engine("bfloat16", "Linear weights in bfloat16, the rest float32", _linear_bf16),
     )
 }
 
