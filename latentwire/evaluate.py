@@ -92,7 +92,7 @@ def evaluate(
     if slot_fn is None:
         cut = budget if spec.budget else None
         slot_fn = lambda exs: text_slots(llm, [example_slot(ex, context) for ex in exs], cut)  # noqa: E731
-    batch_size = batch_size or (1 if mode == "text" else 16)
+    batch_size = batch_size or (4 if mode == "text" else 16)  # a text prompt is ~1,500 tokens: fewer per batch
     key = cache_key(
         model=llm.fingerprint,
         slot=slot_fingerprint,
@@ -113,7 +113,8 @@ def evaluate(
     for ex in examples:  # rows written for another question under the same id are redone
         if ex.id in done and done[ex.id].get("check", checks[ex.id]) != checks[ex.id]:
             del done[ex.id]
-    todo = [ex for ex in examples if ex.id not in done]
+    # similar lengths batched together pad little; rows are returned in the examples' order whatever the batches
+    todo = sorted((ex for ex in examples if ex.id not in done), key=lambda ex: len(example_slot(ex, context)))
     tpl = template_of(llm)
     start = time.perf_counter()
     bar = tqdm(
