@@ -147,9 +147,11 @@ def test_liveness_without_a_silence_never_moves() -> None:
 def _board(timeout: float = 10.0) -> Board:
     """Sender s1 and a proven receiver r-llama, heard at t=0."""
     b = Board("arb", timeout=timeout, dead_after=4.0)
-    b.heartbeat(Heartbeat("", "s1", "sender", "ready", {"models": "llama,qwen", "receivers": 1}), 0.0, b"s1", "sender")
-    b.heartbeat(Heartbeat("", "r-llama", "receiver", "ready", {"model": "llama"}), 0.0, role="receiver")
-    b.prove("r-llama")
+    b.roster.heartbeat(
+        Heartbeat("", "s1", "sender", "ready", {"models": "llama,qwen", "receivers": 1}), 0.0, b"s1", "sender"
+    )
+    b.roster.heartbeat(Heartbeat("", "r-llama", "receiver", "ready", {"model": "llama"}), 0.0, role="receiver")
+    b.roster.prove("r-llama")
     return b
 
 
@@ -185,7 +187,7 @@ def test_expired_errors_are_counted_and_late_replies_told_apart() -> None:
 def test_a_late_reply_to_a_probe_is_no_wasted_work() -> None:
     """A probe waits only for the receivers yet to answer one; every receiver gets it, so the others answer late."""
     b = _board()
-    b.heartbeat(Heartbeat("", "r-new", "receiver", "ready", {"model": "qwen"}), 0.0, role="receiver")
+    b.roster.heartbeat(Heartbeat("", "r-new", "receiver", "ready", {"model": "qwen"}), 0.0, role="receiver")
     p, sender = b.probe(0.0)
     assert p.expected == {"qwen"}
     b.on_sender(Sent(p.rid, "s1", reached=2, receivers=2), route=sender.route)
