@@ -82,9 +82,6 @@ class Supervisor:
         for line in popen.stdout:
             self.say(name, line)
 
-    def pids(self) -> dict[str, int]:
-        return {n: p.popen.pid for n, p in self._state.items() if p.popen and p.popen.poll() is None}
-
     def run(self, stop: net.StopFlag, on_start: Callable[[], None] | None = None) -> int:
         self._state = {n: _Proc(n, c) for n, c in self.procs.items()}
         for p in self._state.values():

@@ -137,16 +137,6 @@ class Receiver:
     liveness: Liveness | None = None  # set by `serve`: work opened before a silence is dropped; None: never
     wall: Callable[[], float] = time.time  # the clock deadlines are read on (Unix time)
 
-    def handle(self, data: bytes) -> Reply | ErrorReply:
-        return self.handle_many([data])[0]
-
-    def handle_many(self, frames: Sequence[bytes]) -> list[Reply | ErrorReply]:
-        """Answer frames that arrived together: one reply each, in order; never raises."""
-        out: list[Reply | ErrorReply | None] = [None] * len(frames)
-        for i, reply in self.replies(frames):
-            out[i] = reply
-        return [r for r in out if r is not None]
-
     def replies(self, frames: Sequence[bytes]) -> Iterator[tuple[int, Reply | ErrorReply]]:
         """(index of the frame, its reply) for frames that arrived together, each as soon as it is ready; never
         raises. Refusals come first, then one `generate` call after another as `Backlog.take` picks them (the

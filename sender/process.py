@@ -57,13 +57,6 @@ class Sender:
     pid: str
     expired: int = 0  # asks dropped unread because their deadline had passed (in the heartbeats' info)
 
-    def build(self, ask: Ask) -> tuple[bytes, dict[str, float]]:
-        """(frame, durations); raises ProtocolError when the request cannot be expressed (e.g. fp16 overflow)."""
-        out = self.build_many([ask])[0]
-        if isinstance(out, Exception):
-            raise out
-        return out
-
     def build_many(self, asks: Sequence[Ask]) -> list[tuple[bytes, dict[str, float]] | Exception]:
         """Frames for asks that arrived together: the sharer reads all of their evidence in one batch (its greedy
         steps cost about what one question's do), the rest is per ask. Each item is (frame, durations) or the

@@ -174,7 +174,10 @@ def test_live_bench_runs_one_receiver_per_checkpoint_model_and_scores_every_answ
     # the same questions once more with every process on float32: the serving engine's speed-up over it
     ref = out["engine_reference"]
     assert out["engine"] == "bf16-w8" and ref["engine"] == "float32" and ref["n_answered"] == 2
-    assert out["engine_speedup"] > 0 and 0 < out["overhead_idle"]["p50"] <= out["overhead_idle"]["p95"]
+    # the reference answered the same questions, so the speed-up is measured; the idle messaging path stays in
+    # milliseconds (a stall of a poll period or a heartbeat on the request path breaks this)
+    assert ref["n"] == out["paths"]["latent:fp16"]["n"] and ref["n_errors"] == 0 and out["engine_speedup"] is not None
+    assert out["overhead_idle"]["n"] == 5 and out["overhead_idle"]["p95"] < 0.5, out["overhead_idle"]
     assert set(out["paths"]) == {"latent:fp16", "latent:int8", "latent:int4", "text", "evidence"}
     # the cost of a question, summed over every process: each measured its own CPU time
     cost = out["cost"]
@@ -187,4 +190,6 @@ def test_live_bench_runs_one_receiver_per_checkpoint_model_and_scores_every_answ
     for label, s in out["paths"].items():
         n = 1 if label in ("text", "evidence") else 2
         assert (s["n"], s["n_answered"], s["n_errors"], s["n_scored"], s["degraded"]) == (n, n, 0, n, 0), label
-        assert 0.0 <= s["em"] <= s["f1"] <= 1.0
+        assert s["f1"] is not None and s["em"] is not None, label  # scored against the gold answers
+    fan = {label: s["fanout_bytes_per_request"] for label, s in out["paths"].items()}
+    assert fan["latent:int4"] < fan["latent:int8"] < fan["latent:fp16"], fan  # what the quantization buys
