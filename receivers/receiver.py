@@ -301,8 +301,10 @@ def positions(slot: torch.Tensor, cap: int) -> int:
     return int(slot.shape[0]) + cap
 
 
-def load_receiver(model: str, ckpt: str | Path, name: str | None, pid: str, device: str, dtype: str) -> Receiver:
-    """Load the frozen LLM and the checkpoint's adapter for it (refused if they do not match)."""
+def load_receiver(
+    model: str, ckpt: str | Path, name: str | None, pid: str, device: str, dtype: str, engine: str = "auto"
+) -> Receiver:
+    """Load the frozen LLM (run by `engine`) and the checkpoint's adapter for it (refused if they do not match)."""
     from latentwire import checkpoint
     from latentwire.models import load_llm
 
@@ -313,7 +315,7 @@ def load_receiver(model: str, ckpt: str | Path, name: str | None, pid: str, devi
     cfg = checkpoint.load_config(ckpt, adapters=adapter_schemas())
     if name not in cfg.models:
         raise checkpoint.CheckpointError(f"{ckpt} has no adapter for model {name!r} (it has: {', '.join(cfg.models)})")
-    llm = load_llm(model, device=device, dtype=dtype)
+    llm = load_llm(model, device=device, dtype=dtype, engine=engine)
     adapter = load_adapter(ckpt, name, llm)
     rx = Receiver(llm, adapter, name, checkpoint.fingerprint(ckpt), pid, m=cfg.encoder["m"])
     rx.max_slot_tokens = slot_cap(llm)

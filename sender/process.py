@@ -151,10 +151,12 @@ def serve(
     receivers: str | None = None,
     curve_dir: str | None = None,
     device: str = "cpu",
+    engine: str = "auto",
     stop: net.StopFlag | None = None,
     max_batch: int = MAX_BATCH,
 ) -> None:
-    """Run a sender until SIGINT/SIGTERM (the requests being encoded are finished and reported first)."""
+    """Run a sender until SIGINT/SIGTERM (the requests being encoded are finished and reported first); its sharer
+    runs on `engine` (`latentwire.engine`)."""
     from latentwire import checkpoint
 
     from .encoder import load_encoder
@@ -164,7 +166,7 @@ def serve(
     curve = net.Curve.from_env("sender", curve_dir)
     t0 = time.perf_counter()
     cfg = checkpoint.load_config(ckpt)
-    sender = Sender(load_encoder(ckpt, device), checkpoint.fingerprint(ckpt), int(cfg.encoder["m"]), pid)
+    sender = Sender(load_encoder(ckpt, device, engine=engine), checkpoint.fingerprint(ckpt), int(cfg.encoder["m"]), pid)
     load_s = time.perf_counter() - t0
     stop = stop if stop is not None else net.StopFlag()  # a signal while loading just ends the process
 
