@@ -16,6 +16,7 @@ import typer
 from .cli_base import DEBUG_ENV, DEBUG_META, Context, EngineOpt, Mode, OneLineErrors, Split, recipe_options
 from .proc_cli import app as processes
 from .processes import settings
+from .processes.up import DEFAULT_RECEIVERS
 
 app = typer.Typer(
     cls=OneLineErrors,
@@ -129,7 +130,7 @@ def eval_(
                     )
                 )
         else:
-            for spec in model or ["llama", "qwen"]:
+            for spec in model or DEFAULT_RECEIVERS.values():
                 llm = load_llm(spec, device=device, dtype=dtype, engine=engine)
                 results.append(
                     evaluate(
