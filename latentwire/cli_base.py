@@ -65,7 +65,7 @@ USER_ERRORS: tuple[tuple[str, str], ...] = (
     ("latentwire.models", "ModelNotFound"),
     ("latentwire.data", "DataError"),
     ("latentwire.protocol", "ProtocolError"),
-    ("latentwire.settings", "SettingError"),
+    ("latentwire.processes.settings", "SettingError"),
     ("safetensors", "SafetensorError"),
 )
 _FILE_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)

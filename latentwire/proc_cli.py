@@ -79,8 +79,8 @@ def _logging() -> None:
 
 
 def _settings(engine: bool = False, **endpoints: str | None) -> None:
-    """The process's settings, checked before anything starts (`latentwire.settings`): the environment's, and the
-    endpoint flags given (by flag name)."""
+    """The process's settings, checked before anything starts (`latentwire.processes.settings`): the
+    environment's, and the endpoint flags given (by flag name)."""
     settings.check(engine=engine)
     for flag, value in endpoints.items():
         settings.check_endpoint(flag, value, many=flag == "--receivers")

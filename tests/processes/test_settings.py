@@ -21,7 +21,7 @@ LATENTWIRE = str(Path(sys.executable).parent / "latentwire")
 
 BAD = [
     ("LATENTWIRE_THREADS", "many"),
-    ("LATENTWIRE_THREADS", "0"),
+    ("LATENTWIRE_THREADS", "-1"),  # 0 is every core
     ("LATENTWIRE_TIMEOUT", "-1"),
     ("LATENTWIRE_TIMEOUT", "nan"),
     ("LATENTWIRE_N_RECEIVERS", "two"),
