@@ -1,6 +1,6 @@
 """The arbiter's book-keeping without sockets: who is up, which requests are open, and how each one ends.
 
-Spec (`serve` in arbiter.py feeds it frames and the clock; tests call it directly, time passed in):
+Spec (`Arbiter` in process.py feeds it frames and the clock; tests call it directly, time passed in):
 
 * Peers (`Roster`, roster.py): senders and receivers announce themselves with heartbeats; a receiver serves the
   system when it is alive, serves the checkpoint of the sender most recently heard, and is proven: it answered a
@@ -82,14 +82,15 @@ def _explain(bad: dict[str, str]) -> str:
     return "; ".join(f"{m}: {why}" for m, why in bad.items())
 
 
-class Board(Roster):
-    """Join state: live peers (the `Roster`), pending requests, counters. Time is passed in, so tests need no
+class Board:
+    """Join state: the peers (its `Roster`), pending requests, counters. Time is passed in, so tests need no
     sleeping."""
 
     def __init__(
         self, pid: str, timeout: float = 60.0, dead_after: float = net.DEAD_AFTER_S, max_inflight: int = 256
     ) -> None:
-        super().__init__(dead_after)
+        self.stats: Counter[str] = Counter()  # one set of counters for the status: the roster counts into it too
+        self.roster = Roster(dead_after, self.stats)
         self.pid, self.timeout, self.max_inflight = pid, timeout, max_inflight
         self.pending: dict[str, Pending] = {}
         self._asking: Counter[object] = Counter()  # client (its admission key) -> its requests in flight
@@ -99,10 +100,10 @@ class Board(Roster):
         self._next_probe = 0.0
 
     def status(self, now: float) -> Heartbeat:
-        ready = self.receivers(now)
+        ready = self.roster.receivers(now)
         receivers = sorted({p.name for p in ready.ok})
-        senders = self.alive("sender", now)
-        configured, _ = self.configured(now, len(receivers))
+        senders = self.roster.alive("sender", now)
+        configured, _ = self.roster.configured(now, len(receivers))
         info: dict[str, str | int | float] = {
             "receivers": ",".join(receivers),
             "n_receivers": len(receivers),
@@ -111,7 +112,7 @@ class Board(Roster):
             "inflight": self.asked(),
             "clients": len(self._asking),
             "timeout": self.timeout,
-            "peers": len(self.peers),
+            "peers": len(self.roster.peers),
             **({"unproven": ",".join(sorted({p.name for p in ready.unproven}))} if ready.unproven else {}),
             **({"mismatch": _explain(ready.mismatched)} if ready.mismatched else {}),
             **({"mismatch_unproven": len(ready.foreign)} if ready.foreign else {}),
@@ -159,7 +160,7 @@ class Board(Roster):
         envelope). With no live sender but one heard from before (a sender restarting), the request waits for one.
         `wall` is the Unix time at `now`: with it, an ask's own deadline (a Unix time) shortens the request's.
         """
-        ready = self.receivers(now)
+        ready = self.roster.receivers(now)
         expected = frozenset(p.name for p in ready.ok)  # proven ones only: a forged heartbeat never holds an answer
         absent = {m: f"wrong_checkpoint: {why}" for m, why in ready.mismatched.items()}
         absent.update({q.name: UNPROVEN for q in ready.unproven})
@@ -168,7 +169,7 @@ class Board(Roster):
             deadline = min(deadline, now + max(0.0, ask.deadline - wall))
         key = client if admission is None else admission
         p = Pending(self._rid(), client, ask, expected, now, deadline, absent=absent, admission=key)
-        p.configured, p.models = self.configured(now, len(expected))
+        p.configured, p.models = self.roster.configured(now, len(expected))
         add(p.nbytes, "ask", ask_bytes)
         self.pending[p.rid] = p
         self._asking[key] += 1
@@ -199,13 +200,13 @@ class Board(Roster):
         return f"{self._prefix}-{self._seq}"
 
     def _heard(self, role: str) -> bool:
-        return any(q.role == role for q in self.peers.values())
+        return any(q.role == role for q in self.roster.peers.values())
 
     def _none_ready(self, ready: Readiness, now: float) -> tuple[str, str]:
         """The error code and message for a request that finds no receiver serving the system: say why."""
         why = []
         if ready.mismatched:
-            sender = self._checkpoint(now)
+            sender = self.roster.checkpoint(now)
             fp = f" (fingerprint {sender.fingerprint[:12]})" if sender and sender.fingerprint else ""
             why.append(f"no receiver serves the sender's checkpoint{fp}: {_explain(ready.mismatched)}")
         if ready.foreign:  # counted, not named: until they answer, their names are anyone's text
@@ -223,7 +224,7 @@ class Board(Roster):
         one that answers it is proven. None when nothing is due, or no sender is live to carry it."""
         if now < self._next_probe or any(p.probe for p in self.pending.values()):
             return None
-        ready = self.receivers(now)
+        ready = self.roster.receivers(now)
         targets = ready.unproven + ready.foreign  # a real receiver on another checkpoint answers text: then named
         if not targets:
             return None
@@ -241,7 +242,7 @@ class Board(Roster):
 
     def assign(self, p: Pending, now: float) -> Peer | None:
         """Give `p` to the live sender with the fewest requests in flight (None: it waits for one)."""
-        senders = sorted(self.alive("sender", now), key=lambda s: (s.inflight, s.pid))
+        senders = sorted(self.roster.alive("sender", now), key=lambda s: (s.inflight, s.pid))
         if not senders:
             if not p.wait_until:
                 p.wait_until = min(p.deadline, now + SENDER_WAIT_S)
@@ -257,7 +258,7 @@ class Board(Roster):
 
     def sender_lost(self, p: Pending, now: float, why: str) -> None:
         """`p`'s sender vanished before reporting it: dispatch it again (bounded), or fail it saying so."""
-        peer = self.peers.get(p.sender)
+        peer = self.roster.peers.get(p.sender)
         if peer is not None:
             peer.inflight = max(0, peer.inflight - 1)
         if p.answered():  # receivers got it, so the fan-out happened: only the report was lost
@@ -280,7 +281,7 @@ class Board(Roster):
         if p is None:
             self._stray(msg)
             return None
-        peer = self.peers.get(p.sender)
+        peer = self.roster.peers.get(p.sender)
         if msg.sender != p.sender or peer is None or (route and route != peer.route):
             self.stats["forged"] += 1
             return None
@@ -310,15 +311,15 @@ class Board(Roster):
         Any answer naming a request id the arbiter issued proves its receiver, even a late one or one from a receiver
         whose seat a flood took: only the receivers a sender fanned the request out to have seen that id.
         """
-        if not self.speaks_for(self.peers.get(msg.sender), key):  # CURVE: another receiver's key
+        if not self.roster.speaks_for(self.roster.peers.get(msg.sender), key):  # CURVE: another receiver's key
             return None
         p = self.pending.get(msg.rid)
         if p is not None or msg.rid in self.finished:
-            self.prove(msg.sender)
+            self.roster.prove(msg.sender)
         if p is None:
             self._stray(msg)
             return None
-        peer = self.peers.get(msg.sender)
+        peer = self.roster.peers.get(msg.sender)
         if peer is None or peer.role != "receiver" or (isinstance(msg, Reply) and msg.model != peer.name):
             self.stats["forged"] += 1  # only a receiver that announced itself answers, under its own model name
             return None
@@ -353,8 +354,8 @@ class Board(Roster):
     def due(self, now: float) -> list[Pending]:
         """Requests to finish now: past their deadline, failed, waiting only on processes that are gone, or
         waiting for a sender too long. A request whose sender vanished before reporting it is dispatched again."""
-        live = {p.name for p in self.receivers(now).ok}
-        senders = {p.pid for p in self.alive("sender", now)}
+        live = {p.name for p in self.roster.receivers(now).ok}
+        senders = {p.pid for p in self.roster.alive("sender", now)}
         out = []
         for p in self.pending.values():
             if p.sender and not p.reported and p.failure is None and p.sender not in senders:
@@ -379,7 +380,7 @@ class Board(Roster):
             self._asking[p.admission] -= 1
             if self._asking[p.admission] <= 0:
                 del self._asking[p.admission]  # only clients with requests in flight count for the fair share
-        sender = self.peers.get(p.sender)
+        sender = self.roster.peers.get(p.sender)
         if sender is not None:
             sender.inflight = max(0, sender.inflight - 1)
 
@@ -394,8 +395,8 @@ class Board(Roster):
             return None
         try:
             mode = p.ask.mode  # each receiver's calibration for this path (fitted on val); none: raw scores
-            configured, _ = self.configured(now, len(p.expected))
-            msg = outcome(p, self.pid, now, why, lambda m: self.calibration(m, mode), configured)
+            configured, _ = self.roster.configured(now, len(p.expected))
+            msg = outcome(p, self.pid, now, why, lambda m: self.roster.calibration(m, mode), configured)
         except Exception as e:  # noqa: BLE001 - the client must hear back whatever went wrong here
             self.stats["internal_error"] += 1
             log.exception("could not finish %s", p.rid)

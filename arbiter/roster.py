@@ -11,8 +11,8 @@ that only beats is never waited for, never supplies a calibration and is never n
 (a receiver that announces another checkpoint is counted until it has answered), and the arbiter probes it
 (`Board.probe`).
 At most MAX_PEERS peers per role are kept; when full, a dead peer gives up its seat first, then a receiver that
-never answered, so forged heartbeats never keep a proven receiver out. Socket-free: time is passed in. `Board`
-builds on it.
+never answered, so forged heartbeats never keep a proven receiver out. Socket-free: time is passed in. A `Board`
+holds one.
 """
 
 from __future__ import annotations
@@ -70,10 +70,10 @@ class Readiness:
 class Roster:
     """Peers by process id, with the counters the arbiter reports (shared with the join)."""
 
-    def __init__(self, dead_after: float = net.DEAD_AFTER_S) -> None:
+    def __init__(self, dead_after: float = net.DEAD_AFTER_S, stats: Counter[str] | None = None) -> None:
         self.dead_after = dead_after
         self.peers: dict[str, Peer] = {}
-        self.stats: Counter = Counter()
+        self.stats: Counter[str] = Counter() if stats is None else stats
         # kept apart from `peers`: a proof outlives the receiver's seat, so a proven receiver pushed out by a flood
         # of forged heartbeats takes a seat back with its next heartbeat
         self.proven: OrderedDict[str, None] = OrderedDict()
@@ -155,7 +155,7 @@ class Roster:
     def alive(self, role: str, now: float) -> list[Peer]:
         return [p for p in self.peers.values() if p.role == role and self._alive(p, now)]
 
-    def _checkpoint(self, now: float) -> Peer | None:
+    def checkpoint(self, now: float) -> Peer | None:
         """The sender most recently heard, live or not (a restarting sender keeps the system's configuration):
         its checkpoint is the one receivers must serve, its fan-out the receivers the system is configured with."""
         senders = [p for p in self.peers.values() if p.role == "sender"]
@@ -175,7 +175,7 @@ class Roster:
     def receivers(self, now: float) -> Readiness:
         """The live receivers: those that serve the system, those yet to prove it, and why the others cannot (by
         model name: that is how answers and the status name receivers)."""
-        sender = self._checkpoint(now)
+        sender = self.checkpoint(now)
         ok, unproven, foreign, bad = [], [], [], {}
         for p in self.alive("receiver", now):
             why = self.mismatch(p, sender)
@@ -191,7 +191,7 @@ class Roster:
     def calibration(self, model: str, path: str = "latent") -> Calibration:
         """The calibration for `path` the most recently heard proven receiver of `model` announced (identity if
         none): anyone can announce a model's name, only a real receiver may decide how its answers are weighed."""
-        sender = self._checkpoint(float("inf"))  # the sender most recently heard (at no time is one alive)
+        sender = self.checkpoint(float("inf"))  # the sender most recently heard (at no time is one alive)
         peers = [
             p
             for p in self.peers.values()
@@ -201,7 +201,7 @@ class Roster:
 
     def configured(self, now: float, expected: int) -> tuple[int, tuple[str, ...]]:
         """How many receivers the system is configured with, and the checkpoint's models (from the sender)."""
-        sender = self._checkpoint(now)
+        sender = self.checkpoint(now)
         if sender is None:
             return expected, ()
         return max(expected, sender.fanout), sender.models

@@ -105,6 +105,7 @@ def live_latency(
     evidence_n: int = 0,
     threads: Mapping[str, int] | None = None,
     reference_threads: Mapping[str, int] | None = REFERENCE_THREADS,
+    engine: str = "auto",
 ) -> dict:
     """The latent path (one run per wire scheme in `quants`) over the questions, the text path (a ~1,500-token
     prompt per receiver) on the first `text_n`; then, if `throughput_n`, the first `throughput_n` latent
@@ -121,11 +122,12 @@ def live_latency(
 
     receivers = dict(receivers or checkpoint_receivers(ckpt))
     gold = {ex.id: ex.answer for ex in examples}
-    engine = resolve_engine("auto", "cpu")  # what the processes resolve: they inherit this environment
+    engine = resolve_engine(engine, "cpu")  # what the processes resolve: `auto` reads this environment, as they do
     out: dict = {"paths": {}, "context": context, "receivers": receivers, "engine": engine}
     overheads: list[float] = []
     out["threads"] = dict(threads or {})
-    with LocalSystem(ckpt, receivers, timeout=timeout, threads=threads) as system, system.client() as client:
+    system = LocalSystem(ckpt, receivers, timeout=timeout, threads=threads, engine=engine)
+    with system, system.client() as client:
         runs = [("latent", q) for q in quants] + ([("text", None)] if text_n else [])
         runs += [("evidence", None)] if evidence_n else []
         for mode, quant in runs:

@@ -114,10 +114,12 @@ def run_bench(
     live_options: dict | None = None,
     engines_n: int = 0,
     reference_engine: str | None = "float32",
+    engine: str = "auto",
 ) -> dict:
-    """Quality (per model, joint, oracle, per quantisation), efficiency, live latency and training cost."""
+    """Quality (per model, joint, oracle, per quantisation), efficiency, live latency and training cost; every
+    model (in-process and in the live processes) run by `engine`."""
     out = Path(out)
-    wire = wire or load_checkpoint(ckpt)
+    wire = wire or load_checkpoint(ckpt, engine=engine)
     examples = examples if examples is not None else load_split(split, limit=limit)
     t0 = time.perf_counter()
     q = quality(
@@ -154,7 +156,7 @@ def run_bench(
         from .live import live_latency
 
         results["live"] = live_latency(
-            Path(ckpt), examples[:live_n], context=ctx, progress=progress, **(live_options or {})
+            Path(ckpt), examples[:live_n], context=ctx, progress=progress, engine=engine, **(live_options or {})
         )
     if reference_engine and reference_engine != wire.encoder.llm.engine:  # what the serving engine changed
         from .engines import compare_quality

@@ -321,13 +321,3 @@ class CheckpointConfig:
         out["models"] = {name: e.to_dict() for name, e in self.models.items()}
         out.update({k: getattr(self, k) for k in self.OPTIONAL if getattr(self, k) is not None})
         return {**out, **self.extra}
-
-    @classmethod
-    def from_pretrained(cls, path: str | Path) -> CheckpointConfig:
-        """The config of the checkpoint folder `path`."""
-        return load_config(path)
-
-    def save_pretrained(self, path: str | Path) -> None:
-        """Write config.json into the folder `path` (the weights are `save`'s)."""
-        Path(path).mkdir(parents=True, exist_ok=True)
-        write_config(path, self)

@@ -7,16 +7,16 @@ are merged in as top-level commands; choices and the one-line error contract sha
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from .cli_base import DEBUG_ENV, Context, EngineOpt, Mode, OneLineErrors, Split, recipe_options
+from .cli_base import DEBUG_ENV, DEBUG_META, Context, EngineOpt, Mode, OneLineErrors, Split, recipe_options
 from .proc_cli import app as processes
 from .processes import settings
+from .processes.up import DEFAULT_RECEIVERS
 
 app = typer.Typer(
     cls=OneLineErrors,
@@ -30,12 +30,12 @@ app.add_typer(processes)
 
 @app.callback()
 def _options(
+    ctx: typer.Context,
     debug: Annotated[
         bool, typer.Option("--debug", envvar=DEBUG_ENV, help="show tracebacks instead of one-line errors")
     ] = False,
 ) -> None:
-    if debug:
-        os.environ[DEBUG_ENV] = "1"  # the processes `up` starts inherit it
+    ctx.meta[DEBUG_META] = debug  # read by the error contract and by `up`, which passes it to its processes
     # before any command parses its options (some read these variables): one line, exit 2, nothing started
     settings.check()
 
@@ -71,7 +71,7 @@ def smoke(
 
     set_threads(threads)
     try:
-        run(real=real, ckpt=ckpt, data_dir=data_dir, device=device, dtype=dtype, echo=typer.echo)
+        run(real=real, ckpt=ckpt, data_dir=data_dir, device=device, dtype=dtype, echo=typer.echo, engine=engine)
     except Exception as e:  # noqa: BLE001 - the command's contract is a clear message and a non-zero exit
         _fail(f"smoke failed: {type(e).__name__}: {e}")
 
@@ -115,7 +115,7 @@ def eval_(
 
             if ckpt is None:
                 _fail(f"--mode {mode.value} needs --ckpt (a folder written by `latentwire train`)")
-            wire = load_checkpoint(ckpt, models=model or None, device=device, dtype=dtype)
+            wire = load_checkpoint(ckpt, models=model or None, device=device, dtype=dtype, engine=engine)
             for name in wire.model_names:
                 results.append(
                     evaluate(
@@ -130,8 +130,8 @@ def eval_(
                     )
                 )
         else:
-            for spec in model or ["llama", "qwen"]:
-                llm = load_llm(spec, device=device, dtype=dtype)
+            for spec in model or DEFAULT_RECEIVERS.values():
+                llm = load_llm(spec, device=device, dtype=dtype, engine=engine)
                 results.append(
                     evaluate(
                         llm,
@@ -172,7 +172,7 @@ def demo(
         _fail(f"no checkpoint at {ckpt}: train one with `latentwire train` or pass --ckpt")
     examples = load_split("dev", limit=limit)
     typer.echo(f"starting sender, llama, qwen and arbiter with {ckpt} (first start converts the models: ~1 min)")
-    with LocalSystem(ckpt) as system, system.client() as client:
+    with LocalSystem(ckpt, engine=engine) as system, system.client() as client:
         items = [(ex.id, ex.question, ex.context(context.value)) for ex in examples]
         for ex, ans in zip(examples, client.ask_many(items, window=1, mode="latent", quant=quant), strict=True):
             row = ans.to_row()
@@ -318,6 +318,7 @@ def bench(
         },
         engines_n=engines,
         reference_engine=reference_engine or None,
+        engine=engine,
     )
     typer.echo(f"wrote {out / 'results.json'} and {out / 'report.md'} ({res['meta']['wall_s']} s)")
 
@@ -372,6 +373,7 @@ def calibrate(
             device=device,
             dtype=dtype,
             log=typer.echo,
+            engine=engine,
         )
     except (ModelNotFound, CheckpointError, ValueError, FileNotFoundError) as e:
         _fail(str(e))

@@ -34,6 +34,7 @@ from typer.core import TyperGroup
 from latentwire.protocol.paths import PATH_NAMES, WIRE_PATHS
 
 DEBUG_ENV = "LATENTWIRE_DEBUG"
+DEBUG_META = "latentwire.debug"  # where `--debug` is kept in the click context, for every command to read
 
 
 # the CLI's `--mode` choices: every path of `protocol/paths.py` (members named like `token_budget`)
@@ -64,13 +65,17 @@ USER_ERRORS: tuple[tuple[str, str], ...] = (
     ("latentwire.models", "ModelNotFound"),
     ("latentwire.data", "DataError"),
     ("latentwire.protocol", "ProtocolError"),
-    ("latentwire.settings", "SettingError"),
+    ("latentwire.processes.settings", "SettingError"),
     ("safetensors", "SafetensorError"),
 )
 _FILE_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
 
 
-def debug() -> bool:
+def debug(ctx: click.Context | None = None) -> bool:
+    """Whether `--debug` (or $LATENTWIRE_DEBUG, its default) asked for tracebacks."""
+    ctx = ctx or click.get_current_context(silent=True)
+    if ctx is not None and DEBUG_META in ctx.meta:
+        return bool(ctx.meta[DEBUG_META])
     return os.environ.get(DEBUG_ENV, "").lower() not in ("", "0", "false", "no")
 
 
@@ -108,7 +113,7 @@ class OneLineErrors(TyperGroup):
             return super().invoke(ctx)
         except Exception as e:  # click's Exit and usage errors are not user_error()s: they pass through
             line = user_error(e)
-            if line is None or debug():
+            if line is None or debug(ctx):
                 raise
             click.secho(f"error: {' '.join(line.split())}", err=True, fg="red")
             raise typer.Exit(2) from None
@@ -305,9 +310,9 @@ def recipe_options(
 
 
 def _engine_setting(value: str) -> str:
-    """`--engine` names how the models' inference passes run (`latentwire.engine`). Every model this process
-    loads for inference, and every process it starts, reads it from `$LATENTWIRE_ENGINE` (training always runs
-    float32), so one setting reaches the sharer, the receivers, eval and the bench alike."""
+    """`--engine` names how the models' inference passes run (`latentwire.engine`), refused here when unknown.
+    Each command passes it on to every model it loads for inference and every process it starts (training
+    always runs float32); `auto` leaves the choice to `$LATENTWIRE_ENGINE`, else float32."""
     if value != "auto":
         from latentwire.engine import resolve_engine  # torch: only when an engine is named
 
@@ -315,7 +320,6 @@ def _engine_setting(value: str) -> str:
             resolve_engine(value)
         except ValueError as e:
             raise typer.BadParameter(str(e)) from None
-        os.environ["LATENTWIRE_ENGINE"] = value
     return value
 
 

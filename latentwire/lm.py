@@ -116,19 +116,8 @@ def answer_logits(llm: LLM, batch: Batch) -> torch.Tensor:
     return out.logits.float()
 
 
-def answer_loss(
-    llm: LLM,
-    batch: Batch,
-    first_weight: float = 1.0,
-    teacher: tuple[torch.Tensor, torch.Tensor] | None = None,
-    distill_weight: float = 0.0,
-) -> torch.Tensor:
-    """Next-token cross-entropy on answer tokens (pad masked), the first answer token weighted up.
-
-    With `teacher` = (top-k token ids, their log-probs), both (B, K, k) and aligned with `batch.labels`, adds
-    `distill_weight` x the cross-entropy from the teacher's renormalised top-k distribution (distillation from
-    the same model reading the text prompt).
-    """
+def answer_loss(llm: LLM, batch: Batch, first_weight: float = 1.0) -> torch.Tensor:
+    """Next-token cross-entropy on answer tokens (pad masked), the first answer token weighted up."""
     assert batch.labels is not None
     logp = answer_logits(llm, batch).log_softmax(-1)
     valid = batch.labels != -100
@@ -136,21 +125,7 @@ def answer_loss(
     w = valid.float()
     first = valid & ~F.pad(valid, (1, 0))[:, :-1]  # first real target of each row
     w = w + (first_weight - 1.0) * first.float()
-    loss = -(lp * w).sum() / w.sum().clamp(min=1.0)
-    if teacher is not None and distill_weight:
-        idx, t_logp = teacher
-        t_prob = t_logp.float().softmax(-1)  # renormalised over the teacher's top k
-        kd = -(t_prob * logp.gather(-1, idx)).sum(-1)
-        loss = loss + distill_weight * (kd * valid).sum() / valid.sum().clamp(min=1)
-    return loss
-
-
-@torch.no_grad()
-def teacher_topk(llm: LLM, slot: torch.Tensor, answer: Sequence[int], k: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
-    """The model's own top-k next-token log-probs at each answer position, reading `slot` (e.g. the text)."""
-    logp = answer_logits(llm, assemble(llm, [slot], [answer]))[0].log_softmax(-1)
-    top = logp[-len(answer) :].topk(k, dim=-1)
-    return top.indices.cpu(), top.values.cpu()
+    return -(lp * w).sum() / w.sum().clamp(min=1.0)
 
 
 @dataclass

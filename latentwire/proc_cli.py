@@ -19,7 +19,7 @@ from typing import Annotated
 import typer
 
 from latentwire.arbiter.process import serve as serve_arbiter
-from latentwire.cli_base import CliError, Context, EngineOpt, Split, WirePath
+from latentwire.cli_base import CliError, Context, EngineOpt, Split, WirePath, debug
 from latentwire.data import load_split
 from latentwire.metrics import exact_match, f1_score, postprocess
 from latentwire.processes import net, settings
@@ -79,8 +79,8 @@ def _logging() -> None:
 
 
 def _settings(engine: bool = False, **endpoints: str | None) -> None:
-    """The process's settings, checked before anything starts (`latentwire.settings`): the environment's, and the
-    endpoint flags given (by flag name)."""
+    """The process's settings, checked before anything starts (`latentwire.processes.settings`): the
+    environment's, and the endpoint flags given (by flag name)."""
     settings.check(engine=engine)
     for flag, value in endpoints.items():
         settings.check_endpoint(flag, value, many=flag == "--receivers")
@@ -129,7 +129,7 @@ def sender(
     _settings(engine=True, **{"--backend": backend, "--receivers": receivers})
     _logging()
     set_threads(threads)
-    serve_sender(_ckpt(ckpt), backend=backend, receivers=receivers, curve_dir=curve, device=device)
+    serve_sender(_ckpt(ckpt), backend=backend, receivers=receivers, curve_dir=curve, device=device, engine=engine)
 
 
 @app.command(rich_help_panel=PANEL)
@@ -165,6 +165,7 @@ def receiver(
         curve_dir=curve,
         device=device,
         dtype=dtype,
+        engine=engine,
         max_new_tokens=max_new_tokens,
         max_batch_positions=max_batch_positions,
     )
@@ -276,6 +277,7 @@ def scored_row(ans: Answer, gold: str) -> dict:
 
 @app.command(rich_help_panel=PANEL)
 def up(
+    ctx: typer.Context,
     ckpt: Ckpt = None,
     receiver: ReceiverItems = [],  # noqa: B006 - typer needs a literal default
     llama: Annotated[str | None, typer.Option(hidden=True, help="shorthand for --receiver llama=SPEC")] = None,
@@ -298,7 +300,8 @@ def up(
         procs = read_procfile(procfile)
     else:
         chosen = given or DEFAULT_RECEIVERS
-        procs = processes(chosen, {"sender": sender_threads, "receiver": receiver_threads})
+        threads = {"sender": sender_threads, "receiver": receiver_threads}
+        procs = processes(chosen, threads, engine=engine, debug=debug(ctx))
         for name in chosen:  # where each receiver binds, when the environment says
             settings.check_endpoint(f"${address_var(name)}", os.environ.get(address_var(name)))
         # what each receiver will load: a given spec, else $LATENTWIRE_<NAME>_MODEL, else the default's

@@ -31,6 +31,7 @@ def smoke(
     ckpt: str | Path | None = None,
     data_dir: str | Path | None = None,
     echo: Echo = print,
+    engine: str = "auto",
 ) -> dict[str, str]:
     """Answer one dev question on every receiver of the checkpoint; returns each receiver's generated text."""
     from .trainer.tiny import tiny_checkpoint
@@ -41,7 +42,7 @@ def smoke(
         if ckpt is None:
             ckpt = DEFAULT_CKPT if real else tiny_checkpoint(tmp, device=device, dtype=dtype)
         echo(f"checkpoint {ckpt} ({time.perf_counter() - t0:.1f}s)")
-        wire = load_checkpoint(ckpt, device=device, dtype=dtype, reading_cache=False)
+        wire = load_checkpoint(ckpt, device=device, dtype=dtype, reading_cache=False, engine=engine)
         z = wire.encode([ex])
         echo(f"latent {tuple(z.shape[1:])}: {int((z[0].norm(dim=-1) > 0).sum())} rows carry the sharer's answer")
         out = {}

@@ -227,9 +227,6 @@ class Client:
 
     # ---- asking ----
 
-    def _ask(self, question: str, context: str, options: dict[str, Any]) -> Ask:
-        return Ask(self._rid(), self.id, question, context, **options)
-
     def ask(self, question: str, context: str = "", **options: Any) -> Answer:
         """Ask one question; options: mode, quant, group_size, budget, max_new_tokens (see protocol.Ask)."""
         return next(self.ask_many([(None, question, context)], window=1, **options))

@@ -1,6 +1,8 @@
 """`latentwire up`: run the processes (a sender, one receiver per model, an arbiter), prefix their output,
-restart one that dies, stop all cleanly. The process list is generated from the receivers (`processes`); the
-committed Procfile is its default, for `honcho start`.
+restart one that dies, stop all cleanly. The process list is generated from the receivers (`processes`): each
+process is a `Command`, an argument list whose settings (`Setting`: a variable, else its default) are read from the
+environment it starts in. `up` runs the lists themselves, no shell; the committed Procfile is the default list
+written as shell lines (`Command.shell`), for `honcho start`.
 
 Why not honcho's Manager: it stops the whole system when one process exits, while a receiver that crashes
 should be restarted alone and rejoin (the Procfile still runs unchanged under `honcho start`). Processes get
@@ -12,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -33,10 +36,92 @@ SETTING_ERROR_RC = 2  # a process that refused its settings (one line, exit 2): 
 STOP_GRACE_S = 15.0  # a receiver may be mid-generation when asked to stop
 
 
+@dataclass(frozen=True)
+class Setting:
+    """An argument read where the process starts: `$var`, else its default (the parts joined by commas)."""
+
+    var: str
+    default: tuple[str | Setting, ...] = ()
+
+    def value(self, env: Mapping[str, str]) -> str:
+        return env.get(self.var) or ",".join(_value(d, env) for d in self.default)
+
+    def shell(self) -> str:
+        return f"${{{self.var}:-{','.join(_shell(d) for d in self.default)}}}"
+
+
+Arg = str | Setting
+
+
+def _value(arg: Arg, env: Mapping[str, str]) -> str:
+    return arg.value(env) if isinstance(arg, Setting) else arg
+
+
+def _shell(arg: Arg) -> str:
+    return arg.shell() if isinstance(arg, Setting) else shlex.quote(arg)
+
+
+@dataclass(frozen=True)
+class Command:
+    """One process: `latentwire [--debug] ROLE ARGS...`, its settings resolved when it starts."""
+
+    role: str  # the subcommand: sender, receiver, arbiter (what `up` counts its receivers by)
+    args: tuple[Arg, ...] = ()
+    debug: bool = False
+
+    def argv(self, env: Mapping[str, str]) -> list[str]:
+        """The argument list, each setting read from `env` (the executable is found on its PATH)."""
+        return ["latentwire", *(["--debug"] if self.debug else []), self.role, *(_value(a, env) for a in self.args)]
+
+    def shell(self) -> str:
+        """The Procfile line: what `argv` runs, each setting as `${VAR:-default}`."""
+        return " ".join(["exec latentwire", *(["--debug"] if self.debug else []), self.role, *map(_shell, self.args)])
+
+
+_SETTING = re.compile(r"\$\{(\w+)(?::-(.*))?\}|\$(\w+)")
+
+
+def parse_command(line: str) -> Command:
+    """A Procfile line (`[exec] latentwire [--debug] ROLE ARGS...`) as a Command; raises ValueError for another
+    program, or a setting inside a longer argument (`up` runs no shell to expand it)."""
+    words = shlex.split(line, posix=False)
+    words = words[1:] if words[:1] == ["exec"] else words
+    if not words or Path(words[0]).name != "latentwire":
+        raise ValueError(f"{line!r}: `up` runs latentwire processes (`latentwire ROLE ...`)")
+    debug = words[1:2] == ["--debug"]
+    rest = words[2:] if debug else words[1:]
+    if not rest or rest[0].startswith("-"):
+        raise ValueError(f"{line!r}: no process role (sender, receiver, arbiter)")
+    return Command(rest[0], tuple(_parse_arg(w) for w in rest[1:]), debug)
+
+
+def _parse_arg(word: str) -> Arg:
+    m = _SETTING.fullmatch(word)
+    if m is None:
+        if "$" in word:
+            raise ValueError(f"{word!r}: a setting must be a whole argument (`${{VAR:-default}}`)")
+        return shlex.split(word)[0] if word[:1] in "'\"" else word
+    if m[3]:
+        return Setting(m[3])
+    return Setting(m[1], tuple(_parse_arg(part) for part in _top_level(m[2] or "")))
+
+
+def _top_level(text: str) -> list[str]:
+    """`text` split at the commas outside `${...}`."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        depth += ch == "{"
+        depth -= ch == "}"
+        if ch == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    return [p for p in [*parts, text[start:]] if p]
+
+
 @dataclass
 class _Proc:
     name: str
-    cmd: str
+    cmd: Command
     popen: subprocess.Popen | None = None
     started: float = 0.0
     backoff: float = RESTART_MIN_S
@@ -48,7 +133,7 @@ class _Proc:
 class Supervisor:
     """Runs the processes of a Procfile; `run` returns when stopped (signal or `stop.set()`)."""
 
-    procs: dict[str, str]
+    procs: dict[str, Command]
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
     restart: bool = True
     out: TextIO = sys.stdout
@@ -63,8 +148,7 @@ class Supervisor:
 
     def _spawn(self, p: _Proc) -> None:
         p.popen = subprocess.Popen(
-            p.cmd,
-            shell=True,
+            p.cmd.argv(self.env),
             env=self.env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -81,9 +165,6 @@ class Supervisor:
         assert popen.stdout is not None
         for line in popen.stdout:
             self.say(name, line)
-
-    def pids(self) -> dict[str, int]:
-        return {n: p.popen.pid for n, p in self._state.items() if p.popen and p.popen.poll() is None}
 
     def run(self, stop: net.StopFlag, on_start: Callable[[], None] | None = None) -> int:
         self._state = {n: _Proc(n, c) for n, c in self.procs.items()}
@@ -157,8 +238,8 @@ def child_env(ckpt: Path | None, receivers: Mapping[str, str] | None = None, thr
     return env
 
 
-def count_receivers(procs: dict[str, str]) -> int:
-    return sum("latentwire receiver" in cmd for cmd in procs.values())
+def count_receivers(procs: Mapping[str, Command]) -> int:
+    return sum(cmd.role == "receiver" for cmd in procs.values())
 
 
 # ---- the process list: one sender, one receiver per entry, one arbiter ----
@@ -231,25 +312,32 @@ def check_receivers(receivers: Mapping[str, str]) -> dict[str, str]:
     return dict(receivers)
 
 
-def processes(receivers: Mapping[str, str] | None = None, threads: Mapping[str, int] | None = None) -> dict[str, str]:
+def processes(
+    receivers: Mapping[str, str] | None = None,
+    threads: Mapping[str, int] | None = None,
+    engine: str = "auto",
+    debug: bool = False,
+) -> dict[str, Command]:
     """The process list for `receivers` ({name: model spec}): sender, one receiver each, arbiter.
 
     Each receiver's model and bind address can be overridden by LATENTWIRE_<NAME>_MODEL and LATENTWIRE_<NAME>;
     the sender fans out to those same addresses (or to $LATENTWIRE_RECEIVERS across hosts). `threads`: torch
-    threads per role (`sender`, `receiver`; 0 = every core), `THREADS` for a role not given."""
+    threads per role (`sender`, `receiver`; 0 = every core), `THREADS` for a role not given; `engine` runs the
+    models of the sender and the receivers (`auto`: each process's own default); `debug` shows tracebacks."""
     receivers = check_receivers(DEFAULT_RECEIVERS if receivers is None else receivers)
     n = {**THREADS, **(threads or {})}
+    engines = ("--engine", engine) if engine != "auto" else ()
     binds = {
-        name: f"${{{address_var(name)}:-tcp://127.0.0.1:{FIRST_RECEIVER_PORT + i}}}" for i, name in enumerate(receivers)
+        name: Setting(address_var(name), (f"tcp://127.0.0.1:{FIRST_RECEIVER_PORT + i}",))
+        for i, name in enumerate(receivers)
     }
-    fan_out = f"${{LATENTWIRE_RECEIVERS:-{','.join(binds.values())}}}"
-    procs = {"sender": f"exec latentwire sender --receivers {fan_out} --threads {int(n['sender'])}"}
+    fan_out = Setting("LATENTWIRE_RECEIVERS", tuple(binds.values()))
+    procs = {"sender": Command("sender", ("--receivers", fan_out, "--threads", str(int(n["sender"])), *engines), debug)}
     for name, spec in receivers.items():
-        procs[name] = (
-            f"exec latentwire receiver --model ${{{model_var(name)}:-{spec}}} --bind {binds[name]}"
-            f" --threads {int(n['receiver'])}"
-        )
-    procs["arbiter"] = "exec latentwire arbiter"
+        model = Setting(model_var(name), (spec,))
+        args = ("--model", model, "--bind", binds[name], "--threads", str(int(n["receiver"])), *engines)
+        procs[name] = Command("receiver", args, debug)
+    procs["arbiter"] = Command("arbiter", (), debug)
     return procs
 
 
@@ -257,20 +345,19 @@ def procfile_text(receivers: Mapping[str, str] | None = None) -> str:
     """The Procfile (honcho's format) of `processes(receivers)`; the committed Procfile is the default's."""
     receivers = check_receivers(DEFAULT_RECEIVERS if receivers is None else receivers)
     header = PROCFILE_HEADER.format(receivers=" ".join(f"{n}={s}" for n, s in receivers.items()))
-    return header + "".join(f"{name}: {cmd}\n" for name, cmd in processes(receivers).items())
+    return header + "".join(f"{name}: {cmd.shell()}\n" for name, cmd in processes(receivers).items())
 
 
-def read_procfile(path: str | Path | None = None) -> dict[str, str]:
-    """The process list (name -> shell command) of the Procfile at `path`; without one, the default list as
-    `latentwire procfile` generates it (the committed Procfile is that text), so nothing is read from outside the
-    package."""
+def read_procfile(path: str | Path | None = None) -> dict[str, Command]:
+    """The process list of the Procfile at `path`; without one, the default list as `latentwire procfile`
+    generates it (the committed Procfile is that text), so nothing is read from outside the package."""
     if path is None:
         return processes()
     path = Path(path)
     procs = parse_procfile(path.read_text()).processes
     if not procs:
         raise ValueError(f"{path}: no processes (lines `name: command`)")
-    return dict(procs)
+    return {name: parse_command(line) for name, line in procs.items()}
 
 
 class LocalSystem:
@@ -311,8 +398,8 @@ class LocalSystem:
             "LATENTWIRE_REPLIES": f"tcp://127.0.0.1:{r}",
             **{address_var(n): f"tcp://127.0.0.1:{p}" for n, p in zip(self.receivers, ports, strict=True)},
             "LATENTWIRE_TIMEOUT": str(timeout),
-            **({"LATENTWIRE_ENGINE": engine} if engine else {}),  # else the processes' own `auto`
         }
+        self.engine = engine or "auto"  # `auto`: the processes' own default
         self.ckpt, self.ready_timeout = Path(ckpt), ready_timeout
         self.log = Path(log) if log else Path(tempfile.mkstemp(prefix="latentwire-up-", suffix=".log")[1])
         self.proc: subprocess.Popen | None = None
@@ -330,6 +417,7 @@ class LocalSystem:
         for name, spec in self.receivers.items():
             cmd += ["--receiver", f"{name}={spec}"]
         cmd += [f"--{role}-threads={n}" for role, n in self.threads.items()]
+        cmd += ["--engine", self.engine]
         env = {**child_env(None), **self.env}
         with self.log.open("w") as out:
             self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)

@@ -31,23 +31,6 @@ from latentwire.codebook import code_table, token_strings, unbind, vocabulary_co
 PROMPT_INIT = " Short answer:"  # the soft prompts start as this phrase's embeddings, tiled to `prompt_len`
 
 
-class FromPretrained:
-    """`Kind.from_pretrained(ckpt, name, llm)`: `load_adapter`, refusing an adapter of another kind.
-
-    Writing is the checkpoint's (`latentwire.checkpoint.save`): an adapter is one part of a checkpoint, whose
-    fingerprint covers all of them, so there is no per-adapter `save_pretrained`.
-    """
-
-    @classmethod
-    def from_pretrained(cls, path: str | Path, name: str, llm: Any) -> nn.Module:
-        ad = load_adapter(path, name, llm)
-        if not isinstance(ad, cls):
-            raise checkpoint.CheckpointError(
-                f"{path}: adapter {name!r} is a {ad.cfg.kind!r} adapter, not a {cls.__name__}"
-            )
-        return ad
-
-
 @dataclass
 class CodebookAdapterConfig:
     kind: str = "codebook"
@@ -80,7 +63,7 @@ def _lexicon(spec: str, d_z: int, seed: int) -> tuple[list[str], torch.Tensor]:
     return strings, code_table(list(strings), d_z, seed)
 
 
-class CodebookAdapter(FromPretrained, nn.Module):
+class CodebookAdapter(nn.Module):
     """Snap each latent step onto this model's own embeddings; add the trained parts (see the module docstring)."""
 
     def __init__(self, cfg: CodebookAdapterConfig, llm: Any):

@@ -81,6 +81,7 @@ def serve(
     curve_dir: str | None = None,
     device: str = "auto",
     dtype: str = "auto",
+    engine: str = "auto",
     max_new_tokens: int = 64,
     max_slot_tokens: int = MAX_SLOT_TOKENS,
     max_batch: int = MAX_BATCH,
@@ -103,7 +104,7 @@ def serve(
     out.connect(replies)
     t0 = time.perf_counter()
     try:
-        rx = load_receiver(model, ckpt, name, pid, device, dtype)
+        rx = load_receiver(model, ckpt, name, pid, device, dtype, engine)
         from latentwire.checkpoint import load_config
 
         fitted = load_config(ckpt).models[rx.name].calibration

@@ -137,16 +137,6 @@ class Receiver:
     liveness: Liveness | None = None  # set by `serve`: work opened before a silence is dropped; None: never
     wall: Callable[[], float] = time.time  # the clock deadlines are read on (Unix time)
 
-    def handle(self, data: bytes) -> Reply | ErrorReply:
-        return self.handle_many([data])[0]
-
-    def handle_many(self, frames: Sequence[bytes]) -> list[Reply | ErrorReply]:
-        """Answer frames that arrived together: one reply each, in order; never raises."""
-        out: list[Reply | ErrorReply | None] = [None] * len(frames)
-        for i, reply in self.replies(frames):
-            out[i] = reply
-        return [r for r in out if r is not None]
-
     def replies(self, frames: Sequence[bytes]) -> Iterator[tuple[int, Reply | ErrorReply]]:
         """(index of the frame, its reply) for frames that arrived together, each as soon as it is ready; never
         raises. Refusals come first, then one `generate` call after another as `Backlog.take` picks them (the
@@ -311,8 +301,10 @@ def positions(slot: torch.Tensor, cap: int) -> int:
     return int(slot.shape[0]) + cap
 
 
-def load_receiver(model: str, ckpt: str | Path, name: str | None, pid: str, device: str, dtype: str) -> Receiver:
-    """Load the frozen LLM and the checkpoint's adapter for it (refused if they do not match)."""
+def load_receiver(
+    model: str, ckpt: str | Path, name: str | None, pid: str, device: str, dtype: str, engine: str = "auto"
+) -> Receiver:
+    """Load the frozen LLM (run by `engine`) and the checkpoint's adapter for it (refused if they do not match)."""
     from latentwire import checkpoint
     from latentwire.models import load_llm
 
@@ -323,7 +315,7 @@ def load_receiver(model: str, ckpt: str | Path, name: str | None, pid: str, devi
     cfg = checkpoint.load_config(ckpt, adapters=adapter_schemas())
     if name not in cfg.models:
         raise checkpoint.CheckpointError(f"{ckpt} has no adapter for model {name!r} (it has: {', '.join(cfg.models)})")
-    llm = load_llm(model, device=device, dtype=dtype)
+    llm = load_llm(model, device=device, dtype=dtype, engine=engine)
     adapter = load_adapter(ckpt, name, llm)
     rx = Receiver(llm, adapter, name, checkpoint.fingerprint(ckpt), pid, m=cfg.encoder["m"])
     rx.max_slot_tokens = slot_cap(llm)

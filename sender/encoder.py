@@ -3,7 +3,7 @@
 `ENCODERS` is the registry of encoder kinds, keyed by the config's `backbone`; `load_encoder` builds the one a
 checkpoint names. Every encoder maps docs (question, paragraphs) to (B, M, d_z) through `encode_docs`. The one
 kind is `llm`: a frozen sharer LLM reads the selected evidence and the latent carries what it computed
-(`sharer.py`). A new kind is one entry: a builder `(path, config dict, device, llm) -> module`.
+(`sharer.py`). A new kind is one entry: a builder `(path, config dict, device, llm, engine) -> module`.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from torch import nn
 from latentwire import checkpoint
 
 
-def _sharer_encoder(path: Path, cfg: dict, device: str, llm=None) -> nn.Module:
+def _sharer_encoder(path: Path, cfg: dict, device: str, llm=None, engine: str = "auto") -> nn.Module:
     from .sharer import SharerConfig, SharerEncoder
 
     try:
-        enc = SharerEncoder(SharerConfig.from_dict(cfg), llm=llm, device=device)
+        enc = SharerEncoder(SharerConfig.from_dict(cfg), llm=llm, device=device, engine=engine)
     except (TypeError, ValueError) as e:
         raise checkpoint.CheckpointError(f"{path}: encoder: {e}") from None
     if enc.channel is not None:
@@ -33,11 +33,12 @@ ENCODERS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def load_encoder(path: str | Path, device: str = "cpu", llm=None) -> nn.Module:
-    """The sender's half of a checkpoint, in eval mode; `llm` reuses an already loaded sharer."""
+def load_encoder(path: str | Path, device: str = "cpu", llm=None, engine: str = "auto") -> nn.Module:
+    """The sender's half of a checkpoint, in eval mode; `llm` reuses an already loaded sharer, else it is loaded
+    run by `engine` (`latentwire.engine`)."""
     path = Path(path)
     cfg = checkpoint.load_config(path).encoder
     kind = cfg.get("backbone", "llm")
     if kind not in ENCODERS:
         raise checkpoint.CheckpointError(f"{path}: unknown encoder backbone {kind!r} (known: {', '.join(ENCODERS)})")
-    return ENCODERS[kind](path, cfg, device, llm)
+    return ENCODERS[kind](path, cfg, device, llm, engine)

@@ -57,13 +57,6 @@ class Sender:
     pid: str
     expired: int = 0  # asks dropped unread because their deadline had passed (in the heartbeats' info)
 
-    def build(self, ask: Ask) -> tuple[bytes, dict[str, float]]:
-        """(frame, durations); raises ProtocolError when the request cannot be expressed (e.g. fp16 overflow)."""
-        out = self.build_many([ask])[0]
-        if isinstance(out, Exception):
-            raise out
-        return out
-
     def build_many(self, asks: Sequence[Ask]) -> list[tuple[bytes, dict[str, float]] | Exception]:
         """Frames for asks that arrived together: the sharer reads all of their evidence in one batch (its greedy
         steps cost about what one question's do), the rest is per ask. Each item is (frame, durations) or the
@@ -158,10 +151,12 @@ def serve(
     receivers: str | None = None,
     curve_dir: str | None = None,
     device: str = "cpu",
+    engine: str = "auto",
     stop: net.StopFlag | None = None,
     max_batch: int = MAX_BATCH,
 ) -> None:
-    """Run a sender until SIGINT/SIGTERM (the requests being encoded are finished and reported first)."""
+    """Run a sender until SIGINT/SIGTERM (the requests being encoded are finished and reported first); its sharer
+    runs on `engine` (`latentwire.engine`)."""
     from latentwire import checkpoint
 
     from .encoder import load_encoder
@@ -171,7 +166,7 @@ def serve(
     curve = net.Curve.from_env("sender", curve_dir)
     t0 = time.perf_counter()
     cfg = checkpoint.load_config(ckpt)
-    sender = Sender(load_encoder(ckpt, device), checkpoint.fingerprint(ckpt), int(cfg.encoder["m"]), pid)
+    sender = Sender(load_encoder(ckpt, device, engine=engine), checkpoint.fingerprint(ckpt), int(cfg.encoder["m"]), pid)
     load_s = time.perf_counter() - t0
     stop = stop if stop is not None else net.StopFlag()  # a signal while loading just ends the process
 

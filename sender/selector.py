@@ -104,7 +104,7 @@ class Selector:
             raise ValueError(f"the evidence budget must be at least one paragraph, not {budget}")
         n = len(paragraphs)
         x = single_features(question, paragraphs)  # once: the single scores and the pair features both use them
-        s = _logit(x, self.cfg.single, self.cfg.single_mu, self.cfg.single_sd)
+        s = self.single_scores(x)
         if n <= 2 or budget == 1:
             order = [int(i) for i in np.argsort(-s, kind="stable")]
             return Selection(self._ordered(order[:budget]), (order[0], order[min(1, n - 1)]))
@@ -129,9 +129,9 @@ class Selector:
             raise ValueError(f"unknown selection order {self.cfg.order!r}; choose score or source")
         return [int(i) for i in picks] if self.cfg.order == "score" else sorted(int(i) for i in picks)
 
-    def single_scores(self, question: str, paragraphs: Sequence[Paragraph]) -> np.ndarray:
-        c = self.cfg
-        return _logit(single_features(question, paragraphs), c.single, c.single_mu, c.single_sd)
+    def single_scores(self, x: np.ndarray) -> np.ndarray:
+        """Each paragraph's score alone (higher: more likely one the question needs), from its `single_features`."""
+        return _logit(x, self.cfg.single, self.cfg.single_mu, self.cfg.single_sd)
 
     def pair_scores(
         self, question: str, paragraphs: Sequence[Paragraph], single: np.ndarray, single_x: np.ndarray | None = None

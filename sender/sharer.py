@@ -171,10 +171,10 @@ class SharerEncoder(torch.nn.Module):
     """docs -> (B, M, d_z). The selector is fitted, the LLM frozen, the codes fixed; the hidden channel (when the
     config has one) is the sender's one trained part."""
 
-    def __init__(self, cfg: SharerConfig, llm: LLM | None = None, device: str = "cpu"):
+    def __init__(self, cfg: SharerConfig, llm: LLM | None = None, device: str = "cpu", engine: str = "auto"):
         super().__init__()
         self.cfg = cfg
-        self.llm = llm if llm is not None else load_llm(cfg.sharer, device=device)
+        self.llm = llm if llm is not None else load_llm(cfg.sharer, device=device, engine=engine)
         if cfg.sharer_fingerprint and cfg.sharer_fingerprint != self.llm.fingerprint:
             raise ValueError(
                 f"this checkpoint's sharer is {cfg.sharer} (fingerprint {cfg.sharer_fingerprint[:12]}), "

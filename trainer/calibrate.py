@@ -111,6 +111,7 @@ def calibrate(
     progress: bool = True,
     log: Callable[[str], None] = print,
     llms: dict[str, LLM] | None = None,
+    engine: str = "auto",
 ) -> dict[str, dict[str, dict]]:
     """Fit every receiver of `ckpt` on `paths` (default: all it has) on the first `n` of `val`; write the maps
     into its config in place.
@@ -118,7 +119,7 @@ def calibrate(
     Returns `{receiver: {path: map}}`. Paths not named keep their maps; the checkpoint's fingerprint changes
     (its config does), its parts do not (`checkpoint.NOT_IN_PART`).
     """
-    wire = load_checkpoint(ckpt, device=device, dtype=dtype, llms=llms)
+    wire = load_checkpoint(ckpt, device=device, dtype=dtype, llms=llms, engine=engine)
     paths = tuple(paths or wire.paths)
     unknown = [p for p in paths if p not in wire.paths]
     if unknown:

@@ -41,14 +41,15 @@ from latentwire.sender.sharer import Reading, SharerEncoder
 
 @dataclass
 class LoopConfig:
-    steps: int = 300
-    batch_size: int = 8
-    lr: float = 3e-3
+    # what every recipe sets (`from_recipe`): their defaults are the recipes', none here
+    steps: int
+    batch_size: int
+    lr: float
+    eval_every: int  # validate (and keep the best step) every N steps; 0: only at the end
     warmup: int = 20
     first_weight: float = 2.0  # the first answer token decides the answer's form: weight it up
     distill_weight: float = 0.0
     channel_weight: float = 0.1
-    eval_every: int = 100  # validate (and keep the best step) every N steps; 0: only at the end
     seed: int = 0
     # the frozen receivers' forward and backward passes under bfloat16 autocast (the trained parts and the loss
     # stay float32): 2-4x faster on CPUs with AMX/AVX512-BF16 and on GPUs; serving stays in the model's dtype

@@ -27,6 +27,7 @@ import numpy as np
 from latentwire import checkpoint
 from latentwire.data import load_split
 from latentwire.models import LLM, load_llm
+from latentwire.processes.up import DEFAULT_RECEIVERS
 from latentwire.protocol import SENDER_PATHS, TRAINED_PATHS
 from latentwire.receivers.adapter import CodebookAdapter, CodebookAdapterConfig
 from latentwire.sender.selector import Selector, SelectorConfig, selection_report
@@ -81,7 +82,7 @@ class TrainRecipe:
 
     @property
     def receivers(self) -> list[str]:
-        return list(self.models or ["llama", "qwen"])
+        return list(self.models or DEFAULT_RECEIVERS.values())
 
 
 def config_dict(recipe: TrainRecipe, enc: SharerEncoder, adapters: dict, llms: dict[str, LLM], extra: dict) -> dict:

@@ -44,9 +44,9 @@ def prove(b: Board, t: float, models: tuple[str, ...] = ("llama", "qwen")) -> No
 def beat(
     b: Board, t: float, models: tuple[str, ...] = ("llama", "qwen"), sender: str = "s1", cals: dict | None = None
 ) -> None:
-    b.heartbeat(hb(sender, "sender"), t, route=sender.encode(), role="sender")
+    b.roster.heartbeat(hb(sender, "sender"), t, route=sender.encode(), role="sender")
     for m in models:
-        b.heartbeat(hb(f"r-{m}", "receiver", m, **(cals or {}).get(m, {})), t, role="receiver")
+        b.roster.heartbeat(hb(f"r-{m}", "receiver", m, **(cals or {}).get(m, {})), t, role="receiver")
 
 
 def open_ask(b: Board, now: float = 0.0, rid: str = "c-1", report: dict | None = None, mode: str = "latent"):

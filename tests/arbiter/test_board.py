@@ -43,11 +43,13 @@ def test_ties_break_by_model_name_and_empty_answers_lose() -> None:
 
 def test_each_proven_receivers_calibration_comes_from_its_heartbeat() -> None:
     b = proven_board(llama={"latent": (2.0, -1.0), "relay": (0.5, 1.0)})
-    assert b.calibration("llama") == Calibration(2.0, -1.0)  # only a and b travel: the map, not its sample
-    assert b.calibration("llama", "relay") == Calibration(0.5, 1.0)
-    assert b.calibration("llama", "text") == b.calibration("qwen") == Calibration()  # none announced: raw scores
-    b.heartbeat(hb("r-llama", "receiver", "llama"), 1.0, role="receiver")  # the latest heartbeat's maps count
-    assert b.calibration("llama") == Calibration()
+    assert b.roster.calibration("llama") == Calibration(2.0, -1.0)  # only a and b travel: the map, not its sample
+    assert b.roster.calibration("llama", "relay") == Calibration(0.5, 1.0)
+    assert (
+        b.roster.calibration("llama", "text") == b.roster.calibration("qwen") == Calibration()
+    )  # none announced: raw scores
+    b.roster.heartbeat(hb("r-llama", "receiver", "llama"), 1.0, role="receiver")  # the latest heartbeat's maps count
+    assert b.roster.calibration("llama") == Calibration()
 
 
 def test_the_arbiter_picks_with_the_calibration_of_the_request_path() -> None:
@@ -140,7 +142,7 @@ def test_dead_or_stopping_receiver_finishes_early_and_leaves_the_expected_set() 
     b = proven_board(timeout=60.0)
     p = open_ask(b)
     b.on_receiver(reply(p, "llama", "Ada", -0.2), 90, 0.5)
-    b.heartbeat(hb("r-qwen", "receiver", "qwen", status="stopping"), 1.0)
+    b.roster.heartbeat(hb("r-qwen", "receiver", "qwen", status="stopping"), 1.0)
     assert b.due(1.0) == [p]
     assert b.finish(p, 1.0).errors["qwen"].startswith("gone")
     beat(b, 1.0, models=("llama",))
@@ -154,7 +156,7 @@ def test_open_without_processes_and_sender_failures() -> None:
     p, sender = b.open((b"c",), Ask("c-1", "client", "Q?"), 10, 0.0)
     assert sender is None and p.failure.code == "no_receivers"
     assert b.finish(p, 0.0).rid == "c-1"
-    b.heartbeat(hb("r-llama", "receiver", "llama"), 0.0)
+    b.roster.heartbeat(hb("r-llama", "receiver", "llama"), 0.0)
     p, sender = b.open((b"c",), Ask("c-2", "client", "Q?"), 10, 0.0)
     assert sender is None and p.failure.code == "no_sender"
     b = proven_board()
@@ -212,15 +214,15 @@ def test_peers_and_counters_stay_bounded() -> None:
     b = proven_board()
     for i in range(5_000):  # unique ids, unique error codes, unknown roles
         t = 10.0 + i * 0.01
-        b.heartbeat(Heartbeat("", f"x{i}", "receiver", "alive", {"model": f"m{i}"}), t, role="receiver")
-        b.heartbeat(Heartbeat("", f"y{i}", "sender", "alive"), t, route=b"y", role="sender")
-        b.heartbeat(Heartbeat("", f"z{i}", f"role{i}", "alive"), t, role="receiver")
+        b.roster.heartbeat(Heartbeat("", f"x{i}", "receiver", "alive", {"model": f"m{i}"}), t, role="receiver")
+        b.roster.heartbeat(Heartbeat("", f"y{i}", "sender", "alive"), t, route=b"y", role="sender")
+        b.roster.heartbeat(Heartbeat("", f"z{i}", f"role{i}", "alive"), t, role="receiver")
         b.on_receiver(ErrorReply(f"nope{i}", f"x{i}", f"code{i}", "x"), 10, t)
-    assert len(b.peers) <= 2 * board.MAX_PEERS
+    assert len(b.roster.peers) <= 2 * board.MAX_PEERS
     assert len(b.stats) < 20, sorted(b.stats)
     assert b.stats["error.other"] == 5_000 and b.stats["bad_role"] == 5_000
-    b.expire(10.0 + 50.0 + board.PEER_MEMORY_S + 1)
-    assert b.peers == {}
+    b.roster.expire(10.0 + 50.0 + board.PEER_MEMORY_S + 1)
+    assert b.roster.peers == {}
 
 
 def test_answers_flagged_degraded_when_fewer_receivers_than_configured() -> None:
@@ -235,8 +237,10 @@ def test_answers_flagged_degraded_when_fewer_receivers_than_configured() -> None
 
 def test_heartbeats_only_from_their_own_socket_and_forged_replies_ignored() -> None:
     b = proven_board()
-    assert b.heartbeat(Heartbeat("", "fake", "sender", "alive"), 0.0, role="receiver") is None  # on replies socket
-    assert [s.pid for s in b.alive("sender", 0.0)] == ["s1"]
+    assert (
+        b.roster.heartbeat(Heartbeat("", "fake", "sender", "alive"), 0.0, role="receiver") is None
+    )  # on replies socket
+    assert [s.pid for s in b.roster.alive("sender", 0.0)] == ["s1"]
     p = open_ask(b)
     assert b.on_receiver(reply(p, "qwen", sender="stranger"), 90, 0.1) is None  # no such receiver
     assert b.on_receiver(reply(p, "qwen", sender="r-llama"), 90, 0.1) is None  # llama answering as qwen
@@ -247,10 +251,10 @@ def test_receiver_outside_the_checkpoint_or_of_another_checkpoint_is_not_ready()
     b = proven_board()
     evil = {"model": "evil", "fingerprint": FP}
     other = {"model": "llama", "fingerprint": "0" * 64}
-    b.heartbeat(Heartbeat("", "r-evil", "receiver", "alive", evil), 0.0, role="receiver")
-    b.heartbeat(Heartbeat("", "r-llama2", "receiver", "alive", other), 0.0, role="receiver")
-    b.prove("r-evil")  # real receivers: they answered a probe (the next test: until then they are only counted)
-    b.prove("r-llama2")
+    b.roster.heartbeat(Heartbeat("", "r-evil", "receiver", "alive", evil), 0.0, role="receiver")
+    b.roster.heartbeat(Heartbeat("", "r-llama2", "receiver", "alive", other), 0.0, role="receiver")
+    b.roster.prove("r-evil")  # real receivers: they answered a probe (the next test: until then they are only counted)
+    b.roster.prove("r-llama2")
     st = b.status(0.0).info
     assert st["receivers"] == "llama,qwen" and st["n_receivers"] == 2
     assert (
@@ -278,7 +282,7 @@ def test_sender_vanishing_before_its_report_sends_the_request_again() -> None:
 def test_request_waits_for_a_restarting_sender_then_fails_clearly() -> None:
     b = proven_board(timeout=100.0)
     beat(b, 5.0)
-    b.peers["s1"].last_seen = 0.0  # the sender went silent (it is restarting); receivers are fine
+    b.roster.peers["s1"].last_seen = 0.0  # the sender went silent (it is restarting); receivers are fine
     p, sender = b.open((b"c",), Ask("c-1", "client", "Q?"), 10, 5.0)
     assert sender is None and p.failure is None and b.waiting() == [p]
     (late,) = b.due(5.0 + board.SENDER_WAIT_S)
@@ -297,7 +301,7 @@ def test_every_receiver_refusing_for_the_same_reason_says_which() -> None:
 def test_degraded_judged_against_the_configuration_while_the_sender_restarts() -> None:
     b = proven_board(timeout=100.0)
     beat(b, 5.0, models=("llama",))  # qwen down since t=0
-    b.peers["s1"].last_seen = 0.0  # the sender is restarting too: the request waits for it
+    b.roster.peers["s1"].last_seen = 0.0  # the sender is restarting too: the request waits for it
     p, sender = b.open((b"c",), Ask("c-1", "client", "Q?"), 10, 5.0)
     assert sender is None and p.expected == {"llama"}
     beat(b, 6.0, models=("llama",), sender="s2")
@@ -316,7 +320,7 @@ OTHER_FP = "0" * 64
 def test_a_receiver_of_another_checkpoint_is_named_as_such_not_as_down() -> None:
     b = proven_board()
     other = Heartbeat("", "r-llama", "receiver", "alive", {"model": "llama", "fingerprint": OTHER_FP})
-    b.heartbeat(other, 1.0, role="receiver")  # up and beating, but restarted on another checkpoint
+    b.roster.heartbeat(other, 1.0, role="receiver")  # up and beating, but restarted on another checkpoint
     beat(b, 1.0, models=("qwen",))
     p = open_ask(b, now=1.0, mode="text")
     assert p.expected == {"qwen"}
@@ -331,7 +335,7 @@ def test_unproven_receivers_put_no_text_of_theirs_in_the_status_or_an_answer() -
     it answers a request id; the arbiter probes it (a real one answers and is then named)."""
     b = proven_board()
     forged = {"model": "buy cheap pills at example.com", "fingerprint": "visit-example-com" * 3}
-    b.heartbeat(Heartbeat("", "r-spam", "receiver", "alive", forged), 0.0, role="receiver")
+    b.roster.heartbeat(Heartbeat("", "r-spam", "receiver", "alive", forged), 0.0, role="receiver")
     st = b.status(0.0).info
     assert st["mismatch_unproven"] == 1 and "mismatch" not in st, st
     assert not any("example" in str(v) for v in st.values()), st
@@ -345,8 +349,8 @@ def test_unproven_receivers_put_no_text_of_theirs_in_the_status_or_an_answer() -
 
 def test_no_receivers_with_only_unproven_foreign_ones_counts_them() -> None:
     b = Board("arb", timeout=10.0, dead_after=4.0)
-    b.heartbeat(hb("s1", "sender"), 0.0, route=b"s1", role="sender")
-    b.heartbeat(Heartbeat("", "r-x", "receiver", "alive", {"model": "llama", "fingerprint": OTHER_FP}), 0.0)
+    b.roster.heartbeat(hb("s1", "sender"), 0.0, route=b"s1", role="sender")
+    b.roster.heartbeat(Heartbeat("", "r-x", "receiver", "alive", {"model": "llama", "fingerprint": OTHER_FP}), 0.0)
     p, _ = b.open((b"client",), Ask("c-1", "client", "Who?", "Ada wrote it.", mode="text"), 100, 0.0)
     assert p.failure is not None and p.failure.code == "no_receivers"
     assert "1 receiver(s) announced another checkpoint" in p.failure.message and OTHER_FP[:12] not in p.failure.message
@@ -354,11 +358,11 @@ def test_no_receivers_with_only_unproven_foreign_ones_counts_them() -> None:
 
 def test_no_receivers_says_they_serve_another_checkpoint_when_all_do() -> None:
     b = Board("arb", timeout=10.0, dead_after=4.0)
-    b.heartbeat(hb("s1", "sender"), 0.0, route=b"s1", role="sender")
+    b.roster.heartbeat(hb("s1", "sender"), 0.0, route=b"s1", role="sender")
     for m in ("llama", "qwen"):
         info = {"model": m, "fingerprint": OTHER_FP}
-        b.heartbeat(Heartbeat("", f"r-{m}", "receiver", "alive", info), 0.0, role="receiver")
-        b.prove(f"r-{m}")
+        b.roster.heartbeat(Heartbeat("", f"r-{m}", "receiver", "alive", info), 0.0, role="receiver")
+        b.roster.prove(f"r-{m}")
     p, sender = b.open((b"client",), Ask("c-1", "client", "Who?", "Ada wrote it.", mode="text"), 100, 0.0)
     assert sender is None and p.failure is not None and p.failure.code == "no_receivers"
     msg = p.failure.message

@@ -18,7 +18,7 @@ def _forge(b: Board, t: float, n: int, model: str = "llama", tag: str = "f", cal
     """`n` receiver heartbeats under made-up ids: a process that never answers a request."""
     for i in range(n):
         forged = Heartbeat("", f"{tag}{i}", "receiver", "alive", {"model": model, "fingerprint": FP}, calibration or {})
-        b.heartbeat(forged, t, role="receiver")
+        b.roster.heartbeat(forged, t, role="receiver")
 
 
 def test_a_forged_heartbeat_never_delays_a_degraded_answer() -> None:
@@ -36,7 +36,7 @@ def test_a_forged_heartbeat_never_delays_a_degraded_answer() -> None:
 def test_a_forged_heartbeat_cannot_change_the_calibration_of_the_pick() -> None:
     b = proven_board(qwen={"latent": (1.0, 0.0)})
     _forge(b, 1.0, 1, model="qwen", calibration={"latent": (50.0, 50.0)})
-    assert b.calibration("qwen") == Calibration(1.0, 0.0)
+    assert b.roster.calibration("qwen") == Calibration(1.0, 0.0)
 
 
 def test_forged_heartbeats_never_lock_a_real_receiver_out() -> None:
@@ -45,17 +45,17 @@ def test_forged_heartbeats_never_lock_a_real_receiver_out() -> None:
         beat(b, t, models=("qwen",))
         _forge(b, t, board.MAX_PEERS)
     real = Heartbeat("", "r-llama-2", "receiver", "ready", {"model": "llama", "fingerprint": FP})
-    assert b.heartbeat(real, 6.0, role="receiver") is not None  # the restarted llama gets a seat
+    assert b.roster.heartbeat(real, 6.0, role="receiver") is not None  # the restarted llama gets a seat
     _forge(b, 6.2, board.MAX_PEERS, tag="g")  # ever new made-up ids
     p = open_ask(b, now=6.5)
     b.on_receiver(reply(p, "qwen"), 90, 7.0)  # the sender fanned it out to the real llama too: it answers
     b.on_receiver(reply(p, "llama", sender="r-llama-2"), 90, 7.0)
-    b.heartbeat(real, 7.0, role="receiver")
+    b.roster.heartbeat(real, 7.0, role="receiver")
     _forge(b, 7.2, 2 * board.MAX_PEERS, tag="h")
-    assert "r-llama-2" in b.peers
+    assert "r-llama-2" in b.roster.peers
     beat(b, 7.5, models=("qwen",))
     assert open_ask(b, now=7.5, rid="c-2").expected == {"llama", "qwen"}
-    assert len(b.peers) <= 2 * board.MAX_PEERS
+    assert len(b.roster.peers) <= 2 * board.MAX_PEERS
 
 
 def test_a_receiver_counts_once_it_answered_a_probe() -> None:
@@ -77,7 +77,7 @@ def test_probes_go_one_at_a_time_and_a_late_answer_still_proves() -> None:
     b = proven_board(timeout=60.0)
     beat(b, 5.0, models=("qwen",))  # llama died at t=0 and comes back under a new id
     real = Heartbeat("", "r-llama-2", "receiver", "ready", {"model": "llama", "fingerprint": FP})
-    b.heartbeat(real, 5.0, role="receiver")
+    b.roster.heartbeat(real, 5.0, role="receiver")
     p, sender = b.probe(5.0)
     assert p.expected == {"llama"} and b.probe(5.0 + 2 * board.PROBE_EVERY_S) is None  # one in flight at a time
     b.on_sender(sent(p.rid, sender.pid), route=sender.route)
@@ -86,8 +86,8 @@ def test_probes_go_one_at_a_time_and_a_late_answer_still_proves() -> None:
     assert b.finish(late, 5.0 + board.PROBE_TIMEOUT_S) is None
     assert b.on_receiver(reply(p, "llama", sender="r-llama-2"), 10, 16.0) is None and b.stats["late"] == 1
     beat(b, 16.0, models=("qwen",))
-    b.heartbeat(real, 16.0, role="receiver")
-    assert {q.pid for q in b.receivers(16.0).ok} == {"r-llama-2", "r-qwen"} and b.probe(16.0) is None
+    b.roster.heartbeat(real, 16.0, role="receiver")
+    assert {q.pid for q in b.roster.receivers(16.0).ok} == {"r-llama-2", "r-qwen"} and b.probe(16.0) is None
 
 
 # ---- fair admission: a fair share of the in-flight window per client ----

@@ -101,8 +101,9 @@ def test_bench_quick_cli_end_to_end(tmp_path, monkeypatch):
     assert results["live"]["context"] == "gold" and all(p["n_scored"] == 3 for p in live.values())
     tp = results["live"]["throughput"]  # the same 3 questions with 1 and with 8 in flight
     assert tp["path"] == "latent:fp16" and tp["window_1"]["failed"] == tp["window_8"]["failed"] == 0
-    assert tp["speedup"] == pytest.approx(tp["window_8"]["requests_per_s"] / tp["window_1"]["requests_per_s"])
-    assert "Throughput on `latent:fp16`" in (tmp_path / "report.md").read_text()
+    assert tp["n"] == 3 and (tp["window_1"]["window"], tp["window_8"]["window"]) == (1, 8)
+    report = (tmp_path / "report.md").read_text()
+    assert "Throughput on `latent:fp16`" in report and f"against one: {tp['speedup']:.2f}x." in report
 
 
 def test_engines_side_by_side_on_the_same_questions(tiny_trained, tmp_path, monkeypatch):
@@ -116,12 +117,14 @@ def test_engines_side_by_side_on_the_same_questions(tiny_trained, tmp_path, monk
     ref, bf = res["engines"]["float32"], res["engines"]["bf16-w8"]
     assert res["n"] == 2 and res["reference"] == "float32"
     assert set(ref["f1"]) == {"tiny-llama.latent", "tiny-qwen.latent"}
-    assert all(v == 0.0 for v in ref["f1_delta"].values()) and all(v == 1.0 for v in ref["unchanged"].values())
-    assert set(bf["unchanged"]) == {"sharer", *ref["f1"]} and ref["speedup"] == 1.0
+    assert set(bf["unchanged"]) == {"sharer", *ref["f1"]} and set(bf["f1_delta"]) == set(ref["f1"])
+    for key, same in bf["unchanged"].items():  # the same answers to the same questions score the same F1
+        assert key == "sharer" or same < 1.0 or bf["f1"][key] == ref["f1"][key], key
     for r in (ref, bf):
         assert r["prefill_tok_s"] > 0 and r["decode_tok_s"] > 0 and r["decode_tokens"] > 0
     table = "\n".join(engine_lines(res))
     assert "| bf16-w8 |" in table and "| float32 | " in table and "first 2 questions" in table
+    assert f"| {bf['speedup']:.2f}x |" in table  # each engine's measured speed-up over the reference
 
 
 def test_engine_quality_pairs_the_serving_engine_with_the_reference(tiny_trained, tmp_path, monkeypatch):

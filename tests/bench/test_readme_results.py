@@ -4,8 +4,8 @@ cell gives one) equals bench/results/results.json's, rounded to 3 decimals.
 The table is read as it is, whatever its paths and receivers: its header names the columns (`path`, one column per
 receiver, `joint ...`, `oracle`; the first word of each counts), its first cell the path (`**latent** (8 × 256)` is
 `latent`). Receivers' cells come from `quality.distractor.models.<receiver>.<path>`, the joint pick's from
-`quality.distractor.joint.<path>.joint`, the oracle's from `...<path>.oracle`. Only a results.json without the
-distractor block (a bench run that measured no quality) skips.
+`quality.distractor.joint.<path>.joint`, the oracle's from `...<path>.oracle`. A README that shows figures while
+results.json has no distractor block (a bench run that measured no quality) fails: nothing measured them.
 """
 
 from __future__ import annotations
@@ -96,8 +96,7 @@ def distractor_block(path: Path) -> dict | None:
 @pytest.fixture(scope="module")
 def distractor() -> dict:
     block = distractor_block(RESULTS)
-    if block is None:
-        pytest.skip(f"{RESULTS.relative_to(ROOT)} has no quality.distractor block (a run without quality)")
+    assert block is not None, f"README.md shows F1 figures, {RESULTS.relative_to(ROOT)} has no quality.distractor"
     return block
 
 
@@ -163,4 +162,7 @@ def test_the_reader_takes_whatever_paths_and_receivers_the_table_has(tmp_path: P
     no_quality = tmp_path / "results.json"
     no_quality.write_text(json.dumps({"quality": {}, "live": {}}))
     assert distractor_block(no_quality) is None
-    assert distractor_block(RESULTS) is None or "models" in distractor_block(RESULTS)
+    block = {"models": {"phi": {"relay-tuned": {"f1": 0.25}}}, "joint": {}}
+    with_quality = tmp_path / "with_quality.json"
+    with_quality.write_text(json.dumps({"quality": {"distractor": block}}))
+    assert distractor_block(with_quality) == block

@@ -24,8 +24,13 @@ def test_a_short_soak_loses_nothing(tiny_trained, capsys: pytest.CaptureFixture[
     assert roles["flood"]["failed"] > 0  # refused with `busy` over its fair share, answered all the same
     assert roles["oversized"]["failed"] > 0 and roles["garbage"]["answered"] == roles["garbage"]["sent"] > 0
     assert result["stops"] == 1 and roles["normal"]["degraded"] > 0  # the stopped receiver was missed meanwhile
-    for name, p in result["processes"].items():
-        assert p["restarts"] == 0 and p["peak_rss_mb"] > 0, (name, p)
+    procs = result["processes"]
+    assert all(p["restarts"] == 0 for p in procs.values()), procs
+    # every process was sampled; the arbiter holds no model (no torch), so it stays far below every model process,
+    # and its bounded book-keeping keeps it under 200 MiB through the flood
+    peaks = {name: p["peak_rss_mb"] for name, p in procs.items()}
+    assert None not in peaks.values(), peaks
+    assert peaks["arbiter"] < 200 and all(peaks["arbiter"] < v for n, v in peaks.items() if n != "arbiter"), peaks
     assert roles["contexts"]["failed"] == roles["contexts"]["sent"] > 0  # too_large / bad_request, each answered
     assert roles["identities"]["answered"] == roles["identities"]["sent"] > 0
     assert roles["expired"]["failed"] == roles["expired"]["sent"] > 0

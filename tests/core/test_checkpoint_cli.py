@@ -222,7 +222,7 @@ def test_the_console_script_refuses_a_nan_calibration_that_up_would_restart_fore
     ckpt = _broken(tmp_path, tiny_config, _set(f"{LLAMA}.calibration.latent.a", math.nan))
     env = {k: v for k, v in os.environ.items() if k != "LATENTWIRE_DEBUG"}
     out = subprocess.run(
-        [LATENTWIRE, "receiver", "--ckpt", str(ckpt), "--model", "tiny-llama", "--bind", "tcp://127.0.0.1:0"],
+        [LATENTWIRE, "receiver", "--ckpt", str(ckpt), "--model", "tiny-llama", "--bind", "tcp://127.0.0.1:5599"],
         capture_output=True,
         text=True,
         env=env,

@@ -22,7 +22,7 @@ def raw() -> dict:
 
 
 def test_default_config_round_trips(raw: dict) -> None:
-    cfg = CheckpointConfig.from_pretrained(DEFAULT_CKPT)
+    cfg = checkpoint.load_config(DEFAULT_CKPT)
     assert cfg.to_dict() == raw and CheckpointConfig.from_dict(raw).to_dict() == raw
     assert set(cfg.models) == {"llama", "qwen"} and isinstance(cfg.models["qwen"], ModelEntry)
     assert cfg.models["qwen"].hidden_size == 896 and cfg.models["qwen"].adapter["kind"] == "codebook"
@@ -34,8 +34,8 @@ def test_default_config_round_trips(raw: dict) -> None:
     assert all(set(c) == {"a", "b", "n", "positives"} for c in cals.values())
 
 
-def test_save_pretrained_writes_the_same_bytes(tmp_path: Path) -> None:
-    CheckpointConfig.from_pretrained(DEFAULT_CKPT).save_pretrained(tmp_path)
+def test_write_config_writes_the_same_bytes(tmp_path: Path) -> None:
+    checkpoint.write_config(tmp_path, checkpoint.load_config(DEFAULT_CKPT))
     assert (tmp_path / checkpoint.CONFIG).read_bytes() == (DEFAULT_CKPT / checkpoint.CONFIG).read_bytes()
 
 
@@ -97,7 +97,7 @@ def test_a_broken_model_entry_is_one_line_naming_field_and_file(
     d = copy.deepcopy(raw)
     _break(d["models"]["llama"], path, value)
     (tmp_path / checkpoint.CONFIG).write_text(json.dumps(d))
-    for read in (checkpoint.read_config, CheckpointConfig.from_pretrained):
+    for read in (checkpoint.read_config, checkpoint.load_config):
         with pytest.raises(CheckpointError) as e:
             read(tmp_path)
         assert str(e.value).startswith(f"{tmp_path / checkpoint.CONFIG}: ") and says in str(e.value)

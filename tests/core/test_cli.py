@@ -118,11 +118,10 @@ def test_bugs_keep_their_traceback() -> None:
 
 def test_debug_shows_the_traceback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ckpt = _garbled(tmp_path, "config")
-    monkeypatch.setenv("LATENTWIRE_DEBUG", "0")  # so it is restored afterwards: --debug exports it (for `up`)
+    monkeypatch.setenv("LATENTWIRE_DEBUG", "0")
     res = CliRunner().invoke(app, ["--debug", "sender", "--ckpt", str(ckpt)])
     assert res.exit_code == 1 and type(res.exception).__name__ == "CheckpointError"
-    assert os.environ["LATENTWIRE_DEBUG"] == "1"
-    monkeypatch.setenv("LATENTWIRE_DEBUG", "0")
+    assert os.environ["LATENTWIRE_DEBUG"] == "0"  # an argument, not an export: `up` passes it on itself
     assert CliRunner().invoke(app, ["sender", "--ckpt", str(ckpt)]).exit_code == 2
     monkeypatch.setenv("LATENTWIRE_DEBUG", "1")
     res = CliRunner().invoke(app, ["sender", "--ckpt", str(ckpt)])

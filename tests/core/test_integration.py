@@ -5,6 +5,7 @@ import torch
 
 from latentwire.evaluate import evaluate
 from latentwire.lm import assemble, text_slots
+from latentwire.metrics import f1_score
 from latentwire.models import EMBEDDED, load_llm, resolve
 
 pytestmark = pytest.mark.integration
@@ -31,8 +32,11 @@ def test_cache_reload_matches_gguf_logits():
 def test_text_and_budget_eval(real, dev3, tmp_path, monkeypatch):
     monkeypatch.setenv("LATENTWIRE_CACHE", str(tmp_path))  # fresh eval cache, models stay converted
     monkeypatch.setattr("latentwire.evaluate.cache_root", lambda: tmp_path)
-    res = evaluate(real, dev3, "text", context="gold", progress=False)
-    assert res["n"] == 3 and 0 <= res["f1"] <= 1 and res["nll_per_token"] > 0
+    res = evaluate(real, dev3, "text", context="gold", progress=False, return_rows=True)
+    assert [r["id"] for r in res["rows"]] == [ex.id for ex in dev3] and res["nll_per_token"] > 0
+    # the figure is the answers' own: each question's F1 scored again from its prediction and its gold answer
+    recomputed = [f1_score(r["pred"], ex.answer) for r, ex in zip(res["rows"], dev3, strict=True)]
+    assert res["n"] == 3 and res["f1"] == pytest.approx(sum(recomputed) / 3)
     assert res["prompt_tokens"] > 100
     again = evaluate(real, dev3, "text", context="gold", progress=False)  # served from the cache
     assert again["f1"] == res["f1"] and again["wall_s"] < res["wall_s"]

@@ -15,13 +15,13 @@ import pytest
 
 from latentwire.processes import net, settings
 from latentwire.processes.settings import SettingError
-from latentwire.processes.up import LocalSystem, Supervisor
+from latentwire.processes.up import Command, LocalSystem, Supervisor, child_env
 
 LATENTWIRE = str(Path(sys.executable).parent / "latentwire")
 
 BAD = [
     ("LATENTWIRE_THREADS", "many"),
-    ("LATENTWIRE_THREADS", "0"),
+    ("LATENTWIRE_THREADS", "-1"),  # 0 is every core
     ("LATENTWIRE_TIMEOUT", "-1"),
     ("LATENTWIRE_TIMEOUT", "nan"),
     ("LATENTWIRE_N_RECEIVERS", "two"),
@@ -98,7 +98,9 @@ def test_local_system_refuses_an_unknown_engine_at_once(tmp_path):
 def test_up_stops_instead_of_restarting_a_process_that_refused_its_settings(tmp_path):
     log = tmp_path / "up.log"
     with log.open("w") as out:
-        sup = Supervisor({"bad": "echo 'error: $LATENTWIRE_ENGINE=bogus' >&2; exit 2", "ok": "sleep 30"}, out=out)
+        ports = {k: f"tcp://127.0.0.1:{net.free_port()}" for k in ("--arbiter", "--backend", "--replies")}
+        ok = Command("arbiter", tuple(a for kv in ports.items() for a in kv))
+        sup = Supervisor({"bad": Command("arbiter", ("--timeout", "soon")), "ok": ok}, env=child_env(None), out=out)
         stop = net.StopFlag(install=False)
         t = threading.Thread(target=sup.run, args=(stop,), daemon=True)
         t0 = time.monotonic()

@@ -34,23 +34,51 @@ def test_processes_for_three_receivers_fan_out_to_the_same_addresses() -> None:
     receivers = {"a": "tiny-llama", "b-2": "tiny-qwen", "c": "models/x.gguf"}
     procs = up.processes(receivers, {"sender": 2})
     assert list(procs) == ["sender", "a", "b-2", "c", "arbiter"]
-    binds = [procs[n].split("--bind ")[1].removesuffix(" --threads 1") for n in receivers]
-    assert binds == [
-        "${LATENTWIRE_A:-tcp://127.0.0.1:5561}",
-        "${LATENTWIRE_B_2:-tcp://127.0.0.1:5562}",
-        "${LATENTWIRE_C:-tcp://127.0.0.1:5563}",
-    ]
-    fan_out = f"${{LATENTWIRE_RECEIVERS:-{','.join(binds)}}}"
-    assert procs["sender"] == f"exec latentwire sender --receivers {fan_out} --threads 2"  # a role's threads given
-    assert all(procs[n].endswith(f" --threads {up.THREADS['receiver']}") for n in receivers)  # the default
-    assert procs["c"].startswith("exec latentwire receiver --model ${LATENTWIRE_C_MODEL:-models/x.gguf} ")
+    env = {"LATENTWIRE_B_2": "tcp://10.0.0.2:7000", "LATENTWIRE_C_MODEL": "other.gguf"}  # as where up starts them
+    argv = {name: cmd.argv(env) for name, cmd in procs.items()}
+    binds = [argv[n][argv[n].index("--bind") + 1] for n in receivers]
+    assert binds == ["tcp://127.0.0.1:5561", "tcp://10.0.0.2:7000", "tcp://127.0.0.1:5563"]
+    # the sender fans out to the same addresses; a role's threads given, the default for the other
+    assert argv["sender"] == ["latentwire", "sender", "--receivers", ",".join(binds), "--threads", "2"]
+    assert all(argv[n][-2:] == ["--threads", str(up.THREADS["receiver"])] for n in receivers)
+    assert argv["a"][:4] == ["latentwire", "receiver", "--model", "tiny-llama"] and argv["c"][3] == "other.gguf"
+    shell = procs["sender"].shell()  # the Procfile line: every setting left to the shell that runs it
+    assert shell == (
+        "exec latentwire sender --receivers ${LATENTWIRE_RECEIVERS:-${LATENTWIRE_A:-tcp://127.0.0.1:5561},"
+        "${LATENTWIRE_B_2:-tcp://127.0.0.1:5562},${LATENTWIRE_C:-tcp://127.0.0.1:5563}} --threads 2"
+    )
+    assert procs["c"].shell().startswith("exec latentwire receiver --model ${LATENTWIRE_C_MODEL:-models/x.gguf} ")
     assert up.count_receivers(procs) == 3
+
+
+def test_engine_and_debug_reach_the_processes_as_arguments() -> None:
+    procs = up.processes({"a": "tiny-llama"}, engine="bf16-w8", debug=True)
+    argv = {name: cmd.argv({}) for name, cmd in procs.items()}
+    assert all(a[:2] == ["latentwire", "--debug"] for a in argv.values())
+    assert argv["sender"][-2:] == argv["a"][-2:] == ["--engine", "bf16-w8"] and "--engine" not in argv["arbiter"]
+    assert "--engine" not in up.processes({"a": "tiny-llama"})["a"].argv({})  # auto: each process's own default
+
+
+def test_a_procfile_line_is_read_back_as_its_argument_list() -> None:
+    for cmd in up.processes({"a": "tiny-llama", "b": "tiny-qwen"}, engine="float32", debug=True).values():
+        assert up.parse_command(cmd.shell()) == cmd
+    # a receiver is counted by its role, not by a substring of some other process's line
+    other = up.parse_command("exec latentwire arbiter --timeout 5")
+    assert up.count_receivers({"x": other, "y": up.parse_command("latentwire receiver --model m")}) == 1
+    for line, says in (
+        ("python -m http.server", "latentwire processes"),
+        ("latentwire receiver --bind tcp://${HOST}:1", "whole argument"),
+        ("latentwire --debug", "no process role"),
+    ):
+        with pytest.raises(ValueError, match=says):
+            up.parse_command(line)
 
 
 def test_procfile_command_prints_what_honcho_and_up_run() -> None:
     res = CliRunner().invoke(app, ["procfile", "--receiver", "a=tiny-llama", "-r", "tiny-qwen"])
     assert res.exit_code == 0, res.output
-    assert dict(parse_procfile(res.stdout).processes) == up.processes({"a": "tiny-llama", "tiny-qwen": "tiny-qwen"})
+    printed = {name: up.parse_command(line) for name, line in parse_procfile(res.stdout).processes.items()}
+    assert printed == up.processes({"a": "tiny-llama", "tiny-qwen": "tiny-qwen"})
     default = CliRunner().invoke(app, ["procfile"])
     assert default.stdout == (REPO / "Procfile").read_text()
 
@@ -174,7 +202,10 @@ def test_live_bench_runs_one_receiver_per_checkpoint_model_and_scores_every_answ
     # the same questions once more with every process on float32: the serving engine's speed-up over it
     ref = out["engine_reference"]
     assert out["engine"] == "bf16-w8" and ref["engine"] == "float32" and ref["n_answered"] == 2
-    assert out["engine_speedup"] > 0 and 0 < out["overhead_idle"]["p50"] <= out["overhead_idle"]["p95"]
+    # the reference answered the same questions, so the speed-up is measured; the idle messaging path stays in
+    # milliseconds (a stall of a poll period or a heartbeat on the request path breaks this)
+    assert ref["n"] == out["paths"]["latent:fp16"]["n"] and ref["n_errors"] == 0 and out["engine_speedup"] is not None
+    assert out["overhead_idle"]["n"] == 5 and out["overhead_idle"]["p95"] < 0.5, out["overhead_idle"]
     assert set(out["paths"]) == {"latent:fp16", "latent:int8", "latent:int4", "text", "evidence"}
     # the cost of a question, summed over every process: each measured its own CPU time
     cost = out["cost"]
@@ -187,4 +218,6 @@ def test_live_bench_runs_one_receiver_per_checkpoint_model_and_scores_every_answ
     for label, s in out["paths"].items():
         n = 1 if label in ("text", "evidence") else 2
         assert (s["n"], s["n_answered"], s["n_errors"], s["n_scored"], s["degraded"]) == (n, n, 0, n, 0), label
-        assert 0.0 <= s["em"] <= s["f1"] <= 1.0
+        assert s["f1"] is not None and s["em"] is not None, label  # scored against the gold answers
+    fan = {label: s["fanout_bytes_per_request"] for label, s in out["paths"].items()}
+    assert fan["latent:int4"] < fan["latent:int8"] < fan["latent:fp16"], fan  # what the quantization buys

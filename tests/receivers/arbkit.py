@@ -10,9 +10,9 @@ from pathlib import Path
 
 import zmq
 
+from latentwire.arbiter import process as arbiter
 from latentwire.processes import net
 from latentwire.protocol import Ask, Heartbeat, Message, Reply, Sent, decode_frame, encode_frame
-from latentwire.receivers import arbiter
 
 FP = "f" * 64
 

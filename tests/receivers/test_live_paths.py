@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zmq
+from rxkit import answer
 
 from latentwire.processes import net
 from latentwire.protocol import ErrorReply, Reply, encode_frame, latent_request
@@ -211,8 +212,8 @@ def test_every_row_dropped_leaves_only_the_trained_prompt(rx) -> None:
 
 
 def test_a_latent_with_every_row_dropped_is_refused_and_the_receiver_serves_on(rx) -> None:
-    out = rx.handle(encode_frame(latent_request("r-empty", "test", rx.fingerprint, EMPTY, "fp16")))
-    good = rx.handle(encode_frame(latent_request("r-good", "test", rx.fingerprint, _readable(rx), "int8")))
+    out = answer(rx, encode_frame(latent_request("r-empty", "test", rx.fingerprint, EMPTY, "fp16")))
+    good = answer(rx, encode_frame(latent_request("r-good", "test", rx.fingerprint, _readable(rx), "int8")))
     assert isinstance(good, Reply) and good.rid == "r-good", good  # it keeps serving
     assert isinstance(out, ErrorReply), out
     # a well-formed frame that says nothing this receiver can read: its own code, not a malformed frame's

@@ -8,6 +8,7 @@ from pathlib import Path
 import msgpack
 import numpy as np
 import pytest
+from rxkit import answer, answers
 
 from latentwire.protocol import ErrorReply, Heartbeat, Reply, TextRequest, encode_frame, latent_request
 
@@ -27,12 +28,12 @@ def test_receiver_refuses_bad_frames_and_keeps_serving(tiny_ckpt: Path, frame) -
         encode_frame(Heartbeat("", "x", "sender")): ("", "unexpected_kind"),
     }
     for data, (rid, code) in cases.items():
-        out = rx.handle(data)
+        out = answer(rx, data)
         assert isinstance(out, ErrorReply) and (out.rid, out.code) == (rid, code), out
-    good = rx.handle(frame(f=fp))
+    good = answer(rx, frame(f=fp))
     assert isinstance(good, Reply) and good.model == "tiny-llama" and good.fingerprint == fp
     assert {"decode", "adapt", "generate", "total"} <= set(good.durations)
-    text = rx.handle(encode_frame(TextRequest("t-1", "s", "Question: x\nContext: y", budget=4)))
+    text = answer(rx, encode_frame(TextRequest("t-1", "s", "Question: x\nContext: y", budget=4)))
     assert isinstance(text, Reply) and text.fingerprint == ""
 
 
@@ -51,12 +52,12 @@ def _latent(rx, m: int = 4, scale: float = 1.0, scheme: str = "int8", seed: int 
 def test_receiver_refuses_latents_of_another_m_and_accepts_any_when_unknown(rx) -> None:
     assert rx.m == 4  # from the checkpoint's encoder config
     for m in (1, 64, 256):
-        out = rx.handle(_latent(rx, m))
+        out = answer(rx, _latent(rx, m))
         assert isinstance(out, ErrorReply) and out.code == "bad_shape" and f"{m}x32" in out.message, out
-    assert isinstance(rx.handle(_latent(rx, 4)), Reply)
+    assert isinstance(answer(rx, _latent(rx, 4)), Reply)
     rx.m = None
     try:
-        assert isinstance(rx.handle(_latent(rx, 3)), Reply)
+        assert isinstance(answer(rx, _latent(rx, 3)), Reply)
     finally:
         rx.m = 4
 
@@ -67,7 +68,7 @@ def test_receiver_refuses_non_finite_and_extreme_latents_as_bad_frames(rx) -> No
     x[1, 2] = np.nan  # an encoder refuses this; a foreign or broken one may still send it
     nan = msgpack.packb({**wire, "b": x.astype("<f4").tobytes()}, use_bin_type=True)
     for data in (nan, _latent(rx, scale=3e37, scheme="fp32")):
-        out = rx.handle(data)
+        out = answer(rx, data)
         assert isinstance(out, ErrorReply) and out.code == "bad_frame" and "latent" in out.message, out
 
 
@@ -78,9 +79,9 @@ def test_receiver_refuses_empty_and_oversized_text(rx) -> None:
         TextRequest("t-3", "s", "Question: x", budget=rx.max_slot_tokens + 1): "too_large",
     }
     for msg, code in cases.items():
-        out = rx.handle(encode_frame(msg))
+        out = answer(rx, encode_frame(msg))
         assert isinstance(out, ErrorReply) and (out.rid, out.code) == (msg.rid, code), out
-    assert isinstance(rx.handle(encode_frame(TextRequest("t-4", "s", "x" * 50, budget=8, max_new_tokens=4))), Reply)
+    assert isinstance(answer(rx, encode_frame(TextRequest("t-4", "s", "x" * 50, budget=8, max_new_tokens=4))), Reply)
 
 
 def test_batched_answers_equal_one_at_a_time(rx, same_replies) -> None:
@@ -94,6 +95,6 @@ def test_batched_answers_equal_one_at_a_time(rx, same_replies) -> None:
         _latent(rx, m=7, rid="f"),
         encode_frame(TextRequest("g", "s", "Question: When?\nContext: 1843.", budget=5, max_new_tokens=6)),
     ]
-    batched = rx.handle_many(frames)
-    alone = [rx.handle(f) for f in frames]
+    batched = answers(rx, frames)
+    alone = [answer(rx, f) for f in frames]
     same_replies(batched, alone, rx.llm.engine)

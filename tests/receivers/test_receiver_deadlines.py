@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import pytest
+from rxkit import answer, answers
 
 from latentwire.arbiter.board import ERROR_CODES, Board
 from latentwire.protocol import Ask, ErrorReply, Heartbeat, Reply, Sent, TextRequest, decode_frame, encode_frame
@@ -61,14 +62,14 @@ def _text(rid: str, deadline: float | None = None, opened: float | None = None, 
 
 
 def test_a_frame_past_its_deadline_is_dropped_before_any_work(rx: Receiver, calls: list[int]) -> None:
-    out = rx.handle(_text("late", deadline=WALL - 3.0))
+    out = answer(rx, _text("late", deadline=WALL - 3.0))
     assert isinstance(out, ErrorReply) and (out.rid, out.code) == ("late", "expired"), out
     assert "deadline passed 3.0 s ago" in out.message and calls == []
 
 
 def test_frames_within_their_deadline_or_without_one_are_served(rx: Receiver) -> None:
     for frame in (_text("soon", deadline=WALL + 5.0), _text("none"), _text("opened", opened=WALL - 60.0)):
-        assert isinstance(rx.handle(frame), Reply)
+        assert isinstance(answer(rx, frame), Reply)
 
 
 def test_the_deadline_is_checked_again_before_each_sub_batch(
@@ -88,7 +89,7 @@ def test_the_deadline_is_checked_again_before_each_sub_batch(
     monkeypatch.setattr(latentwire.lm, "generate", slow)
     rx.max_batch_positions = 1  # every request alone, shortest first
     short, long = _text("short", deadline=WALL + 20.0), _text("long", deadline=WALL + 5.0, chars=40)
-    replies = {r.rid: r for r in rx.handle_many([long, short])}
+    replies = {r.rid: r for r in answers(rx, [long, short])}
     assert isinstance(replies["short"], Reply) and calls == [1]
     assert isinstance(replies["long"], ErrorReply) and replies["long"].code == "expired"
     assert "deadline passed 5.0 s ago" in replies["long"].message
@@ -98,18 +99,18 @@ def test_work_opened_before_a_silence_is_dropped_and_later_work_served(rx: Recei
     mono = Clock(100.0)
     rx.liveness = Liveness(dead_after=4.0, clock=mono, wall=wall, grace=0.5)
     before = _text("before", opened=WALL - 1.0)
-    assert isinstance(rx.handle(before), Reply)  # no silence yet: served
+    assert isinstance(answer(rx, before), Reply)  # no silence yet: served
     mono.t += 10.0  # stopped for 10 s: no heartbeat went out
     wall.t += 10.0
-    out = rx.handle(before)  # the serving thread notices first: everything opened up to now is gone
+    out = answer(rx, before)  # the serving thread notices first: everything opened up to now is gone
     assert isinstance(out, ErrorReply) and out.code == "expired" and "silence" in out.message, out
     rx.liveness.beat()  # the heartbeat that ends the silence: the arbiter waits for this receiver once it hears it
     assert rx.liveness.silences == 1 and rx.liveness.back() == wall.t + 0.5
-    assert rx.handle(_text("meanwhile", opened=wall.t - 0.5)).code == "expired"  # opened while it was taken for dead
-    assert rx.handle(_text("hearing", opened=wall.t + 0.25)).code == "expired"  # maybe before the arbiter heard it
+    assert answer(rx, _text("meanwhile", opened=wall.t - 0.5)).code == "expired"  # opened while it was taken for dead
+    assert answer(rx, _text("hearing", opened=wall.t + 0.25)).code == "expired"  # maybe before the arbiter heard it
     wall.t += 1.0
     mono.t += 1.0
-    assert isinstance(rx.handle(_text("after", opened=wall.t - 0.25)), Reply)
+    assert isinstance(answer(rx, _text("after", opened=wall.t - 0.25)), Reply)
 
 
 def test_a_reply_generated_across_a_silence_goes_out_as_expired(
@@ -127,7 +128,7 @@ def test_a_reply_generated_across_a_silence_goes_out_as_expired(
         return real(llm, slots, max_new_tokens, **kw)
 
     monkeypatch.setattr(latentwire.lm, "generate", stopped)
-    out = rx.handle(_text("mid", opened=WALL))
+    out = answer(rx, _text("mid", opened=WALL))
     assert isinstance(out, ErrorReply) and out.code == "expired", out
 
 
@@ -147,9 +148,11 @@ def test_liveness_without_a_silence_never_moves() -> None:
 def _board(timeout: float = 10.0) -> Board:
     """Sender s1 and a proven receiver r-llama, heard at t=0."""
     b = Board("arb", timeout=timeout, dead_after=4.0)
-    b.heartbeat(Heartbeat("", "s1", "sender", "ready", {"models": "llama,qwen", "receivers": 1}), 0.0, b"s1", "sender")
-    b.heartbeat(Heartbeat("", "r-llama", "receiver", "ready", {"model": "llama"}), 0.0, role="receiver")
-    b.prove("r-llama")
+    b.roster.heartbeat(
+        Heartbeat("", "s1", "sender", "ready", {"models": "llama,qwen", "receivers": 1}), 0.0, b"s1", "sender"
+    )
+    b.roster.heartbeat(Heartbeat("", "r-llama", "receiver", "ready", {"model": "llama"}), 0.0, role="receiver")
+    b.roster.prove("r-llama")
     return b
 
 
@@ -185,7 +188,7 @@ def test_expired_errors_are_counted_and_late_replies_told_apart() -> None:
 def test_a_late_reply_to_a_probe_is_no_wasted_work() -> None:
     """A probe waits only for the receivers yet to answer one; every receiver gets it, so the others answer late."""
     b = _board()
-    b.heartbeat(Heartbeat("", "r-new", "receiver", "ready", {"model": "qwen"}), 0.0, role="receiver")
+    b.roster.heartbeat(Heartbeat("", "r-new", "receiver", "ready", {"model": "qwen"}), 0.0, role="receiver")
     p, sender = b.probe(0.0)
     assert p.expected == {"qwen"}
     b.on_sender(Sent(p.rid, "s1", reached=2, receivers=2), route=sender.route)

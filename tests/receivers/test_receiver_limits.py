@@ -7,6 +7,7 @@ import inspect
 from collections.abc import Sequence
 
 import pytest
+from rxkit import answer, answers
 
 from latentwire.protocol import Reply, TextRequest, encode_frame
 from latentwire.receivers import process as receiver_process
@@ -58,7 +59,7 @@ def test_sub_batches_are_shortest_first_and_padded_within_the_budget() -> None:
 
 def test_a_long_and_short_mix_keeps_the_short_ones_in_their_own_batch(rx: Receiver, calls: list[list[int]]) -> None:
     rx.max_batch_positions = 1000  # all four short ones fit; two long ones (2 x ~650) do not
-    replies = rx.handle_many(MIX)
+    replies = answers(rx, MIX)
     assert [r.rid for r in replies] == [_rid(f) for f in MIX]  # in the frames' order
     assert all(isinstance(r, Reply) for r in replies), replies
     assert [len(c) for c in calls] == [4, 1, 1, 1], calls  # the short ones together, first; each long one alone
@@ -75,7 +76,7 @@ def test_short_replies_are_ready_before_the_long_ones_are_decoded(rx: Receiver, 
 
 def test_a_request_over_the_budget_runs_alone(rx: Receiver, calls: list[list[int]]) -> None:
     rx.max_batch_positions = 10  # under even a short ask's positions
-    replies = rx.handle_many(MIX[:4])
+    replies = answers(rx, MIX[:4])
     assert all(isinstance(r, Reply) for r in replies) and [len(c) for c in calls] == [1, 1, 1, 1]
 
 
@@ -83,8 +84,8 @@ def test_a_request_over_the_budget_runs_alone(rx: Receiver, calls: list[list[int
 def test_replies_are_the_ones_each_would_get_alone(rx: Receiver, budget: int, same_replies) -> None:
     frames = [*MIX, b"garbage", encode_frame(TextRequest("empty", "s", ""))]
     rx.max_batch_positions = budget
-    batched = rx.handle_many(frames)
-    alone = [rx.handle(f) for f in frames]
+    batched = answers(rx, frames)
+    alone = [answer(rx, f) for f in frames]
     same_replies(batched, alone, rx.llm.engine)
 
 
@@ -103,9 +104,9 @@ def test_latents_and_texts_mixed_get_the_replies_they_would_get_alone(tiny_llama
         encode_frame(latent_request(f"lat-{i}", "s", "fp", x, "fp16", max_new_tokens=CAP)) for i, x in enumerate(rows)
     ]
     frames = [latents[0], MIX[1], latents[1], MIX[0], latents[2], MIX[3], latents[3]]
-    batched = rx.handle_many(frames)
+    batched = answers(rx, frames)
     sizes = list(calls)
-    alone = [rx.handle(f) for f in frames]
+    alone = [answer(rx, f) for f in frames]
     assert all(isinstance(r, Reply) for r in batched), batched
     for b, a in zip(batched, alone, strict=True):
         assert (b.rid, b.answer) == (a.rid, a.answer) and b.score == pytest.approx(a.score, abs=1e-4)

@@ -89,7 +89,7 @@ def test_score_order_reads_the_best_pair_first(selector):
         a, b = selector.select(ex.question, ex.paragraphs, 4), ranked.select(ex.question, ex.paragraphs, 4)
         assert sorted(b.indices) == a.indices and a.pair == b.pair
         assert set(b.indices[:2]) == set(b.pair)
-        s = ranked.single_scores(ex.question, ex.paragraphs)
+        s = ranked.single_scores(single_features(ex.question, ex.paragraphs))
         assert s[b.indices[0]] >= s[b.indices[1]]
         first = ranked.select(ex.question, ex.paragraphs, 2).indices[0]  # what the sharer reads first
         assert first == b.indices[0] and ranked.evidence(ex, 2).split("\n")[0] == ex.paragraphs[first].render()
@@ -100,7 +100,7 @@ def test_score_order_reads_the_best_pair_first(selector):
 def test_pair_features_carry_both_paragraphs_singles_higher_first(selector):
     ex = load_split("val", limit=1)[0]
     x1 = single_features(ex.question, ex.paragraphs)
-    s = selector.single_scores(ex.question, ex.paragraphs)
+    s = selector.single_scores(x1)
     pairs, pf = pair_features(ex.question, ex.paragraphs, s)
     assert pf.shape == (len(pairs), len(PAIR_FEATURES))
     k = len(SINGLE_FEATURES)

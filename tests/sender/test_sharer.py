@@ -75,7 +75,7 @@ def test_recipe_checkpoint_serves_every_path(tiny_trained, tiny_llama, tiny_qwen
     sender = Sender(wire.encoder, wire.fingerprint, 4, "s-test")
     ex = dev3[0]
     for mode, kind in (("latent", LatentRequest), ("relay", TextRequest), ("evidence", TextRequest)):
-        frame, _ = sender.build(Ask("r-1", "c", ex.question, ex.context(), mode=mode, quant="int4"))
+        ((frame, _),) = sender.build_many([Ask("r-1", "c", ex.question, ex.context(), mode=mode, quant="int4")])
         msg = decode_frame(frame)
         assert isinstance(msg, kind)
         if mode == "evidence":
@@ -132,7 +132,7 @@ def test_sender_reads_asks_that_arrive_together_in_one_batch(tiny_trained, dev3)
     wire.encoder.read = lambda docs, **kw: calls.append(len(docs)) or read(docs, **kw)  # count the sharer's batches
     together = sender.build_many(asks)
     assert calls == [3]  # latent, relay, latent: one reading batch; evidence needs none
-    alone = [sender.build(a)[0] for a in asks]
+    alone = [sender.build_many([a])[0][0] for a in asks]
     for t, a in zip(together, alone, strict=True):
         got, want = decode_frame(t[0]), decode_frame(a)
         if isinstance(want, TextRequest):

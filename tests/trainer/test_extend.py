@@ -195,8 +195,8 @@ def test_new_receiver_serves(parent, child, gemma, dev3):
     sender = Sender(wire.encoder, fp, 4, "s-test")
     receiver = Receiver(llm, load_adapter(child, "tiny-gemma", llm), "tiny-gemma", fp, "r-gemma")
     ex = dev3[0]
-    frame, _ = sender.build(Ask("r-1", "c", ex.question, ex.context(), mode="latent", quant="int4"))
-    reply = receiver.handle(frame)
+    ((frame, _),) = sender.build_many([Ask("r-1", "c", ex.question, ex.context(), mode="latent", quant="int4")])
+    ((_, reply),) = receiver.replies([frame])
     assert type(reply).__name__ == "Reply" and reply.model == "tiny-gemma", reply
     assert decode_frame(frame).fingerprint == fp
 
