@@ -17,6 +17,7 @@ from .cli_base import DEBUG_ENV, DEBUG_META, Context, EngineOpt, Mode, OneLineEr
 from .proc_cli import app as processes
 from .processes import settings
 from .processes.up import DEFAULT_RECEIVERS
+from .trainer.recipes import ExtendRecipe, TrainRecipe  # torch-free: the recipes alone
 
 app = typer.Typer(
     cls=OneLineErrors,
@@ -185,10 +186,10 @@ def demo(
                 typer.echo(f"   {name:6s} {r['answer']!r} score {r['score']:.2f} calibrated {r['calibrated']:.2f}")
 
 
-# help for the sharer recipe's own options of `train` (`--backbone llm`); every other SharerRecipe field that
-# `train` does not declare itself is an option too, with its comment as help
+# `train` declares a few TrainRecipe fields itself (other flags or help); every other field is an option too,
+# with its `metadata["help"]` as help
 @app.command()
-@recipe_options("latentwire.trainer.recipe:TrainRecipe", rename={"train_limit": "limit_train"})
+@recipe_options(TrainRecipe, rename={"train_limit": "limit_train"})
 def train(
     recipe: Any,
     out: Annotated[Path, typer.Option(help="run folder: ckpt/, log.jsonl, state.pt (resumed if present)")] = Path(
@@ -384,9 +385,10 @@ def main() -> None:  # pragma: no cover - console entry point
     app(sys.argv[1:])
 
 
-# help for train-adapter's options; every other ExtendRecipe field is an option too, with its comment as help
+# train-adapter declares a few ExtendRecipe fields itself; every other field is an option too, with its
+# `metadata["help"]` as help
 @app.command("train-adapter")
-@recipe_options("latentwire.trainer.extend:ExtendRecipe")
+@recipe_options(ExtendRecipe)
 def train_adapter(
     recipe: Any,
     ckpt: Annotated[Path | None, typer.Option(help="the checkpoint to extend (default: the committed default)")] = None,

@@ -5,17 +5,17 @@ refuses, a file that cannot be read) ends any command with one line `error: ...`
 code 2. `OneLineErrors` does it once for the whole app; `latentwire --debug ...` or LATENTWIRE_DEBUG=1 shows the
 traceback instead. Nothing here imports torch, so `latentwire ask` starts fast.
 
-`recipe_options` turns a recipe dataclass's fields into a command's options, so a new recipe field is a new option
-without a hand copy in the command; `--config recipe.json|yaml` sets any of them from a file.
+`recipe_options` turns a recipe dataclass's fields into a command's options, as Hugging Face's `HfArgumentParser`
+does: `dataclasses.fields` gives the names and defaults, `metadata["help"]` the help, `typing.get_type_hints` the
+types. A new recipe field is a new option without a hand copy in the command; `--config recipe.json|yaml` sets any
+of them from a file.
 """
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import functools
 import importlib
-import importlib.util
 import inspect
 import json
 import os
@@ -119,9 +119,6 @@ class OneLineErrors(TyperGroup):
             raise typer.Exit(2) from None
 
 
-_SCALARS: dict[str, Any] = {"int": int, "float": float, "str": str, "bool": bool, "None": None}
-
-
 @dataclasses.dataclass(frozen=True)
 class FieldOption:
     """One recipe field: its name, option type (int, float, str, bool, or one of them | None; None when no option
@@ -139,11 +136,6 @@ class FieldOption:
 
 def _option_type(annotation: Any) -> Any | None:
     """`annotation` when an option can carry it (a scalar or an optional scalar), else None."""
-    if isinstance(annotation, str):
-        try:
-            annotation = eval(annotation, {"__builtins__": {}}, dict(_SCALARS))  # names of scalars only
-        except Exception:
-            return None
     scalars = (int, float, str, bool)
     if annotation in scalars:
         return annotation
@@ -154,60 +146,24 @@ def _option_type(annotation: Any) -> Any | None:
     return None
 
 
-def _static_fields(target: str) -> list[FieldOption]:
-    """The fields of `module:Class`, read from its source without importing the module.
-
-    The recipes live beside torch code; reading them statically keeps the CLI's start free of torch. The default
-    is a field's literal value (`field(default=..., metadata={"help": ...})` too); the help is
-    `metadata["help"]` or the field's end-of-line comment.
-    """
-    module, _, name = target.partition(":")
-    spec = importlib.util.find_spec(module)
-    if spec is None or spec.origin is None:
-        raise ImportError(f"no module {module!r}")
-    source = Path(spec.origin).read_text()
-    lines = source.splitlines()
-    cls = next(n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.ClassDef) and n.name == name)
-    out = []
-    for node in cls.body:
-        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None):
-            continue
-        kind = _option_type(ast.unparse(node.annotation))
-        value, help_ = node.value, ""
-        if isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and value.func.id == "field":
-            kw = {k.arg: k.value for k in value.keywords}
-            meta = ast.literal_eval(kw["metadata"]) if "metadata" in kw else {}
-            value, help_ = kw.get("default"), str(meta.get("help", ""))  # no default: a default_factory
-        try:
-            default = ast.literal_eval(value) if value is not None else dataclasses.MISSING
-        except ValueError:
-            default = dataclasses.MISSING  # computed: not an option
-        tail = lines[node.end_lineno - 1][node.end_col_offset :].strip()  # type: ignore[operator]
-        if not help_ and tail.startswith("#"):
-            help_ = tail.lstrip("#").strip()
-        out.append(FieldOption(node.target.id, kind, default, help_))
-    return out
+def _resolve(recipe: str | type) -> type:
+    """The recipe class: itself, or `"module:Class"` imported."""
+    if not isinstance(recipe, str):
+        return recipe
+    module, _, name = recipe.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
-def _live_fields(cls: type) -> list[FieldOption]:
-    """The fields of an imported dataclass."""
+def recipe_fields(recipe: str | type) -> list[FieldOption]:
+    """The fields of a recipe dataclass (a class, or `"module:Class"`) as options, the way `HfArgumentParser`
+    reads them: `dataclasses.fields` for the names, defaults and `metadata["help"]`, `typing.get_type_hints`
+    for the types (string annotations resolved in the class's module, never evaluated from source text)."""
+    cls = _resolve(recipe)
     hints = typing.get_type_hints(cls)
     return [
         FieldOption(f.name, _option_type(hints[f.name]), f.default, str(f.metadata.get("help", "")))
         for f in dataclasses.fields(cls)
     ]
-
-
-def recipe_fields(recipe: str | type) -> list[FieldOption]:
-    """The fields of a recipe dataclass (a class, or `"module:Class"` read without importing it) as options."""
-    return _static_fields(recipe) if isinstance(recipe, str) else _live_fields(recipe)
-
-
-def _resolve(recipe: str | type) -> type:
-    if not isinstance(recipe, str):
-        return recipe
-    module, _, name = recipe.partition(":")
-    return getattr(importlib.import_module(module), name)
 
 
 def _plain(value: Any) -> Any:
@@ -246,15 +202,21 @@ def recipe_options(
     """Give a typer command one option per field of `recipe` and call it with the built recipe as `param`.
 
     Each field becomes `--field-name` with the field's type and default; its help is `help_text[field]`, else the
-    field's own. A parameter the command declares itself under a field's name (or `rename[field]`) keeps the
-    command's declaration (option names, type, help) and is passed to it as well as into the recipe. Fields whose
-    type no option carries (lists, nested configs) keep their dataclass defaults unless the command declares them
-    or a file sets them: `--config FILE` (JSON or YAML) sets any field; an option given on the command line wins.
+    field's `metadata["help"]`. A parameter the command declares itself under a field's name (or `rename[field]`)
+    keeps the command's declaration (option names, type, help) and is passed to it as well as into the recipe.
+    Fields whose type no option carries (lists, nested configs) keep their dataclass defaults unless the command
+    declares them or a file sets them: `--config FILE` (JSON or YAML) sets any field; an option given on the
+    command line wins.
     """
     helps, rename, skip = dict(help_text or {}), dict(rename or {}), set(exclude)
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
-        sig = inspect.signature(fn, eval_str=True)
+        # the command's own annotations resolved as the recipe's are (cli.py's are strings: postponed evaluation)
+        hints = typing.get_type_hints(fn, include_extras=True)
+        plain = inspect.signature(fn)
+        sig = plain.replace(
+            parameters=[p.replace(annotation=hints.get(p.name, p.annotation)) for p in plain.parameters.values()]
+        )
         own = [p for p in sig.parameters.values() if p.name != param]
         declared = {p.name for p in own}
         every = [f for f in recipe_fields(recipe) if f.name not in skip]

@@ -21,7 +21,6 @@ sender frozen: only `adapter.<name>.*` trains, so the parent's parts stay byte f
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -36,35 +35,7 @@ from latentwire.system.pipeline import load_checkpoint
 
 from .calibrate import fit, validate
 from .plot import plot_training
-
-# (tau, nearest) candidates tried by `tune`, in order; the zero-shot setting is always measured first
-TUNE_GRID: tuple[tuple[float, int], ...] = ((50.0, 1), (20.0, 2), (10.0, 4), (20.0, 8))
-
-
-@dataclass
-class ExtendRecipe:
-    model: str = "gemma"  # the new receiver's model: gemma, a .gguf, a folder or a HF id
-    name: str | None = None  # the receiver's name in the checkpoint (default: --model)
-    tau: float | None = None  # snapping temperature (default: the parent's)
-    nearest: int | None = None  # receiver tokens mixed per step (default: the parent's)
-    min_cos: float | None = None  # receivers drop rows matching no token better (default: the parent's)
-    tune: bool = True  # pick tau and nearest on val (else: the zero-shot fit only)
-    eval_n: int = 100  # validation questions for tuning and calibration
-    context: str = "distractor"  # the validation questions' context: distractor or gold
-    time_budget: float = 1200.0  # seconds for tuning; the zero-shot point and calibration always run
-    steps: int = 50  # gradient steps on the new adapter's trained parts (when the parent's receivers have them)
-    batch_size: int = 8  # questions per step
-    lr: float = 3e-3  # AdamW, 20 warm-up steps, cosine decay
-    eval_every: int = 50  # validate (and keep the best step) every N steps
-    train_limit: int | None = None  # the first N training questions only
-    run_dir: str = "runs/extend"  # the training's log.jsonl, training.png and state.pt (rerunning resumes)
-    max_new_tokens: int | None = None  # default: the parent recipe's
-    device: str = "auto"  # auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps
-    dtype: str = "auto"  # auto (bfloat16 on CUDA, float32 elsewhere), float32, bfloat16, float16
-    grid: list[tuple[float, int]] = field(default_factory=lambda: list(TUNE_GRID))
-
-    def to_dict(self) -> dict:
-        return {"recipe": "extend", **asdict(self)}
+from .recipes import ExtendRecipe
 
 
 def _write(parent: Path, out: Path, name: str, entry: dict, adapter: CodebookAdapter, extension: dict) -> str:

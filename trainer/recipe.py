@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +26,6 @@ import numpy as np
 from latentwire import checkpoint
 from latentwire.data import load_split
 from latentwire.models import LLM, load_llm
-from latentwire.processes.up import DEFAULT_RECEIVERS
 from latentwire.protocol import SENDER_PATHS, TRAINED_PATHS
 from latentwire.receivers.adapter import CodebookAdapter, CodebookAdapterConfig
 from latentwire.sender.selector import Selector, SelectorConfig, selection_report
@@ -37,52 +35,7 @@ from latentwire.system.pipeline import load_checkpoint
 from .calibrate import fit, validate
 from .loop import LoopConfig, TrainedParts, process_state, train_loop, training_data
 from .plot import plot_training
-
-
-@dataclass
-class TrainRecipe:
-    models: list[str] | None = None  # receivers (default: llama, qwen)
-    sharer: str = "qwen"  # the frozen LLM that reads in the sender
-    m: int = 8  # soft tokens M (latent rows)
-    d_z: int = 256  # latent width
-    topk: int = 1  # sharer tokens mixed per step (val: 1 beats 2, 4 and 8; EXPERIMENTS E8)
-    temperature: float = 1.0  # < 1 sharpens the sharer's distribution before mixing
-    tokens_per_row: int = 2  # answer steps per latent row: 8 rows carry the sharer's 16-token answer (E8)
-    # the selector's budget and reading order: the best pair, the question's paragraph first (E11)
-    evidence_paragraphs: int = 2  # paragraphs the selector keeps
-    evidence_order: str = "score"  # reading order: score (best pair first) or source
-    # one paragraph more where the pair scorer is unsure (the best pair's softmax share below this; 0: never; E16)
-    evidence_unsure_below: float = 0.8  # one more paragraph where the best pair's share is below this
-    tau: float = 20.0  # receivers' snapping temperature (the closed form's; trained from there)
-    nearest: int = 4  # receiver tokens mixed per step
-    min_cos: float = 0.45  # two steps share a row: each keeps cosine ~0.7 with its code, chance stays < 0.35
-    lexicon: bool = True  # receivers spell the sharer's strings they have no token for (no string lost)
-    hidden_layer: int = -1  # the sharer layer the hidden channel reads (-1: the last, normed)
-    channel: bool = True  # train the hidden channel (the sender's trained part)
-    prompt_len: int = 8  # each receiver's soft prompt (and its relay-tuned twin); 0: none
-    rank: int = 16  # each receiver's low-rank residual; 0: none
-    steps: int = 100  # gradient steps; 0: the closed form alone
-    batch_size: int = 8  # questions per step
-    lr: float = 3e-3  # AdamW, 20 warm-up steps, cosine decay
-    channel_weight: float = 0.1  # the cost on the hidden channel's size
-    distill_weight: float = 0.0  # cross-entropy on the sharer's own answer besides the gold one
-    bf16: bool = True  # the frozen receivers' passes under bfloat16 autocast while training (2-4x faster)
-    eval_every: int = 50  # validate (and keep the best step) every N steps
-    seed: int = 0  # batch sampling
-    context: str = "distractor"  # the questions' context: distractor or gold
-    eval_n: int = 100  # validation questions for model selection, calibration and the run's figures
-    train_limit: int | None = None  # the first N training questions only
-    init: str = ""  # take the selector from this checkpoint instead of fitting it (same evidence, same readings)
-    max_new_tokens: int = 12  # answer tokens the receivers generate on val
-    device: str = "auto"  # auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps
-    dtype: str = "auto"  # auto (bfloat16 on CUDA, float32 elsewhere), float32, bfloat16, float16
-
-    def to_dict(self) -> dict:
-        return {"recipe": "train", **asdict(self)}
-
-    @property
-    def receivers(self) -> list[str]:
-        return list(self.models or DEFAULT_RECEIVERS.values())
+from .recipes import TrainRecipe
 
 
 def config_dict(recipe: TrainRecipe, enc: SharerEncoder, adapters: dict, llms: dict[str, LLM], extra: dict) -> dict:
