@@ -27,6 +27,7 @@ from latentwire.data import Example, load_split
 from latentwire.engine import ENGINES
 from latentwire.evaluate import evaluate
 from latentwire.models import LLM
+from latentwire.protocol import ENGINE_PATHS
 from latentwire.system.pipeline import Wire, docs_of, load_checkpoint
 
 PREFILL_POSITIONS = 8  # a forward pass over at least this many positions per row is timed as a prefill
@@ -141,7 +142,7 @@ def compare_quality(
     ckpt: str | Path,
     examples: Sequence[Example],
     reference: str = "float32",
-    paths: Sequence[str] = ("latent", "relay", "evidence"),
+    paths: Sequence[str] = ENGINE_PATHS,
     context: str = "distractor",
     split: str = "dev",
     progress: bool = True,

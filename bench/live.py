@@ -21,6 +21,7 @@ from latentwire.checkpoint import read_config
 from latentwire.data import Example
 from latentwire.processes.client import summarize_answers
 from latentwire.processes.up import LocalSystem, receiver_name
+from latentwire.protocol import path_spec
 
 from .overhead import overhead_s, receiver_model_s
 from .overhead import run as idle_overhead
@@ -128,11 +129,10 @@ def live_latency(
     out["threads"] = dict(threads or {})
     system = LocalSystem(ckpt, receivers, timeout=timeout, threads=threads, engine=engine)
     with system, system.client() as client:
-        runs = [("latent", q) for q in quants] + ([("text", None)] if text_n else [])
-        runs += [("evidence", None)] if evidence_n else []
-        for mode, quant in runs:
+        runs = [("latent", q, examples) for q in quants] + ([("text", None, examples[:text_n])] if text_n else [])
+        runs += [("evidence", None, examples[:evidence_n])] if evidence_n else []
+        for mode, quant, subset in runs:
             label = f"{mode}:{quant}" if quant else mode
-            subset = {"latent": examples, "text": examples[:text_n], "evidence": examples[:evidence_n]}[mode]
             cpu0 = _arbiter_cpu(client)
             rows = _ask(
                 client, subset, context, gold, label, progress, mode=mode, **({"quant": quant} if quant else {})
@@ -140,7 +140,7 @@ def live_latency(
             cost = cpu_costs(rows, _arbiter_cpu(client) - cpu0, len(receivers))
             out["paths"][label] = {**summarize_answers(rows), "stages": stages(rows)}
             out.setdefault("cost", {}).setdefault(mode, {**cost, "label": label})  # latent: its first scheme
-            if mode == "latent":
+            if path_spec(mode).latent:
                 overheads += [overhead_s(r) for r in rows if r["ok"]]
         if throughput_n and quants:
             out["throughput"] = {"path": f"latent:{quants[0]}", "n": min(throughput_n, len(examples))}

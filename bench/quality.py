@@ -17,6 +17,7 @@ from latentwire.checkpoint import ModelEntry
 from latentwire.data import Example
 from latentwire.evaluate import evaluate
 from latentwire.metrics import bootstrap_ci, exact_match, f1_score, summarize
+from latentwire.protocol import path_spec
 from latentwire.system.pipeline import Wire, docs_of
 
 SUMMARY_KEYS = (
@@ -101,7 +102,7 @@ def quality(
                     split=split,
                     return_rows=True,
                     progress=progress,
-                    batch_size=text_batch if mode in ("text", "evidence") else None,
+                    batch_size=text_batch if path_spec(mode).passages else None,
                     **wire.eval_args(name, mode, ctx),
                 )
                 method_rows[mode][name] = r.pop("rows")

@@ -17,6 +17,7 @@ import numpy as np
 
 from latentwire.data import load_split
 from latentwire.prompts import example_slot
+from latentwire.protocol import ENGINE_PATHS
 from latentwire.system.pipeline import Wire, docs_of, load_checkpoint
 
 from .quality import quality, wire_bytes
@@ -161,7 +162,7 @@ def run_bench(
     if reference_engine and reference_engine != wire.encoder.llm.engine:  # what the serving engine changed
         from .engines import compare_quality
 
-        wanted = [p for p in ("latent", "relay", "evidence") if p in (paths or wire.paths)]
+        wanted = [p for p in ENGINE_PATHS if p in (paths or wire.paths)]
         results["engine_quality"] = compare_quality(
             wire, ckpt, examples, reference_engine, wanted, ctx, split, progress
         )

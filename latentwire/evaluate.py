@@ -94,7 +94,7 @@ def evaluate(
         slot_fn = lambda exs: text_slots(llm, [example_slot(ex, context) for ex in exs], cut)  # noqa: E731
     # a text prompt is ~1,500 tokens: batched four at a time where bfloat16's matrix units take the padding in
     # their stride (4.1 s a question against 6.0 alone for Qwen), one at a time in float32 (19.0 against 6.5)
-    batch_size = batch_size or ((1 if llm.engine == "float32" else 4) if mode == "text" else 16)
+    batch_size = batch_size or ((1 if llm.engine == "float32" else 4) if spec.whole_context else 16)
     key = cache_key(
         model=llm.fingerprint,
         slot=slot_fingerprint,

@@ -24,6 +24,7 @@ from .messages import (
 )
 from .paths import (
     CALIBRATED_PATHS,
+    ENGINE_PATHS,
     PATH_NAMES,
     PATHS,
     SENDER_PATHS,
@@ -44,6 +45,7 @@ __all__ = [
     "SENDER_PATHS",
     "TRAINED_PATHS",
     "CALIBRATED_PATHS",
+    "ENGINE_PATHS",
     "WIRE_PATHS",
     "PathSpec",
     "path_spec",

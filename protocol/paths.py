@@ -36,6 +36,23 @@ class PathSpec:
     trained: bool = False  # the gradient loop trains through it, and keeps its best step by its val F1
     calibrated: bool = False  # the recipe fits each receiver's score map on it (`latentwire calibrate`: any other)
 
+    @property
+    def whole_context(self) -> bool:
+        """The slot is the client's whole context text (~1,500 tokens): the longest prompt, evaluated a few rows
+        to a pass."""
+        return not self.sender and not self.budget
+
+    @property
+    def passages(self) -> bool:
+        """The slot is the context's paragraphs as text, all of them or the selected ones: a long prompt that no
+        model wrote and no budget cut."""
+        return not self.latent and not self.reads and not self.budget
+
+    @property
+    def engine_bound(self) -> bool:
+        """A served path whose answers the sender's engine changes (the bench compares engines on these)."""
+        return self.sender and self.wire
+
 
 PATHS: dict[str, PathSpec] = {
     p.name: p
@@ -61,6 +78,10 @@ WIRE_PATHS: tuple[str, ...] = tuple(p for p, s in PATHS.items() if s.wire)
 SENDER_PATHS: tuple[str, ...] = tuple(p for p, s in PATHS.items() if s.sender)
 TRAINED_PATHS: tuple[str, ...] = _latent_first([p for p, s in PATHS.items() if s.trained])
 CALIBRATED_PATHS: tuple[str, ...] = _latent_first([p for p, s in PATHS.items() if s.calibrated])
+# the more of the sender a path runs, the earlier: latent, relay, evidence
+ENGINE_PATHS: tuple[str, ...] = tuple(
+    sorted((p for p, s in PATHS.items() if s.engine_bound), key=lambda p: (not PATHS[p].latent, not PATHS[p].reads))
+)
 
 
 def path_spec(name: str) -> PathSpec:

@@ -67,20 +67,20 @@ class Wire:
         reading of it (relay), plus receiver `name`'s adapter (relay-tuned), the encoder and that adapter (latent,
         latent-closed; the whole checkpoint without a name). Cached rows of evidence and relay survive a change of
         the latent's knobs, and a receiver's rows survive the checkpoint's extension by another receiver."""
+        spec = path_spec(mode)
         selection = _short(json.dumps(self.encoder.selector.cfg.to_dict(), sort_keys=True))
         sharer = self.encoder.llm
         relay = "relay:" + self.encoder.cfg.reading_key(sharer.fingerprint, sharer.engine) + ":" + selection
-        if mode == "evidence":
-            return "evidence:" + selection
-        if mode == "relay":
+        if not spec.reads:  # the selection alone fills the slot
+            return f"{mode}:" + selection
+        if not spec.latent and not spec.tuned:  # the sharer's answer, read by every receiver as it is
             return relay
         if name is None:
             return f"{mode}:{self.fingerprint}"
-        if mode == "relay-tuned":
+        if not spec.latent:  # the sharer's answer through the receiver's trained text prompt
             return f"{mode}:" + _short(f"{relay}:{self.parts[name]}")
-        tag = "latent:" if mode == "latent" else f"{mode}:"  # latent keeps the key its committed rows have
-        engine = f":{sharer.engine}" if sharer.engine != "float32" else ""  # float32 keeps its keys too
-        return tag + _short(f"{self.parts['encoder']}:{self.parts[name]}{engine}")
+        engine = f":{sharer.engine}" if sharer.engine != "float32" else ""  # float32 keeps its keys
+        return f"{mode}:" + _short(f"{self.parts['encoder']}:{self.parts[name]}{engine}")
 
     @property
     def paths(self) -> tuple[str, ...]:
@@ -91,10 +91,8 @@ class Wire:
     def eval_args(self, name: str, mode: str, context: str = "distractor", scheme: str | None = None) -> dict:
         """`evaluate()` arguments for receiver `name` on a path: the token budget M (token-budget), or the
         sender's slot function and the fingerprint its cached rows are keyed by (the sender paths)."""
-        if mode == "text":
-            return {}
-        if mode == "token-budget":
-            return {"budget": self.m}
+        if not path_spec(mode).sender:
+            return {"budget": self.m} if path_spec(mode).budget else {}
         tag = self.path_fingerprint(mode, name) + (f":{scheme}" if scheme is not None else "")
         return {"slot_fn": self.slot_fn(name, mode, context, scheme), "slot_fingerprint": tag}
 

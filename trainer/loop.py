@@ -36,6 +36,7 @@ from latentwire.data import Example
 from latentwire.lm import answer_loss, assemble, text_slots
 from latentwire.models import LLM
 from latentwire.prompts import answer_ids
+from latentwire.protocol import TRAINED_PATHS, path_spec
 from latentwire.sender.sharer import Reading, SharerEncoder
 
 
@@ -114,9 +115,11 @@ class TrainedParts(nn.Module):
             gold = [answer_ids(llm.tokenizer, a, eos) for a in answers]
             latent = adapter.to_slots(z.to(llm.device))
             relay = [adapter.text_slot(s) for s in text_slots(llm, [r.answer or " " for r in readings])]
-            for path, slots in (("latent", latent), ("relay-tuned", relay)):
+            for path in TRAINED_PATHS:
+                latent_path = path_spec(path).latent
+                slots = latent if latent_path else relay
                 loss = answer_loss(llm, assemble(llm, slots, gold, cached_prefix=True), self.cfg.first_weight)
-                if self.cfg.distill_weight and path == "latent":
+                if self.cfg.distill_weight and latent_path:
                     said = [answer_ids(llm.tokenizer, r.answer, eos) for r in readings]
                     kd = answer_loss(llm, assemble(llm, slots, said, cached_prefix=True), self.cfg.first_weight)
                     loss = loss + self.cfg.distill_weight * kd

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from latentwire.evaluate import evaluate
-from latentwire.protocol import PATH_NAMES, path_spec
+from latentwire.protocol import ENGINE_PATHS, PATH_NAMES, TRAINED_PATHS, path_spec
 from latentwire.system.pipeline import load_checkpoint
 
 ENGINES = ("float32", "bf16-w8")
@@ -153,3 +153,11 @@ EXPECTED: dict[str, str] = {
     "bf16-w8/latent-closed/tiny-qwen/gold/None": "9186e1df73ad8a64633e6c98",
     "bf16-w8/latent-closed/tiny-qwen/gold/int8": "9986a858bddbe4d56c5c2e75",
 }
+
+
+def test_path_facts_that_batches_and_benches_read() -> None:
+    """The facts that replaced comparisons of path names pick the same paths the names did."""
+    assert [p for p in PATH_NAMES if path_spec(p).whole_context] == ["text"]
+    assert [p for p in PATH_NAMES if path_spec(p).passages] == ["text", "evidence"]
+    assert ENGINE_PATHS == ("latent", "relay", "evidence")
+    assert TRAINED_PATHS == ("latent", "relay-tuned")
