@@ -113,9 +113,10 @@ def load_strict(module: torch.nn.Module, sd: dict[str, torch.Tensor], what: str,
         )
 
 
-def check_model(path: str | Path, name: str, llm: LLM) -> None:
-    """Refuse to serve a checkpoint with a model other than the one it was trained against."""
-    cfg = load_config(path)
+def check_model(path: str | Path, name: str, llm: LLM, cfg: CheckpointConfig | None = None) -> None:
+    """Refuse to serve a checkpoint with a model other than the one it was trained against (`cfg`: its config, if
+    the caller has read it already)."""
+    cfg = cfg or load_config(path)
     if name not in cfg.models:
         raise CheckpointError(f"{path} has no adapter for model {name!r} (it has: {', '.join(cfg.models)})")
     want = cfg.models[name]
@@ -161,10 +162,11 @@ def part_fingerprint(entry: dict, tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def part_fingerprints(path: str | Path) -> dict[str, str]:
-    """`encoder` and one entry per adapter: what a reader compares to see which parts two checkpoints share."""
+def part_fingerprints(path: str | Path, cfg: dict | None = None) -> dict[str, str]:
+    """`encoder` and one entry per adapter: what a reader compares to see which parts two checkpoints share
+    (`cfg`: config.json as read, if the caller holds it)."""
     path = Path(path)
-    cfg = read_config(path)
+    cfg = cfg if cfg is not None else read_config(path)
     sd, _ = tensors(path)
     within = lambda prefix: {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}  # noqa: E731
     out = {"encoder": part_fingerprint(cfg["encoder"], within("encoder."))}

@@ -168,16 +168,17 @@ def build_adapter(cfg: dict, llm: Any) -> nn.Module:
     return module_cls(config_cls(**cfg), llm)
 
 
-def load_adapter(path: str | Path, name: str, llm: Any) -> nn.Module:
-    """A receiver's half of a checkpoint: the adapter for `name`, checked against the model it will feed."""
+def load_adapter(path: str | Path, name: str, llm: Any, cfg: checkpoint.CheckpointConfig | None = None) -> nn.Module:
+    """A receiver's half of a checkpoint: the adapter for `name`, checked against the model it will feed (`cfg`:
+    the checkpoint's config, if the caller has read it already: a process parses config.json once)."""
     path = Path(path)
-    checkpoint.check_model(path, name, llm)
-    cfg = checkpoint.read_config(path)
+    cfg = cfg or checkpoint.load_config(path)
+    checkpoint.check_model(path, name, llm, cfg)
     try:
-        ad = build_adapter(cfg["models"][name]["adapter"], llm)
+        ad = build_adapter(cfg.models[name].adapter, llm)
     except (TypeError, ValueError) as e:
         raise checkpoint.CheckpointError(f"{path}: adapter {name!r}: {e}") from None
-    sent = int(cfg.get("encoder", {}).get("tokens_per_row", 1))
+    sent = int(cfg.encoder.get("tokens_per_row", 1))
     if isinstance(ad, CodebookAdapter) and ad.cfg.tokens_per_row != sent:
         raise checkpoint.CheckpointError(
             f"{path}: adapter {name!r} unbinds {ad.cfg.tokens_per_row} steps per row, the sender binds {sent}"

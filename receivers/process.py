@@ -17,9 +17,11 @@ import torch
 import zmq
 
 from latentwire.calibration import announced
+from latentwire.checkpoint_config import load_config
 from latentwire.processes import net
 from latentwire.protocol import ErrorReply, Heartbeat, encode_frame, error_reply, peek_rid
 
+from .adapter import adapter_schemas
 from .backlog import Backlog
 from .receiver import (
     MAX_BACKLOG,
@@ -71,6 +73,15 @@ def _read(pull: zmq.Socket, rx: Receiver, backlog: Backlog, room: int) -> list[E
     return refused
 
 
+def open_receiver(
+    model: str, ckpt: str | Path, name: str | None, pid: str, device: str, dtype: str, engine: str
+) -> tuple[Receiver, dict]:
+    """The receiver and its fitted score calibrations, from one parse of the checkpoint's config."""
+    cfg = load_config(ckpt, adapters=adapter_schemas())
+    rx = load_receiver(model, ckpt, name, pid, device, dtype, engine, cfg)
+    return rx, cfg.models[rx.name].calibration
+
+
 def serve(
     model: str,
     ckpt: str | Path,
@@ -104,10 +115,7 @@ def serve(
     out.connect(replies)
     t0 = time.perf_counter()
     try:
-        rx = load_receiver(model, ckpt, name, pid, device, dtype, engine)
-        from latentwire.checkpoint import load_config
-
-        fitted = load_config(ckpt).models[rx.name].calibration
+        rx, fitted = open_receiver(model, ckpt, name, pid, device, dtype, engine)
     except BaseException:
         pull.close(0)
         out.close(0)

@@ -21,6 +21,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
+from latentwire.checkpoint_config import CheckpointConfig
 from latentwire.processes import net
 from latentwire.protocol import (
     ErrorReply,
@@ -302,9 +303,17 @@ def positions(slot: torch.Tensor, cap: int) -> int:
 
 
 def load_receiver(
-    model: str, ckpt: str | Path, name: str | None, pid: str, device: str, dtype: str, engine: str = "auto"
+    model: str,
+    ckpt: str | Path,
+    name: str | None,
+    pid: str,
+    device: str,
+    dtype: str,
+    engine: str = "auto",
+    cfg: CheckpointConfig | None = None,
 ) -> Receiver:
-    """Load the frozen LLM (run by `engine`) and the checkpoint's adapter for it (refused if they do not match)."""
+    """Load the frozen LLM (run by `engine`) and the checkpoint's adapter for it (refused if they do not match);
+    `cfg`: the checkpoint's config, if the caller has read it already (validated against the adapter kinds)."""
     from latentwire import checkpoint
     from latentwire.models import load_llm
 
@@ -312,11 +321,11 @@ def load_receiver(
 
     name = name or model
     # the whole config first: a broken one is one line naming the field, not a failure after a slow model load
-    cfg = checkpoint.load_config(ckpt, adapters=adapter_schemas())
+    cfg = cfg or checkpoint.load_config(ckpt, adapters=adapter_schemas())
     if name not in cfg.models:
         raise checkpoint.CheckpointError(f"{ckpt} has no adapter for model {name!r} (it has: {', '.join(cfg.models)})")
     llm = load_llm(model, device=device, dtype=dtype, engine=engine)
-    adapter = load_adapter(ckpt, name, llm)
+    adapter = load_adapter(ckpt, name, llm, cfg)
     rx = Receiver(llm, adapter, name, checkpoint.fingerprint(ckpt), pid, m=cfg.encoder["m"])
     rx.max_slot_tokens = slot_cap(llm)
     return rx

@@ -33,11 +33,17 @@ ENCODERS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def load_encoder(path: str | Path, device: str = "cpu", llm=None, engine: str = "auto") -> nn.Module:
+def load_encoder(
+    path: str | Path,
+    device: str = "cpu",
+    llm=None,
+    engine: str = "auto",
+    config: checkpoint.CheckpointConfig | None = None,
+) -> nn.Module:
     """The sender's half of a checkpoint, in eval mode; `llm` reuses an already loaded sharer, else it is loaded
-    run by `engine` (`latentwire.engine`)."""
+    run by `engine` (`latentwire.engine`); `config`: the checkpoint's, if the caller has read it already."""
     path = Path(path)
-    cfg = checkpoint.load_config(path).encoder
+    cfg = (config or checkpoint.load_config(path)).encoder
     kind = cfg.get("backbone", "llm")
     if kind not in ENCODERS:
         raise checkpoint.CheckpointError(f"{path}: unknown encoder backbone {kind!r} (known: {', '.join(ENCODERS)})")

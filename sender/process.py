@@ -41,6 +41,8 @@ from latentwire.protocol import (
 from .bounds import Refused, bounded_paragraphs
 
 if TYPE_CHECKING:
+    from latentwire.checkpoint_config import CheckpointConfig
+
     from .sharer import SharerEncoder
 
 log = logging.getLogger("latentwire.sender")
@@ -144,6 +146,18 @@ def report(rid: str, pid: str, frame: bytes, reached: int, total: int, durations
     )
 
 
+def open_sender(ckpt: str | Path, device: str, engine: str, pid: str) -> tuple[Sender, CheckpointConfig]:
+    """The sender and its checkpoint's config, from one parse of config.json."""
+    # imported here, not at the top: both bring torch, which importing this module (the frame building) needs not
+    from latentwire import checkpoint
+
+    from .encoder import load_encoder
+
+    cfg = checkpoint.load_config(ckpt)
+    encoder = load_encoder(ckpt, device, engine=engine, config=cfg)
+    return Sender(encoder, checkpoint.fingerprint(ckpt), int(cfg.encoder["m"]), pid), cfg
+
+
 def serve(
     ckpt: str | Path,
     *,
@@ -157,16 +171,11 @@ def serve(
 ) -> None:
     """Run a sender until SIGINT/SIGTERM (the requests being encoded are finished and reported first); its sharer
     runs on `engine` (`latentwire.engine`)."""
-    from latentwire import checkpoint
-
-    from .encoder import load_encoder
-
     backend, targets = net.address("backend", backend), net.address_list("receivers", receivers)
     pid = net.process_id("sender")
     curve = net.Curve.from_env("sender", curve_dir)
     t0 = time.perf_counter()
-    cfg = checkpoint.load_config(ckpt)
-    sender = Sender(load_encoder(ckpt, device, engine=engine), checkpoint.fingerprint(ckpt), int(cfg.encoder["m"]), pid)
+    sender, cfg = open_sender(ckpt, device, engine, pid)
     load_s = time.perf_counter() - t0
     stop = stop if stop is not None else net.StopFlag()  # a signal while loading just ends the process
 

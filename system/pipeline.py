@@ -60,7 +60,7 @@ class Wire:
     @cached_property
     def parts(self) -> dict[str, str]:
         """The fingerprint of each part (the encoder, each adapter): `checkpoint.part_fingerprints`."""
-        return checkpoint.part_fingerprints(self.path)
+        return checkpoint.part_fingerprints(self.path, self.config)
 
     def path_fingerprint(self, mode: str, name: str | None = None) -> str:
         """What a sender path's answers depend on: the selection (evidence), the selection and the sharer's
@@ -139,8 +139,8 @@ def load_checkpoint(
     A sharer that is also a receiver (the default: Qwen reads and answers) is loaded once.
     """
     path = Path(path)
-    cfg = checkpoint.read_config(path, adapters=adapter_schemas())  # whole, before any model loads; kept as read
-    typed = checkpoint.CheckpointConfig.from_dict(cfg, path)
+    cfg = checkpoint.read_json(path)  # parsed once, kept as read (part fingerprints hash its entries as written)
+    typed = checkpoint.CheckpointConfig.from_dict(cfg, path, adapters=adapter_schemas())  # whole, before any load
     names = list(models or typed.models)
     llms = dict(llms or {})
     for name in names:
@@ -150,12 +150,12 @@ def load_checkpoint(
             )
         if name not in llms:
             llms[name] = load_llm(typed.models[name].spec, device=device, dtype=dtype, engine=engine)
-    adapters = {n: load_adapter(path, n, llms[n]) for n in names}
+    adapters = {n: load_adapter(path, n, llms[n], typed) for n in names}
     sharer_spec = typed.encoder.get("sharer")
     shared = next((llm for llm in llms.values() if llm.spec == sharer_spec), None)
     if shared is None and sharer_spec:
         shared = load_llm(sharer_spec, device=device, dtype=dtype, engine=engine)
-    enc = load_encoder(path, device=str(next(iter(llms.values())).device), llm=shared)
+    enc = load_encoder(path, device=str(next(iter(llms.values())).device), llm=shared, config=typed)
     if reading_cache:
         enc.use_cache()
     return Wire(path, checkpoint.fingerprint(path), cfg, enc, adapters, {n: llms[n] for n in names})
