@@ -93,7 +93,7 @@ def test_bench_quick_cli_end_to_end(tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     results = json.loads((tmp_path / "results.json").read_text())
     live = results["live"]["paths"]
-    assert set(live) == {"latent:fp16", "latent:int8", "latent:int4", "text"}
+    assert set(live) == {"latent:fp16", "latent:int8", "latent:int4", "text", "evidence"}
     assert all(p["ok"] == p["n"] == 3 for p in live.values())
     fan = {k: v["fanout_bytes_per_request"] for k, v in live.items()}
     assert fan["latent:int4"] < fan["latent:int8"] < fan["latent:fp16"] < fan["text"]
