@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 import zmq
 
@@ -328,26 +329,7 @@ class Arbiter:
         self.front.send_multipart([*envelope, data], zmq.NOBLOCK)
 
 
-def serve(
-    *,
-    frontend: str | None = None,
-    backend: str | None = None,
-    replies: str | None = None,
-    timeout: float = 60.0,
-    max_inflight: int = 256,
-    drain: float = 5.0,
-    curve_dir: str | None = None,
-    stop: net.StopFlag | None = None,
-) -> None:
-    """Run the arbiter until SIGINT/SIGTERM; then stop taking asks, wait up to `drain` s, answer the rest."""
-    arbiter = Arbiter(
-        frontend=frontend,
-        backend=backend,
-        replies=replies,
-        timeout=timeout,
-        max_inflight=max_inflight,
-        drain=drain,
-        curve_dir=curve_dir,
-        stop=stop,
-    )
-    arbiter.run()
+def serve(**options: Any) -> None:
+    """Run the arbiter (`Arbiter`'s keyword options) until SIGINT/SIGTERM; then stop taking asks, wait up to
+    `drain` s, answer the rest."""
+    Arbiter(**options).run()
