@@ -26,6 +26,7 @@ import torch
 from latentwire.data import Example, load_split
 from latentwire.engine import ENGINES
 from latentwire.evaluate import evaluate
+from latentwire.metrics import paired
 from latentwire.models import LLM
 from latentwire.protocol import ENGINE_PATHS
 from latentwire.system.pipeline import Wire, docs_of, load_checkpoint
@@ -151,7 +152,6 @@ def compare_quality(
     F1 of both, the paired difference with its 95% CI and the share of answers unchanged word for word; and the
     sharer's. Rows come from the evaluation cache (keyed by engine), so a bench that measured these paths already
     reads only the reference afresh."""
-    from .quality import paired
 
     ref = load_checkpoint(ckpt, engine=reference)
     out: dict = {"engine": wire.encoder.llm.engine, "reference": reference, "n": len(examples), "paths": {}}

@@ -16,7 +16,7 @@ from latentwire.calibration import Calibration, joint
 from latentwire.checkpoint import ModelEntry
 from latentwire.data import Example
 from latentwire.evaluate import evaluate
-from latentwire.metrics import bootstrap_ci, exact_match, f1_score, summarize
+from latentwire.metrics import exact_match, f1_score, paired, summarize
 from latentwire.protocol import path_spec
 from latentwire.system.pipeline import Wire, docs_of
 
@@ -35,20 +35,6 @@ SUMMARY_KEYS = (
 
 
 PAIRED = (("latent", "relay-tuned"), ("latent", "relay"))  # (path, baseline): `quality.<ctx>.paired` compares these
-
-
-def paired(rows: Sequence[dict], base: Sequence[dict]) -> dict:
-    """`rows` against `base` on the same questions: the mean F1 difference and its paired bootstrap 95% CI (the
-    questions resampled together, so each question's difficulty cancels), and the share of answers unchanged."""
-    if [r["id"] for r in rows] != [r["id"] for r in base]:
-        raise ValueError("paired rows must be of the same questions in the same order")
-    diff = [a["f1"] - b["f1"] for a, b in zip(rows, base, strict=True)]
-    return {
-        "diff": float(np.mean(diff)) if diff else float("nan"),
-        "ci": list(bootstrap_ci(diff)),
-        "n": len(diff),
-        "unchanged": float(np.mean([a["pred"] == b["pred"] for a, b in zip(rows, base, strict=True)])),
-    }
 
 
 def path_calibrations(wire: Wire, path: str) -> dict[str, Calibration]:

@@ -216,7 +216,10 @@ def write_report(results: dict, out: Path) -> Path:
     tr = results.get("training")
     if tr:
         lines += ["", "## Training cost", "", training_line(tr)]
+        lines += ablation_lines(tr.get("ablation"), tr.get("ablation_on"))
     lines += ["", "## Plots", "", "![F1 by method](f1_by_method.png)", "![F1 vs bytes](f1_vs_bytes.png)"]
+    if tr and tr.get("ablation"):
+        lines.append("![Ablation](ablation.png)")
     if live:
         lines.append("![Latency](latency.png)")
     (out / "report.md").write_text("\n".join(lines) + "\n")
@@ -308,6 +311,49 @@ def engine_lines(eng: dict | None) -> list[str]:
     return lines
 
 
+def ablation_lines(table: dict | None, on: dict | None) -> list[str]:
+    """The latent with each trained part left out (`trainer/ablation.py`): F1 per receiver, and the paired
+    difference against the full model with its 95% CI."""
+    if not table:
+        return []
+    names = list(table["full"])
+    where = f"{on['split']}, {on['n']} questions" if on else "val"
+    lines = [
+        "",
+        f"## What each trained part carries ({where})",
+        "",
+        "| variant | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    for label, per in table.items():
+        cells = []
+        for n in names:
+            r = per[n]
+            vs = r.get("vs_full")
+            cells.append(
+                f"{r['f1']:.3f}" + (f" ({vs['diff']:+.3f} [{vs['ci'][0]:+.3f}, {vs['ci'][1]:+.3f}])" if vs else "")
+            )
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return [*lines, "", "F1; in brackets the paired difference from the full model and its 95% CI."]
+
+
+def plot_ablation(table: dict, out: Path) -> None:
+    """ablation.png: F1 per variant, one bar per receiver, the full model's F1 dashed."""
+    names, labels = list(table["full"]), list(table)
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.8 / len(names)
+    for k, n in enumerate(names):
+        ax.bar([x + k * width for x in range(len(labels))], [table[v][n]["f1"] for v in labels], width, label=n)
+        ax.axhline(table["full"][n]["f1"], ls="--", lw=1, color=ax.patches[-1].get_facecolor())
+    ax.set_xticks([x + width * (len(names) - 1) / 2 for x in range(len(labels))], labels, rotation=20)
+    ax.set_ylabel("latent F1 (val)")
+    ax.set_title("The latent with each trained part left out")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "ablation.png", dpi=120)
+    plt.close(fig)
+
+
 def training_line(tr: dict) -> str:
     """The checkpoint's training summary in one sentence (a closed-form checkpoint took no gradient step)."""
     if not tr.get("steps"):
@@ -323,6 +369,8 @@ def training_line(tr: dict) -> str:
 
 
 def plot_all(results: dict, out: Path) -> None:
+    if (results.get("training") or {}).get("ablation"):
+        plot_ablation(results["training"]["ablation"], out)
     ctx = "distractor" if "distractor" in results["quality"] else next(iter(results["quality"]))
     q = results["quality"][ctx]
     names = list(q["models"])

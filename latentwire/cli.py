@@ -381,6 +381,43 @@ def calibrate(
     typer.echo(f"calibrated {', '.join(sorted(fitted))} in {ckpt}")
 
 
+@app.command()
+def ablate(
+    ckpt: Annotated[
+        Path | None, typer.Option(help="checkpoint, its table written into its config (default: ours)")
+    ] = None,
+    n: Annotated[int, typer.Option(help="validation questions")] = 200,
+    variant: Annotated[
+        list[str],
+        typer.Option(help="variants (repeat; default: full, no-channel, no-residual, no-lexicon, prompt-only)"),
+    ] = [],  # noqa: B006 - typer needs a literal default
+    context: Annotated[Context, typer.Option()] = Context.distractor,
+    data_dir: DataDir = None,
+    engine: EngineOpt = "auto",
+    threads: Threads = None,
+) -> None:
+    """The latent on `val` with each trained part left out in turn, beside relay-tuned and the closed form: what
+    each part carries. Rows are cached, so an interrupted run resumes; the weights are untouched."""
+    from .checkpoint import DEFAULT_CKPT, CheckpointError
+    from .device import set_threads
+    from .models import ModelNotFound
+    from .trainer.ablation import ABLATIONS, ablate_checkpoint
+
+    set_threads(threads)
+    ckpt = ckpt or DEFAULT_CKPT
+    try:
+        table = ablate_checkpoint(
+            ckpt, n, context.value, tuple(variant) or tuple(ABLATIONS), engine=engine, data_dir=data_dir
+        )
+    except (ModelNotFound, CheckpointError, ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    names = sorted(next(iter(table.values())))
+    typer.echo(f"{'val F1':14s}" + "".join(f"{m:>10s}" for m in names))
+    for label, by_name in table.items():
+        typer.echo(f"{label:14s}" + "".join(f"{by_name[m]['f1']:10.3f}" for m in names))
+    typer.echo(f"written into {ckpt}")
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app(sys.argv[1:])
 

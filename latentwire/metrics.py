@@ -62,6 +62,20 @@ def bootstrap_ci(
     return (float(lo), float(hi))
 
 
+def paired(rows: Sequence[dict], base: Sequence[dict]) -> dict:
+    """`rows` against `base` on the same questions: the mean F1 difference and its paired bootstrap 95% CI (the
+    questions resampled together, so each question's difficulty cancels), and the share of answers unchanged."""
+    if [r["id"] for r in rows] != [r["id"] for r in base]:
+        raise ValueError("paired rows must be of the same questions in the same order")
+    diff = [a["f1"] - b["f1"] for a, b in zip(rows, base, strict=True)]
+    return {
+        "diff": float(np.mean(diff)) if diff else float("nan"),
+        "ci": list(bootstrap_ci(diff)),
+        "n": len(diff),
+        "unchanged": float(np.mean([a["pred"] == b["pred"] for a, b in zip(rows, base, strict=True)])),
+    }
+
+
 def summarize(ems: Sequence[float], f1s: Sequence[float]) -> dict[str, float | list[float] | int]:
     return {
         "n": len(ems),

@@ -12,7 +12,8 @@ the vocabulary-anchored interlingua (`latentwire.codebook`):
   raw vector (zero-initialised: it reads what the snap cannot, such as the sender's hidden channel), and tau.
   The text twin of the same prompt (`text_prompt`) serves `relay-tuned`, the baseline that gets the same training
   on relay's text.
-`to_slots((B, M, d_z))` is the one latent-to-slot step every path uses; `text_slot` the text twin's.
+`to_slots((B, M, d_z))` is the one latent-to-slot step every path uses; `text_slot` the text twin's. `off` names
+parts (`PARTS`) that act as untrained, or absent for the lexicon: the trainer's ablations measure what each carries.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from torch import nn
 from latentwire import checkpoint
 from latentwire.codebook import code_table, token_strings, unbind, vocabulary_codes
 
+# what `off` may name: the trained parts (tau: back to the config's value), and the closed form's lexicon
+PARTS = ("prompt", "residual", "tau", "lexicon")
 PROMPT_INIT = " Short answer:"  # the soft prompts start as this phrase's embeddings, tiled to `prompt_len`
 
 
@@ -107,9 +110,13 @@ class CodebookAdapter(nn.Module):
             self._spelled[i] = embed[torch.tensor(ids, dtype=torch.long, device=embed.device)].detach()
         return self._spelled[i]
 
-    def forward(self, z: torch.Tensor, tuned: bool = True) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, tuned: bool = True, off: frozenset[str] = frozenset()) -> torch.Tensor:
         """(M, d_z) -> (L, hidden) in answer order: the prompt (tuned), then each kept step's embedding (one, or
-        a spelled string's pieces) plus the residual (tuned)."""
+        a spelled string's pieces) plus the residual (tuned); parts named in `off` are left out."""
+        unknown = sorted(set(off) - set(PARTS))
+        if unknown:
+            raise ValueError(f"adapter: unknown part {unknown[0]!r}; choose from {', '.join(PARTS)}")
+        on = {p for p in PARTS if p not in off and (tuned or p == "lexicon")}
         codes, embed = self._tables
         z = z.float().to(codes.device)
         n, seed = self.cfg.tokens_per_row, self.cfg.code_seed
@@ -119,22 +126,25 @@ class CodebookAdapter(nn.Module):
         top = (unit @ codes.T).topk(self.cfg.nearest, dim=-1)
         best = top.values[:, 0]
         extra_best, extra_idx = best.new_full(best.shape, -2.0), torch.zeros_like(top.indices[:, 0])
-        if len(self._extra[0]):
+        if len(self._extra[0]) and "lexicon" in on:
             extra_best, extra_idx = (unit @ self._extra[1].T).max(-1)
         keep = (norm.squeeze(-1) > 1e-6) & (torch.maximum(best, extra_best) >= self.cfg.min_cos)
-        tau = self.log_tau.exp() if tuned else torch.tensor(self.cfg.tau)  # the closed form starts at the config's
+        tau = (
+            self.log_tau.exp() if "tau" in on else torch.tensor(self.cfg.tau)
+        )  # the closed form starts at the config's
         w = (tau * top.values).softmax(-1)
         own = (w.unsqueeze(-1).to(embed) * embed[top.indices.to(embed.device)]).sum(1)  # (S, hidden)
-        resid = self.up(self.down(steps.to(self.up.weight))) if tuned and self.cfg.rank else None
-        pieces = [self.prompt.to(embed)] if tuned and self.cfg.prompt_len else []
+        resid = self.up(self.down(steps.to(self.up.weight))) if "residual" in on and self.cfg.rank else None
+        pieces = [self.prompt.to(embed)] if "prompt" in on and self.cfg.prompt_len else []
         for t in torch.nonzero(keep).flatten().tolist():
             e = self._spell(int(extra_idx[t])) if extra_best[t] > best[t] else own[t : t + 1]
             pieces.append(e + resid[t].to(e) if resid is not None else e)
         return torch.cat(pieces, 0) if pieces else embed.new_zeros(0, embed.shape[1])
 
-    def to_slots(self, z: torch.Tensor, tuned: bool = True) -> list[torch.Tensor]:
-        """(B, M, d_z) -> each row's slot; `tuned=False` is the closed form alone (`latent-closed`)."""
-        return [self(row, tuned) for row in z]
+    def to_slots(self, z: torch.Tensor, tuned: bool = True, off: frozenset[str] = frozenset()) -> list[torch.Tensor]:
+        """(B, M, d_z) -> each row's slot; `tuned=False` is the closed form alone (`latent-closed`), `off` leaves
+        the parts it names out (an ablation)."""
+        return [self(row, tuned, off) for row in z]
 
     def text_slot(self, emb: torch.Tensor, tuned: bool = True) -> torch.Tensor:
         """A text path's slot embeddings (L, hidden), behind the trained text prompt when `tuned` (relay-tuned)."""

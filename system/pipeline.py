@@ -24,7 +24,7 @@ from latentwire.data import Example, parse_context
 from latentwire.lm import text_slots
 from latentwire.models import LLM, load_llm
 from latentwire.protocol import PATH_NAMES, dequantize, path_spec, quantize
-from latentwire.receivers.adapter import adapter_schemas, load_adapter
+from latentwire.receivers.adapter import PARTS, adapter_schemas, load_adapter
 from latentwire.sender.encoder import load_encoder
 from latentwire.sender.paths import payloads
 from latentwire.sender.sharer import SharerEncoder
@@ -88,13 +88,22 @@ class Wire:
         where the checkpoint trained nothing)."""
         return PATH_NAMES
 
-    def eval_args(self, name: str, mode: str, context: str = "distractor", scheme: str | None = None) -> dict:
+    def eval_args(
+        self,
+        name: str,
+        mode: str,
+        context: str = "distractor",
+        scheme: str | None = None,
+        off: frozenset[str] = frozenset(),
+    ) -> dict:
         """`evaluate()` arguments for receiver `name` on a path: the token budget M (token-budget), or the
-        sender's slot function and the fingerprint its cached rows are keyed by (the sender paths)."""
+        sender's slot function and the fingerprint its cached rows are keyed by (the sender paths); `off` (an
+        ablation, see `slot_fn`) keys its rows apart."""
         if not path_spec(mode).sender:
             return {"budget": self.m} if path_spec(mode).budget else {}
         tag = self.path_fingerprint(mode, name) + (f":{scheme}" if scheme is not None else "")
-        return {"slot_fn": self.slot_fn(name, mode, context, scheme), "slot_fingerprint": tag}
+        tag += f":off={','.join(sorted(off))}" if off else ""
+        return {"slot_fn": self.slot_fn(name, mode, context, scheme, off), "slot_fingerprint": tag}
 
     @torch.no_grad()
     def encode(self, examples: Sequence[Example], context: str = "distractor") -> torch.Tensor:
@@ -102,23 +111,37 @@ class Wire:
         return self.encoder.encode_docs(docs_of(examples, context))
 
     def slot_fn(
-        self, name: str, mode: str = "latent", context: str = "distractor", scheme: str | None = None
+        self,
+        name: str,
+        mode: str = "latent",
+        context: str = "distractor",
+        scheme: str | None = None,
+        off: frozenset[str] = frozenset(),
     ) -> Callable[[Sequence[Example]], list[torch.Tensor]]:
-        """Examples -> receiver `name`'s slot embeddings on a sender path (a latent through `scheme` if given)."""
+        """Examples -> receiver `name`'s slot embeddings on a sender path (a latent through `scheme` if given).
+
+        `off` names trained parts left out of a latent path, an ablation: `channel` (the sender's hidden
+        channel: the closed-form code is sent) and any of the adapter's `PARTS`."""
         llm, adapter = self.llms[name], self.adapters[name]
         spec = path_spec(mode)
         if not spec.sender:
             raise ValueError(f"{mode} is not a sender path")
+        unknown = sorted(set(off) - {"channel", *PARTS})
+        if unknown or (off and not spec.latent):
+            raise ValueError(f"{mode}: cannot leave out {', '.join(unknown or sorted(off))}")
+        # the closed-form code is the latent-closed path's payload: the channel left out, nothing else changed
+        sent = "latent-closed" if "channel" in off else mode
+        adapter_off = frozenset(off) - {"channel"}
 
         @torch.no_grad()
         def fn(examples: Sequence[Example]) -> list[torch.Tensor]:
-            out = payloads(self.encoder, mode, docs_of(examples, context))
+            out = payloads(self.encoder, sent, docs_of(examples, context))
             if not spec.latent:
                 return [adapter.text_slot(s, spec.tuned) for s in text_slots(llm, out)]
             z = np.stack(out)
             if scheme is not None:
                 z = np.stack([dequantize(quantize(zi, scheme)) for zi in z])
-            slots = adapter.to_slots(torch.from_numpy(z).to(llm.device), tuned=spec.tuned)
+            slots = adapter.to_slots(torch.from_numpy(z).to(llm.device), tuned=spec.tuned, off=adapter_off)
             return [s.to(llm.model.dtype) for s in slots]
 
         return fn

@@ -32,6 +32,7 @@ from latentwire.sender.selector import Selector, SelectorConfig, selection_repor
 from latentwire.sender.sharer import SharerConfig, SharerEncoder
 from latentwire.system.pipeline import load_checkpoint
 
+from .ablation import REFERENCES, ablate
 from .calibrate import fit, validate
 from .loop import LoopConfig, TrainedParts, process_state, train_loop, training_data
 from .plot import plot_training
@@ -161,6 +162,12 @@ def build(recipe: TrainRecipe, out: str | Path, llms: dict[str, LLM] | None = No
     # every path on val: the run's figures and each path's score calibration (the joint pick's prior)
     val = validate(wire, list(llms), val_rows, recipe.context, recipe.max_new_tokens, SENDER_PATHS, progress=progress)
     calibration = fit(val)
+    if recipe.steps:  # what each trained part carries, on the same questions (the full model and references: above)
+        known = {"full": val["latent"], **{p: val[p] for p in REFERENCES}}
+        summary["ablation"] = ablate(
+            wire, val_rows, recipe.context, recipe.max_new_tokens, progress=progress, use_cache=False, done=known
+        )
+        summary["ablation_on"] = {"split": "val", "n": len(val_rows), "context": recipe.context}
     summary.update(
         wall_s=round(time.perf_counter() - t0, 1),
         val={

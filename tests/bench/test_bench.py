@@ -104,6 +104,10 @@ def test_bench_quick_cli_end_to_end(tmp_path, monkeypatch):
     assert tp["n"] == 3 and (tp["window_1"]["window"], tp["window_8"]["window"]) == (1, 8)
     report = (tmp_path / "report.md").read_text()
     assert "Throughput on `latent:fp16`" in report and f"against one: {tp['speedup']:.2f}x." in report
+    ablation = results["training"]["ablation"]  # the recipe's table, read from the checkpoint
+    assert set(ablation) == {"full", "no-channel", "no-residual", "no-lexicon", "prompt-only", "relay-tuned",
+                             "latent-closed"}  # fmt: skip
+    assert "## What each trained part carries (val, 8 questions)" in report and (tmp_path / "ablation.png").is_file()
 
 
 def test_engines_side_by_side_on_the_same_questions(tiny_trained, tmp_path, monkeypatch):
