@@ -155,35 +155,64 @@ def eval_(
 
 @app.command()
 def demo(
-    limit: Annotated[int, typer.Option(help="dev questions to ask")] = 3,
+    limit: Annotated[int, typer.Option(help="dev questions to ask: the first N, none picked")] = 5,
     context: Annotated[Context, typer.Option()] = Context.distractor,
     quant: Annotated[str, typer.Option(help="fp32, fp16, int8 or int4 on the wire")] = "int8",
     ckpt: Annotated[Path | None, typer.Option(help="checkpoint (default: the committed default)")] = None,
     engine: EngineOpt = "auto",
 ) -> None:
-    """The main job on the embedded default: start sender, Llama and Qwen receivers and the arbiter with the
-    default checkpoint, and answer a few dev questions end to end through them."""
-    from .checkpoint import DEFAULT_CKPT
+    """The main job on the embedded default: start the sender, one receiver per family of the default checkpoint
+    (Gemma, Llama, Qwen) and the arbiter, and answer the first dev questions end to end from one shared latent.
+
+    Per question: the joint answer, each family's answer from the latent, the bytes on the wire against the
+    text the receivers would otherwise read, and the time end to end; then one summary line."""
+    from .checkpoint import DEFAULT_CKPT, load_config
     from .data import load_split
-    from .metrics import f1_score
+    from .metrics import exact_match, f1_score
     from .processes.up import LocalSystem
+    from .prompts import example_slot
 
     ckpt = ckpt or DEFAULT_CKPT
     if not (ckpt / "config.json").is_file():
         _fail(f"no checkpoint at {ckpt}: train one with `latentwire train` or pass --ckpt")
+    specs = {n: e.spec for n, e in load_config(ckpt).models.items()}
+    names = list(specs)
     examples = load_split("dev", limit=limit)
-    typer.echo(f"starting sender, llama, qwen and arbiter with {ckpt} (first start converts the models: ~1 min)")
-    with LocalSystem(ckpt, engine=engine) as system, system.client() as client:
+    typer.echo(f"starting sender, {', '.join(names)} and arbiter with {ckpt} (a first start converts the models)")
+    joint_f1, joint_em, best_f1, wire_b, text_b, e2e = [], [], {n: [] for n in names}, [], [], []
+    with LocalSystem(ckpt, specs, engine=engine) as system, system.client() as client:
         items = [(ex.id, ex.question, ex.context(context.value)) for ex in examples]
         for ex, ans in zip(examples, client.ask_many(items, window=1, mode="latent", quant=quant), strict=True):
             row = ans.to_row()
+            # the text path sends every receiver the question and context: what the latent replaces
+            text = len(example_slot(ex, context.value).encode()) * len(names)
+            sent = int(row["bytes"].get("fanout", 0))
+            f1 = f1_score(row["answer"] or "", ex.answer)
+            joint_f1.append(f1)
+            joint_em.append(exact_match(row["answer"] or "", ex.answer))
+            wire_b.append(sent)
+            text_b.append(text)
+            e2e.append(row["e2e_s"])
             typer.echo(f"\nQ: {ex.question}\n   gold: {ex.answer}")
-            typer.echo(
-                f"   joint: {row['answer']!r} (from {row['model']}, F1 {f1_score(row['answer'], ex.answer):.2f}, "
-                f"{row['e2e_s']:.2f} s end to end, {row['bytes'].get('fanout', 0)} bytes on the wire)"
-            )
+            if not ans.ok:
+                typer.echo(f"   no answer: {row['error']}")
+                continue
+            typer.echo(f"   joint: {row['answer']!r} (from {row['model']}, F1 {f1:.2f})")
             for name, r in row["receivers"].items():
-                typer.echo(f"   {name:6s} {r['answer']!r} score {r['score']:.2f} calibrated {r['calibrated']:.2f}")
+                rf1 = f1_score(r["answer"] or "", ex.answer)
+                best_f1.setdefault(name, []).append(rf1)
+                typer.echo(f"   {name:6s} {r['answer']!r} F1 {rf1:.2f}, P(right) {r['calibrated'] or 0:.2f}")
+            typer.echo(
+                f"   {sent:,} bytes on the wire ({quant}) against {text:,} of text; {row['e2e_s']:.2f} s end to end"
+            )
+    n = len(examples)
+    best = max(best_f1, key=lambda m: (sum(best_f1[m]), m))
+    typer.echo(
+        f"\n{n} questions: joint F1 {sum(joint_f1) / n:.2f} (EM {sum(joint_em) / n:.2f}; best family {best} "
+        f"{sum(best_f1[best]) / n:.2f}); {sum(wire_b) / n:,.0f} bytes a question on the wire against "
+        f"{sum(text_b) / n:,.0f} of text ({sum(text_b) / max(1, sum(wire_b)):.0f}x fewer); "
+        f"median {sorted(e2e)[n // 2]:.2f} s end to end"
+    )
 
 
 # `train` declares a few TrainRecipe fields itself (other flags or help); every other field is an option too,
@@ -195,7 +224,9 @@ def train(
     out: Annotated[Path, typer.Option(help="run folder: ckpt/, log.jsonl, state.pt (resumed if present)")] = Path(
         "runs/default"
     ),
-    models: Annotated[list[str] | None, typer.Option("--model", help="receivers (repeat; default llama, qwen)")] = None,
+    models: Annotated[
+        list[str] | None, typer.Option("--model", help="receivers (repeat; default gemma, llama, qwen)")
+    ] = None,
     m: Annotated[int, typer.Option("--soft-tokens", "-M", help="soft tokens M (latent rows)")] = 8,
     limit_train: Annotated[int | None, typer.Option(help="first N training questions only")] = None,
     dev_eval: Annotated[bool, typer.Option(help="evaluate the final checkpoint on dev (500)")] = True,

@@ -244,8 +244,8 @@ def count_receivers(procs: Mapping[str, Command]) -> int:
 
 # ---- the process list: one sender, one receiver per entry, one arbiter ----
 
-# The default checkpoint's two models; `--receiver NAME=SPEC` (repeated) replaces the list.
-DEFAULT_RECEIVERS: dict[str, str] = {"llama": "llama", "qwen": "qwen"}
+# The default checkpoint's three families; `--receiver NAME=SPEC` (repeated) replaces the list.
+DEFAULT_RECEIVERS: dict[str, str] = {"gemma": "gemma", "llama": "llama", "qwen": "qwen"}
 # torch threads per role, measured live (docs/EXPERIMENTS.md E20): the sender reads while the receivers wait for its
 # frame and the receivers answer while it waits for the next ask, so the reading takes every core (0) and each
 # receiver one

@@ -85,13 +85,14 @@ def ablate_checkpoint(
     engine: str = "auto",
     progress: bool = True,
     data_dir: str | Path | None = None,
+    max_new_tokens: int = 16,
 ) -> dict[str, dict[str, dict]]:
-    """`ablate` on the first `n` of `val` for a checkpoint on disk; writes the table into its config's summary
-    (`summary.ablation`, with `n` and the context). Its parts, and so every cached row, stay as they are."""
+    """`ablate` on the first `n` of `val` for a checkpoint on disk, answers as long as `calibrate`'s and the
+    bench's (so the full model's rows are theirs); writes the table into its config's summary (`summary.ablation`,
+    with `n` and the context). Its parts, and so every cached row, stay as they are."""
     wire = load_checkpoint(ckpt, engine=engine)
     rows = load_split("val", data_dir=data_dir, limit=n)
-    max_new = int(wire.config.get("train", {}).get("max_new_tokens", 12))
-    table = ablate(wire, rows, context, max_new, variants, progress)
+    table = ablate(wire, rows, context, max_new_tokens, variants, progress)
     cfg = checkpoint.load_config(ckpt)
     cfg.summary = {
         **(cfg.summary or {}),

@@ -15,7 +15,7 @@ from latentwire.processes.up import DEFAULT_RECEIVERS
 
 @dataclass
 class TrainRecipe:
-    models: list[str] | None = field(default=None, metadata={"help": "receivers (default: llama, qwen)"})
+    models: list[str] | None = field(default=None, metadata={"help": "receivers (default: gemma, llama, qwen)"})
     sharer: str = field(default="qwen", metadata={"help": "the frozen LLM that reads in the sender"})
     m: int = field(default=8, metadata={"help": "soft tokens M (latent rows)"})
     d_z: int = field(default=256, metadata={"help": "latent width"})

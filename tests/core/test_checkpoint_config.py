@@ -216,5 +216,5 @@ def test_an_unreadable_config_file_is_one_line(tmp_path: Path, data: bytes, says
 
 def test_part_fingerprints_tell_the_parts_apart() -> None:
     parts = checkpoint.part_fingerprints(DEFAULT_CKPT)
-    assert set(parts) == {"encoder", "llama", "qwen"} and len(set(parts.values())) == 3
-    assert checkpoint.shared_parts(DEFAULT_CKPT, DEFAULT_CKPT) == ["encoder", "llama", "qwen"]
+    assert set(parts) == {"encoder", "gemma", "llama", "qwen"} and len(set(parts.values())) == 4
+    assert checkpoint.shared_parts(DEFAULT_CKPT, DEFAULT_CKPT) == ["encoder", "gemma", "llama", "qwen"]
