@@ -97,8 +97,8 @@ def test_the_path_option_and_its_old_name_mode() -> None:
         assert a.error.code == "bad_request" and a.ask.path == a.ask.mode == "text" and a.to_row()["path"] == "text"
         with pytest.warns(DeprecationWarning, match="mode= is now path=") as warned:
             (b,) = c.ask_many(empty, mode="relay")
-            c_ = c.ask("", "ctx", mode="evidence")
-        assert (b.ask.path, c_.ask.path) == ("relay", "evidence")
+            d = c.ask("", "ctx", mode="evidence")
+        assert (b.ask.path, d.ask.path) == ("relay", "evidence")
         assert [w.filename for w in warned] == [__file__, __file__]  # pointed at the caller
         with pytest.raises(TypeError, match="give path= only"):
             c.ask_many(empty, path="text", mode="latent")
