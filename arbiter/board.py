@@ -394,9 +394,9 @@ class Board:
         if p.probe:
             return None
         try:
-            mode = p.ask.mode  # each receiver's calibration for this path (fitted on val); none: raw scores
+            path = p.ask.path  # each receiver's calibration for this path (fitted on val); none: raw scores
             configured, _ = self.roster.configured(now, len(p.expected))
-            msg = outcome(p, self.pid, now, why, lambda m: self.roster.calibration(m, mode), configured)
+            msg = outcome(p, self.pid, now, why, lambda m: self.roster.calibration(m, path), configured)
         except Exception as e:  # noqa: BLE001 - the client must hear back whatever went wrong here
             self.stats["internal_error"] += 1
             log.exception("could not finish %s", p.rid)

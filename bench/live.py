@@ -131,16 +131,16 @@ def live_latency(
     with system, system.client() as client:
         runs = [("latent", q, examples) for q in quants] + ([("text", None, examples[:text_n])] if text_n else [])
         runs += [("evidence", None, examples[:evidence_n])] if evidence_n else []
-        for mode, quant, subset in runs:
-            label = f"{mode}:{quant}" if quant else mode
+        for path, quant, subset in runs:
+            label = f"{path}:{quant}" if quant else path
             cpu0 = _arbiter_cpu(client)
             rows = _ask(
-                client, subset, context, gold, label, progress, mode=mode, **({"quant": quant} if quant else {})
+                client, subset, context, gold, label, progress, path=path, **({"quant": quant} if quant else {})
             )
             cost = cpu_costs(rows, _arbiter_cpu(client) - cpu0, len(receivers))
             out["paths"][label] = {**summarize_answers(rows), "stages": stages(rows)}
-            out.setdefault("cost", {}).setdefault(mode, {**cost, "label": label})  # latent: its first scheme
-            if path_spec(mode).latent:
+            out.setdefault("cost", {}).setdefault(path, {**cost, "label": label})  # latent: its first scheme
+            if path_spec(path).latent:
                 overheads += [overhead_s(r) for r in rows if r["ok"]]
         if throughput_n and quants:
             out["throughput"] = {"path": f"latent:{quants[0]}", "n": min(throughput_n, len(examples))}
@@ -154,7 +154,7 @@ def live_latency(
                     f"{w} in flight",
                     progress,
                     window=w,
-                    mode="latent",
+                    path="latent",
                     quant=quants[0],
                 )
                 wall = time.perf_counter() - t0
@@ -176,7 +176,7 @@ def live_latency(
         reference = LocalSystem(ckpt, receivers, timeout=timeout, engine=reference_engine, threads=reference_threads)
         with reference as system, system.client() as c:
             rows = _ask(
-                c, examples, context, gold, f"{label} {reference_engine}", progress, mode="latent", quant=quants[0]
+                c, examples, context, gold, f"{label} {reference_engine}", progress, path="latent", quant=quants[0]
             )
         ref = {
             **summarize_answers(rows),

@@ -58,7 +58,7 @@ def quality(
     paths: Sequence[str] | None = None,
     path_limits: dict[str, int] | None = None,
 ) -> dict:
-    """Every quality figure of the report, per context mode; `path_limits` measures a path on the first N
+    """Every quality figure of the report, per context; `path_limits` measures a path on the first N
     questions only (every receiver the same N, so the joint pick compares the same questions)."""
     paths = tuple(paths or wire.paths)
     cals = {path: path_calibrations(wire, path) for path in paths}
@@ -79,20 +79,20 @@ def quality(
         for name in wire.model_names:
             llm = wire.llms[name]
             per: dict = {}
-            for mode in paths:
+            for path in paths:
                 r = evaluate(
                     llm,
-                    examples[: (path_limits or {}).get(mode)],
-                    mode,
+                    examples[: (path_limits or {}).get(path)],
+                    path,
                     context=ctx,
                     split=split,
                     return_rows=True,
                     progress=progress,
-                    batch_size=text_batch if path_spec(mode).passages else None,
-                    **wire.eval_args(name, mode, ctx),
+                    batch_size=text_batch if path_spec(path).passages else None,
+                    **wire.eval_args(name, path, ctx),
                 )
-                method_rows[mode][name] = r.pop("rows")
-                per[mode] = {k: r[k] for k in SUMMARY_KEYS if k in r}
+                method_rows[path][name] = r.pop("rows")
+                per[path] = {k: r[k] for k in SUMMARY_KEYS if k in r}
             quant = {}
             if "latent" in paths:
                 for scheme in schemes:  # each scheme is compared with the float latent
@@ -111,7 +111,7 @@ def quality(
                     quant[scheme] = {"f1": r["f1"], "em": r["em"], "unchanged": float(np.mean(same))}
             res["models"][name] = per
             res["latent_quant"][name] = quant
-        res["joint"] = {mode: joint(rows, cals[mode]) for mode, rows in method_rows.items()}
+        res["joint"] = {path: joint(rows, cals[path]) for path, rows in method_rows.items()}
         res["paired"] = {
             name: {
                 f"{a}_vs_{b}": paired(method_rows[a][name], method_rows[b][name])

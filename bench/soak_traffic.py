@@ -30,7 +30,7 @@ RECEIVERS = {"llama": "tiny-llama", "qwen": "tiny-qwen"}
 PROCESSES = ("arbiter", "sender", *RECEIVERS)
 TIMEOUT_S = 30.0  # the arbiter's timeout: a client gives up (lost) GRACE_S after it
 READY_S = 900.0  # models load in seconds, but a machine busy with other work may take minutes to start the processes
-MODES = (("latent", "int8"), ("latent", "int4"), ("text", "int8"), ("token-budget", "int8"))
+PATH_QUANTS = (("latent", "int8"), ("latent", "int4"), ("text", "int8"), ("token-budget", "int8"))
 CONTEXT = "Ada Lovelace wrote the notes on the Analytical Engine in 1843. "
 OVERSIZED = (3_000, 100_000, 2_000_000)  # text ask sizes: served, refused by receivers, refused by the client
 OVERSIZED_EVERY_S = 2.0
@@ -107,13 +107,13 @@ def _question(i: int) -> tuple[int, str, str]:
 
 
 def normal(s: Soak) -> None:
-    """Two asks in flight at all times, the mode rotating every eight asks."""
+    """Two asks in flight at all times, the path rotating every eight asks."""
     with s.system.client() as c:
         i = 0
         while s.running():
-            mode, quant = MODES[(i // 8) % len(MODES)]
+            path, quant = PATH_QUANTS[(i // 8) % len(PATH_QUANTS)]
             chunk = [_question(j) for j in range(i, i + 8)]
-            for a in c.ask_many(chunk, window=2, mode=mode, quant=quant, max_new_tokens=4):
+            for a in c.ask_many(chunk, window=2, path=path, quant=quant, max_new_tokens=4):
                 s.tally("normal").add(a)
             i += 8
 
@@ -123,7 +123,7 @@ def oversized(s: Soak) -> None:
         i = 0
         while s.running():
             size = OVERSIZED[i % len(OVERSIZED)]
-            s.tally("oversized").add(c.ask("Who wrote it?", (CONTEXT * (size // len(CONTEXT) + 1))[:size], mode="text"))
+            s.tally("oversized").add(c.ask("Who wrote it?", (CONTEXT * (size // len(CONTEXT) + 1))[:size], path="text"))
             i += 1
             s.pace(1.0 / OVERSIZED_EVERY_S)
 
@@ -136,7 +136,7 @@ def flood(s: Soak) -> None:
     with Client(_from(s, FLOOD_HOST)) as c:
         while s.running():
             burst = [(i, f"Flood {i}?", "Ada.") for i in range(FLOOD_ASKS)]
-            for a in c.ask_many(burst, window=FLOOD_WINDOW, mode="text", max_new_tokens=2):
+            for a in c.ask_many(burst, window=FLOOD_WINDOW, path="text", max_new_tokens=2):
                 s.tally("flood").add(a)
             _sleep_until(s, time.monotonic() + FLOOD_EVERY_S)
 
@@ -153,7 +153,7 @@ def contexts(s: Soak) -> None:
     with s.system.client() as c:
         i = 0
         while s.running():
-            s.tally("contexts").add(c.ask("Who wrote it?", CONTEXTS[i % len(CONTEXTS)], mode="latent"))
+            s.tally("contexts").add(c.ask("Who wrote it?", CONTEXTS[i % len(CONTEXTS)], path="latent"))
             i += 1
             s.pace(1.0 / CONTEXTS_EVERY_S)
 
@@ -199,7 +199,7 @@ def expired(s: Soak) -> None:
         i = 0
         while s.running():
             batch = [(j, f"Late {j}?", "Ada wrote it.") for j in range(i, i + 10)]
-            for a in c.ask_many(batch, window=10, mode="latent", deadline=time.time() - 1.0):
+            for a in c.ask_many(batch, window=10, path="latent", deadline=time.time() - 1.0):
                 s.tally("expired").add(a)
             i += 10
             s.pace(EXPIRED_PER_S / 10)
@@ -210,7 +210,7 @@ def long_asks(s: Soak) -> None:
     with Client(_from(s, LONG_HOST)) as c:
         running = itertools.takewhile(lambda _: s.running(), itertools.count())
         items = ((i, f"Who wrote long note {i}?", LONG_CONTEXT) for i in running)
-        for a in c.ask_many(items, window=LONG_WINDOW, mode="text", max_new_tokens=16):
+        for a in c.ask_many(items, window=LONG_WINDOW, path="text", max_new_tokens=16):
             s.tally("long").add(a)
 
 

@@ -13,7 +13,18 @@ from typing import Annotated, Any
 
 import typer
 
-from .cli_base import DEBUG_ENV, DEBUG_META, Context, EngineOpt, Mode, OneLineErrors, Split, recipe_options
+from .cli_base import (
+    DEBUG_ENV,
+    DEBUG_META,
+    Context,
+    EngineOpt,
+    OldPathName,
+    OneLineErrors,
+    PathName,
+    Split,
+    path_option,
+    recipe_options,
+)
 from .proc_cli import app as processes
 from .processes import settings
 from .processes.up import DEFAULT_RECEIVERS
@@ -79,7 +90,8 @@ def smoke(
 
 @app.command("eval")
 def eval_(
-    mode: Annotated[Mode, typer.Option()] = Mode.text,
+    ctx: typer.Context,
+    path: Annotated[PathName, typer.Option(help="the path measured")] = PathName.text,
     model: Annotated[
         list[str],
         typer.Option(
@@ -90,7 +102,9 @@ def eval_(
     split: Annotated[Split, typer.Option()] = Split.dev,
     limit: Annotated[int | None, typer.Option(help="first N questions only")] = None,
     budget: Annotated[int, typer.Option(help="tokens kept by token-budget (M of the default checkpoint)")] = 8,
-    ckpt: Annotated[Path | None, typer.Option(help="checkpoint folder (evidence, relay and latent modes)")] = None,
+    ckpt: Annotated[
+        Path | None, typer.Option(help="checkpoint folder (the sender's paths: evidence, relay, latent)")
+    ] = None,
     batch_size: int | None = None,
     data_dir: DataDir = None,
     device: Device = "auto",
@@ -98,6 +112,7 @@ def eval_(
     engine: EngineOpt = "auto",
     threads: Threads = None,
     out: Annotated[Path | None, typer.Option(help="also write JSON here")] = None,
+    mode: OldPathName = None,
 ) -> None:
     """EM/F1 (95% CI), NLL/token, prompt size and speed of one path (text, token-budget, evidence, relay, latent)."""
     from .checkpoint import CheckpointError
@@ -108,25 +123,26 @@ def eval_(
     from .protocol import SENDER_PATHS
 
     set_threads(threads)
+    path = path_option(ctx, path, mode)
     try:
         examples = load_split(split.value, data_dir, limit)
         results = []
-        if mode.value in SENDER_PATHS:
+        if path.value in SENDER_PATHS:
             from .system.pipeline import load_checkpoint
 
             if ckpt is None:
-                _fail(f"--mode {mode.value} needs --ckpt (a folder written by `latentwire train`)")
+                _fail(f"--path {path.value} needs --ckpt (a folder written by `latentwire train`)")
             wire = load_checkpoint(ckpt, models=model or None, device=device, dtype=dtype, engine=engine)
             for name in wire.model_names:
                 results.append(
                     evaluate(
                         wire.llms[name],
                         examples,
-                        mode.value,
+                        path.value,
                         context=context.value,
                         split=split.value,
-                        slot_fn=wire.slot_fn(name, mode.value, context.value),
-                        slot_fingerprint=wire.path_fingerprint(mode.value, name),
+                        slot_fn=wire.slot_fn(name, path.value, context.value),
+                        slot_fingerprint=wire.path_fingerprint(path.value, name),
                         batch_size=batch_size,
                     )
                 )
@@ -137,7 +153,7 @@ def eval_(
                     evaluate(
                         llm,
                         examples,
-                        mode.value,
+                        path.value,
                         context=context.value,
                         split=split.value,
                         budget=budget,
@@ -182,7 +198,7 @@ def demo(
     joint_f1, joint_em, best_f1, wire_b, text_b, e2e = [], [], {n: [] for n in names}, [], [], []
     with LocalSystem(ckpt, specs, engine=engine) as system, system.client() as client:
         items = [(ex.id, ex.question, ex.context(context.value)) for ex in examples]
-        for ex, ans in zip(examples, client.ask_many(items, window=1, mode="latent", quant=quant), strict=True):
+        for ex, ans in zip(examples, client.ask_many(items, window=1, path="latent", quant=quant), strict=True):
             row = ans.to_row()
             # the text path sends every receiver the question and context: what the latent replaces
             text = len(example_slot(ex, context.value).encode()) * len(names)
@@ -246,23 +262,24 @@ def train(
     ckpt = build(recipe, out)
     typer.echo(f"checkpoint: {ckpt}")
     if dev_eval and process_state().is_main_process:  # one rank evaluates; the others are done
-        for mode in (Mode.relay, Mode.latent):
+        for path in (PathName.relay, PathName.latent):
             _dev_eval(
                 ckpt,
-                mode,
+                path,
                 Context(recipe.context),
                 recipe.m,
                 recipe.device,
                 recipe.dtype,
                 threads,
-                out / f"dev_{mode.value}.json",
+                out / f"dev_{path.value}.json",
             )
 
 
-def _dev_eval(ckpt: Path, mode: Mode, context: Context, m: int, device, dtype, threads, out: Path) -> None:
+def _dev_eval(ckpt: Path, path: PathName, context: Context, m: int, device, dtype, threads, out: Path) -> None:
     """A fresh checkpoint's figures on all of dev, as `latentwire eval` writes them."""
     eval_(
-        mode=mode,
+        None,  # type: ignore[arg-type]  # called, not parsed: no command line (ctx) to read
+        path=path,
         model=[],
         context=context,
         split=Split.dev,
@@ -275,6 +292,7 @@ def _dev_eval(ckpt: Path, mode: Mode, context: Context, m: int, device, dtype, t
         dtype=dtype,
         threads=threads,
         out=out,
+        mode=None,
     )
 
 
@@ -284,13 +302,13 @@ def bench(
     out: Annotated[Path, typer.Option(help="results.json, report.md and plots go here")] = Path("bench/results"),
     split: Annotated[Split, typer.Option()] = Split.dev,
     limit: Annotated[int | None, typer.Option(help="first N questions only")] = None,
-    context: Annotated[list[Context], typer.Option(help="context modes (repeat)")] = [  # noqa: B006
+    context: Annotated[list[Context], typer.Option(help="contexts (repeat)")] = [  # noqa: B006
         Context.distractor,
         Context.gold,
     ],
     live: Annotated[int, typer.Option(help="questions sent through the live processes for latency (0: none)")] = 100,
     path: Annotated[
-        list[Mode], typer.Option(help="paths measured (repeat; default: every path the checkpoint has)")
+        list[PathName], typer.Option(help="paths measured (repeat; default: every path the checkpoint has)")
     ] = [],  # noqa: B006 - typer needs a literal default
     quant: Annotated[
         list[str], typer.Option(help="wire schemes compared with the float latent (repeat; default fp16, int8, int4)")
@@ -361,8 +379,8 @@ def _path_limits(items: list[str]) -> dict[str, int]:
         limits = {k: int(v) for k, v in (item.split("=", 1) for item in items)}
     except ValueError:
         _fail(f"--limit-path takes PATH=N, not {items}")
-    if bad := [k for k in limits if k not in {m.value for m in Mode}]:
-        _fail(f"--limit-path: unknown path {bad[0]!r}; choose from {', '.join(m.value for m in Mode)}")
+    if bad := [k for k in limits if k not in {p.value for p in PathName}]:
+        _fail(f"--limit-path: unknown path {bad[0]!r}; choose from {', '.join(p.value for p in PathName)}")
     return limits
 
 
@@ -370,7 +388,7 @@ def _path_limits(items: list[str]) -> dict[str, int]:
 def calibrate(
     ckpt: Annotated[Path | None, typer.Option(help="checkpoint, calibrated in place (default: ours)")] = None,
     path: Annotated[
-        list[Mode], typer.Option(help="paths to calibrate (repeat; default: every path the checkpoint has)")
+        list[PathName], typer.Option(help="paths to calibrate (repeat; default: every path the checkpoint has)")
     ] = [],  # noqa: B006 - typer needs a literal default
     n: Annotated[int, typer.Option(help="validation questions")] = 200,
     limit_path: Annotated[

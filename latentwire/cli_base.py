@@ -1,4 +1,4 @@
-"""What the command modules share: the choices (Mode, Context, Split) and the one-line error contract.
+"""What the command modules share: the choices (PathName, WirePath, Context, Split) and the one-line error contract.
 
 A failure the user can fix (a missing or garbled checkpoint, an unknown model, bad data, a request the protocol
 refuses, a file that cannot be read) ends any command with one line `error: ...` that names the file, and exit
@@ -37,10 +37,28 @@ DEBUG_ENV = "LATENTWIRE_DEBUG"
 DEBUG_META = "latentwire.debug"  # where `--debug` is kept in the click context, for every command to read
 
 
-# the CLI's `--mode` choices: every path of `protocol/paths.py` (members named like `token_budget`)
-Mode = Enum("Mode", {p.replace("-", "_"): p for p in PATH_NAMES}, type=str)  # type: ignore[misc]
+# the CLI's `--path` choices: every path of `protocol/paths.py` (members named like `token_budget`)
+PathName = Enum("PathName", {p.replace("-", "_"): p for p in PATH_NAMES}, type=str)  # type: ignore[misc]
 # `ask`'s and `ask-batch`'s choices: only the paths an Ask may name (the others are measured in-process)
 WirePath = Enum("WirePath", {p.replace("-", "_"): p for p in WIRE_PATHS}, type=str)  # type: ignore[misc]
+# `--mode`: the old name of `--path`, still read but not shown (`path_option` reads the two)
+OLD_PATH_HELP = "old name of --path"
+OldPathName = Annotated[PathName | None, typer.Option("--mode", hidden=True, help=OLD_PATH_HELP)]
+OldWirePath = Annotated[WirePath | None, typer.Option("--mode", hidden=True, help=OLD_PATH_HELP)]
+
+
+E = typing.TypeVar("E", bound=Enum)
+
+
+def path_option(ctx: click.Context | None, path: E, mode: E | None) -> E:
+    """The path a command (`ctx`) was given: `--path`, or `--mode` (its old name) when that is given instead. Both
+    given and different: a one-line error."""
+    if mode is None:
+        return path
+    source = ctx.get_parameter_source("path") if ctx is not None else None
+    if getattr(source, "name", None) not in (None, *_FROM_DEFAULT) and path != mode:
+        raise CliError(f"--path {path.value} and --mode {mode.value} (its old name) disagree: give --path only")
+    return mode
 
 
 class Context(str, Enum):

@@ -1,4 +1,4 @@
-"""HotpotQA data: local JSON Lines (the default) or the hub dataset, splits and context modes.
+"""HotpotQA data: local JSON Lines (the default) or the hub dataset, splits and contexts (distractor, gold).
 
 Splits: `train` = train.jsonl minus a fixed, seeded 200-example validation slice (`val`) used for all tuning
 and periodic evaluation; `dev` (dev.jsonl, 500) is only reported; `train_extra` is an optional supplement.
@@ -80,11 +80,11 @@ class Example:
     gold_titles: frozenset[str]
     supporting: frozenset[tuple[int, int]] = frozenset()  # (paragraph index, sentence index) facts, when labelled
 
-    def context(self, mode: str = "distractor") -> str:
+    def context(self, context: str = "distractor") -> str:
         """`distractor`: all paragraphs; `gold`: only the supporting ones, in source order."""
-        if mode not in CONTEXTS:
-            raise ValueError(f"unknown context mode {mode!r}; choose one of {', '.join(CONTEXTS)}")
-        return render_paragraphs(self.paragraphs if mode == "distractor" else self.gold_paragraphs)
+        if context not in CONTEXTS:
+            raise ValueError(f"unknown context {context!r}; choose one of {', '.join(CONTEXTS)}")
+        return render_paragraphs(self.paragraphs if context == "distractor" else self.gold_paragraphs)
 
     @property
     def gold_paragraphs(self) -> list[Paragraph]:

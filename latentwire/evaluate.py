@@ -1,7 +1,7 @@
-"""Evaluate one model on one split in one mode (text, token-budget, evidence, relay, latent), cached and resumable.
+"""Evaluate one model on one split on one path (text, token-budget, evidence, relay, latent), cached and resumable.
 
 Per-question results are appended to `$LATENTWIRE_CACHE/eval/<key>.jsonl` as they are produced, keyed by
-(model fingerprint, checkpoint fingerprint, split, context mode, prompt mode, budget, prompt version), so an
+(model fingerprint, checkpoint fingerprint, split, context, path, budget, prompt version), so an
 interrupted 30-80 minute text-path run resumes where it stopped and a rerun costs nothing. The repository
 commits the rows of its published runs under `bench/rows/<key>.jsonl` (`ROWS_DIR`): a fresh clone starts from
 them and recomputes only what changed (another model, checkpoint or prompt has another key).
@@ -65,7 +65,7 @@ def _load_done(path: Path) -> dict[str, dict]:
 def evaluate(
     llm: LLM,
     examples: Sequence[Example],
-    mode: str = "text",
+    path: str = "text",
     *,
     context: str = "distractor",
     split: str = "dev",
@@ -84,11 +84,11 @@ def evaluate(
     its selection and its sharer; latent: encoder + this model's adapter); `slot_fingerprint` (the
     checkpoint's) then enters the cache key.
     """
-    if mode not in PATH_NAMES:
-        raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(PATH_NAMES)}")
-    spec = path_spec(mode)
+    if path not in PATH_NAMES:
+        raise ValueError(f"unknown path {path!r}; choose one of {', '.join(PATH_NAMES)}")
+    spec = path_spec(path)
     if spec.sender and slot_fn is None:
-        raise ValueError(f"{mode} mode needs a checkpoint (its sender's selector, sharer or encoder)")
+        raise ValueError(f"the {path} path needs a checkpoint (its sender's selector, sharer or encoder)")
     if slot_fn is None:
         cut = budget if spec.budget else None
         slot_fn = lambda exs: text_slots(llm, [example_slot(ex, context) for ex in exs], cut)  # noqa: E731
@@ -100,7 +100,7 @@ def evaluate(
         slot=slot_fingerprint,
         split=split,
         context=context,
-        mode=mode,
+        mode=path,  # keyed "mode", its name before "path": another name would change every key
         budget=budget if spec.budget else None,
         prompt=PROMPT_VERSION,
         max_new_tokens=max_new_tokens,
@@ -108,9 +108,9 @@ def evaluate(
         **({"dtype": str(llm.model.dtype)} if llm.model.dtype != torch.float32 else {}),
         **({"engine": llm.engine} if llm.engine != "float32" else {}),
     )
-    path = cache_root() / "eval" / f"{key}.jsonl" if use_cache else Path(os.devnull)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    done = {**_load_done(ROWS_DIR / path.name), **_load_done(path)} if use_cache else {}
+    rows_file = cache_root() / "eval" / f"{key}.jsonl" if use_cache else Path(os.devnull)
+    rows_file.parent.mkdir(parents=True, exist_ok=True)
+    done = {**_load_done(ROWS_DIR / rows_file.name), **_load_done(rows_file)} if use_cache else {}
     checks = {ex.id: _check(ex, context) for ex in examples}
     for ex in examples:  # rows written for another question under the same id are redone
         if ex.id in done and done[ex.id].get("check", checks[ex.id]) != checks[ex.id]:
@@ -123,10 +123,10 @@ def evaluate(
         total=len(examples),
         initial=len(examples) - len(todo),
         disable=not progress,
-        desc=f"eval {llm.name} {mode}/{context}",
+        desc=f"eval {llm.name} {path}/{context}",
         unit="q",
     )
-    with open(path, "a") as sink:
+    with open(rows_file, "a") as sink:
         for i in range(0, len(todo), batch_size):
             chunk = todo[i : i + batch_size]
             t0 = time.perf_counter()
@@ -161,7 +161,7 @@ def evaluate(
     return {
         "model": llm.spec,
         "model_fingerprint": llm.fingerprint[:16],
-        "mode": mode,
+        "path": path,
         "context": context,
         "split": split,
         **({"budget": budget} if spec.budget else {}),
@@ -177,6 +177,6 @@ def evaluate(
         ),
         "seconds_per_question": float(np.mean([r["seconds"] for r in rows])) if rows else 0.0,
         "wall_s": time.perf_counter() - start,
-        "cache": str(path) if use_cache else None,
+        "cache": str(rows_file) if use_cache else None,
         **({"rows": rows} if return_rows else {}),
     }

@@ -19,11 +19,11 @@ from typing import Annotated
 import typer
 
 from latentwire.arbiter.process import serve as serve_arbiter
-from latentwire.cli_base import CliError, Context, EngineOpt, Split, WirePath, debug
+from latentwire.cli_base import CliError, Context, EngineOpt, OldWirePath, Split, WirePath, debug, path_option
 from latentwire.data import load_split
 from latentwire.metrics import exact_match, f1_score, postprocess
 from latentwire.processes import net, settings
-from latentwire.processes.client import Answer, Client, summarize_answers
+from latentwire.processes.client import Answer, Client, ask_fields, summarize_answers
 from latentwire.processes.up import (
     DEFAULT_RECEIVERS,
     THREADS,
@@ -199,10 +199,11 @@ def arbiter(
 
 @app.command(rich_help_panel=PANEL)
 def ask(
+    ctx: typer.Context,
     question: str,
     context_file: Annotated[Path | None, typer.Option(help="file with the context paragraphs (UTF-8)")] = None,
     context: Annotated[str, typer.Option(help="context text (instead of --context-file)")] = "",
-    mode: Annotated[WirePath, typer.Option()] = WirePath.latent,
+    path: Annotated[WirePath, typer.Option(help="how the question reaches the receivers")] = WirePath.latent,
     quant: Annotated[Quant, typer.Option(help="latent quantisation")] = Quant.INT8,
     group_size: Annotated[int | None, typer.Option(help="int8/int4 columns per scale")] = None,
     budget: Annotated[int | None, typer.Option(help="token-budget tokens (default: M)")] = None,
@@ -212,11 +213,13 @@ def ask(
     wait: Wait = 300.0,
     n_receivers: NReceivers = len(DEFAULT_RECEIVERS),
     as_json: Annotated[bool, typer.Option("--json", help="print the full record as JSON")] = False,
+    mode: OldWirePath = None,
 ) -> None:
     """Ask the running system one question; prints the joint answer and each receiver's answer."""
+    path = path_option(ctx, path, mode)
     if context_file is not None:
         context = _read_context(context_file)
-    opts = dict(mode=mode.value, quant=quant.value, group_size=group_size, budget=budget)
+    opts = dict(path=path.value, quant=quant.value, group_size=group_size, budget=budget)
     _check_options(question, context, max_new_tokens=max_new_tokens, **opts)
     with Client(arbiter, curve_dir=curve) as c:
         _wait(c, wait, n_receivers)
@@ -233,10 +236,11 @@ def ask(
 
 @app.command("ask-batch", rich_help_panel=PANEL)
 def ask_batch(
+    ctx: typer.Context,
     split: Annotated[Split, typer.Option()] = Split.dev,
     limit: Annotated[int | None, typer.Option(help="first N questions only")] = None,
     context: Annotated[Context, typer.Option()] = Context.distractor,
-    mode: Annotated[WirePath, typer.Option()] = WirePath.latent,
+    path: Annotated[WirePath, typer.Option(help="how the questions reach the receivers")] = WirePath.latent,
     quant: Annotated[Quant, typer.Option()] = Quant.INT8,
     group_size: int | None = None,
     budget: int | None = None,
@@ -248,10 +252,12 @@ def ask_batch(
     curve: CurveDir = None,
     wait: Wait = 300.0,
     n_receivers: NReceivers = len(DEFAULT_RECEIVERS),
+    mode: OldWirePath = None,
 ) -> None:
     """Run a dataset split through the live system; writes rows (scored against the gold) and prints EM/F1,
     answered and failed counts, latency and bytes."""
-    _check_options("?", mode=mode.value, quant=quant.value, group_size=group_size, budget=budget)
+    path = path_option(ctx, path, mode)
+    _check_options("?", path=path.value, quant=quant.value, group_size=group_size, budget=budget)
     examples = load_split(split.value, data_dir, limit)
     gold = {ex.id: ex.answer for ex in examples}
     items = ((ex.id, ex.question, ex.context(context.value)) for ex in examples)
@@ -260,7 +266,7 @@ def ask_batch(
     with Client(arbiter, curve_dir=curve) as c, out.open("w") as f:
         _wait(c, wait, n_receivers)
         opts = dict(quant=quant.value, group_size=group_size, budget=budget, max_new_tokens=max_new_tokens)
-        for ans in c.ask_many(items, window=window, mode=mode.value, **opts):
+        for ans in c.ask_many(items, window=window, path=path.value, **opts):
             row = scored_row(ans, gold[ans.tag])
             f.write(json.dumps(row) + "\n")
             rows.append(row)
@@ -376,7 +382,7 @@ def _read_context(path: Path) -> str:
 
 def _check_options(question: str, context: str = "", **options) -> None:
     """Refuse options the protocol would refuse before connecting (ProtocolError: one line, exit code 2)."""
-    Ask("check", "cli", question, context, **options)
+    Ask("check", "cli", question, context, **ask_fields(options))
 
 
 def _wait(client: Client, wait: float, receivers: int) -> None:

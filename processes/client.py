@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +46,24 @@ class Refused(TimeoutError):
     it like an arbiter that does not answer, but at once and saying why."""
 
 
+def path_options(options: dict[str, Any], stacklevel: int = 2) -> dict[str, Any]:
+    """Ask options with the path under `path`: `mode=`, its old name, still works with a DeprecationWarning
+    (`stacklevel` as `warnings.warn`'s, from the function that calls this one); both given is a TypeError."""
+    if "mode" not in options:
+        return options
+    if "path" in options:
+        raise TypeError("give path= only: mode= is its old name")
+    warnings.warn("the ask option mode= is now path=", DeprecationWarning, stacklevel=stacklevel + 1)
+    return {("path" if k == "mode" else k): v for k, v in options.items()}
+
+
+def ask_fields(options: dict[str, Any]) -> dict[str, Any]:
+    """Ask options (`path`, quant, group_size, budget, max_new_tokens, deadline) as `protocol.Ask`'s fields: the
+    path is the Ask's `mode` field, the wire's name for it."""
+    options = path_options(options)
+    return {("mode" if k == "path" else k): v for k, v in options.items()}
+
+
 @dataclass
 class Answer:
     """One question's outcome as the client saw it."""
@@ -73,8 +92,8 @@ class Answer:
         r = self.reply
         row: dict[str, Any] = {
             "id": self.tag,
-            "mode": self.ask.mode,
-            "quant": self.ask.quant if path_spec(self.ask.mode).latent else None,
+            "path": self.ask.path,
+            "quant": self.ask.quant if path_spec(self.ask.path).latent else None,
             "ok": self.ok,
             "answer": self.answer,
             "model": r.model if r else None,
@@ -228,15 +247,22 @@ class Client:
     # ---- asking ----
 
     def ask(self, question: str, context: str = "", **options: Any) -> Answer:
-        """Ask one question; options: mode, quant, group_size, budget, max_new_tokens (see protocol.Ask)."""
+        """Ask one question; options: path, quant, group_size, budget, max_new_tokens, deadline (`ask_fields`)."""
+        options = path_options(options)
         return next(self.ask_many([(None, question, context)], window=1, **options))
 
     def ask_many(self, items: Iterable[tuple[Any, str, str]], window: int = 4, **options: Any) -> Iterator[Answer]:
         """Ask (tag, question, context) items with at most `window` in flight; yields in completion order.
 
         Never raises for one item: an item that cannot be asked (too large, bad options) yields its own
-        `bad_request` Answer and the others go on.
+        `bad_request` Answer and the others go on. Options as `ask`'s.
         """
+        return self._ask_many(items, window, path_options(options))
+
+    def _ask_many(
+        self, items: Iterable[tuple[Any, str, str]], window: int, options: dict[str, Any]
+    ) -> Iterator[Answer]:
+        fields = ask_fields(options)
         todo = iter(items)
         flights: dict[str, _Flight] = {}
         exhausted = False
@@ -249,10 +275,10 @@ class Client:
                 tag, question, context = item
                 rid = self._rid()
                 try:
-                    ask = Ask(rid, self.id, question, context, **options)
+                    ask = Ask(rid, self.id, question, context, **fields)
                     data = encode_frame(ask)
                 except (ProtocolError, TypeError) as e:
-                    yield self._failed(tag, self._placeholder(rid, options), "bad_request", str(e), time.monotonic())
+                    yield self._failed(tag, self._placeholder(rid, fields), "bad_request", str(e), time.monotonic())
                     continue
                 deadline = self._deadline(time.monotonic())
                 now = time.monotonic()  # latency counts from the send
@@ -291,10 +317,10 @@ class Client:
         why = f"{message} ({now - sent:.1f} s)" if code == "timeout" else message
         return Answer(tag, ask, error=error_reply(ask.rid, self.id, code, why), latency_s=now - sent)
 
-    def _placeholder(self, rid: str, options: dict[str, Any]) -> Ask:
-        """An Ask standing for an item that could not be built, keeping its mode and quant when they are valid."""
+    def _placeholder(self, rid: str, fields: dict[str, Any]) -> Ask:
+        """An Ask standing for an item that could not be built, keeping its path and quant when they are valid."""
         try:
-            return Ask(rid, self.id, "?", "", **options)
+            return Ask(rid, self.id, "?", "", **fields)
         except (ProtocolError, TypeError):
             return Ask(rid, self.id, "?")
 

@@ -254,6 +254,11 @@ class Ask:
         _set(self, "max_new_tokens", check_int("max_new_tokens", self.max_new_tokens, 1, INT32_MAX))
         _check_times(self)
 
+    @property
+    def path(self) -> str:
+        """The path asked for (`paths.py`): the `mode` field, the wire's name for it."""
+        return self.mode
+
 
 @dataclass(frozen=True)
 class JointReply:

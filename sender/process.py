@@ -68,12 +68,12 @@ class Sender:
         t0, cpu0 = time.perf_counter(), time.process_time()
         docs: dict[int, tuple | Exception] = {}  # each sender path's (question, paragraphs), parsed once
         for i, a in enumerate(asks):
-            if path_spec(a.mode).sender:
+            if path_spec(a.path).sender:
                 try:
                     docs[i] = (a.question, bounded_paragraphs(a.context))
                 except Exception as e:  # noqa: BLE001 - this ask alone fails with it (Refused: over a bound)
                     docs[i] = e
-        shared = [i for i, d in docs.items() if needs_reading(asks[i].mode) and not isinstance(d, Exception)]
+        shared = [i for i, d in docs.items() if needs_reading(asks[i].path) and not isinstance(d, Exception)]
         readings: dict[int, object] = {}
         if shared:
             try:
@@ -112,7 +112,7 @@ class Sender:
         times = {"deadline": ask.deadline, "opened": ask.opened}  # the arbiter's: receivers drop what nobody awaits
         msg: Message
         if doc is not None:
-            out = payload(self.encoder, ask.mode, doc, reading)  # type: ignore[arg-type]
+            out = payload(self.encoder, ask.path, doc, reading)  # type: ignore[arg-type]
             t1 = time.perf_counter()
             durations["encode"] = t1 - t0
             if isinstance(out, str):
@@ -130,7 +130,7 @@ class Sender:
                 )
         else:
             t1 = t0
-            budget = (ask.budget or self.m) if path_spec(ask.mode).budget else None
+            budget = (ask.budget or self.m) if path_spec(ask.path).budget else None
             text = slot_text(ask.question, ask.context)
             msg = TextRequest(ask.rid, self.pid, text, budget, ask.max_new_tokens, **times)
         frame = encode_frame(msg)

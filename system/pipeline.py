@@ -62,25 +62,25 @@ class Wire:
         """The fingerprint of each part (the encoder, each adapter): `checkpoint.part_fingerprints`."""
         return checkpoint.part_fingerprints(self.path, self.config)
 
-    def path_fingerprint(self, mode: str, name: str | None = None) -> str:
+    def path_fingerprint(self, path: str, name: str | None = None) -> str:
         """What a sender path's answers depend on: the selection (evidence), the selection and the sharer's
         reading of it (relay), plus receiver `name`'s adapter (relay-tuned), the encoder and that adapter (latent,
         latent-closed; the whole checkpoint without a name). Cached rows of evidence and relay survive a change of
         the latent's knobs, and a receiver's rows survive the checkpoint's extension by another receiver."""
-        spec = path_spec(mode)
+        spec = path_spec(path)
         selection = _short(json.dumps(self.encoder.selector.cfg.to_dict(), sort_keys=True))
         sharer = self.encoder.llm
         relay = "relay:" + self.encoder.cfg.reading_key(sharer.fingerprint, sharer.engine) + ":" + selection
         if not spec.reads:  # the selection alone fills the slot
-            return f"{mode}:" + selection
+            return f"{path}:" + selection
         if not spec.latent and not spec.tuned:  # the sharer's answer, read by every receiver as it is
             return relay
         if name is None:
-            return f"{mode}:{self.fingerprint}"
+            return f"{path}:{self.fingerprint}"
         if not spec.latent:  # the sharer's answer through the receiver's trained text prompt
-            return f"{mode}:" + _short(f"{relay}:{self.parts[name]}")
+            return f"{path}:" + _short(f"{relay}:{self.parts[name]}")
         engine = f":{sharer.engine}" if sharer.engine != "float32" else ""  # float32 keeps its keys
-        return f"{mode}:" + _short(f"{self.parts['encoder']}:{self.parts[name]}{engine}")
+        return f"{path}:" + _short(f"{self.parts['encoder']}:{self.parts[name]}{engine}")
 
     @property
     def paths(self) -> tuple[str, ...]:
@@ -91,7 +91,7 @@ class Wire:
     def eval_args(
         self,
         name: str,
-        mode: str,
+        path: str,
         context: str = "distractor",
         scheme: str | None = None,
         off: frozenset[str] = frozenset(),
@@ -99,11 +99,11 @@ class Wire:
         """`evaluate()` arguments for receiver `name` on a path: the token budget M (token-budget), or the
         sender's slot function and the fingerprint its cached rows are keyed by (the sender paths); `off` (an
         ablation, see `slot_fn`) keys its rows apart."""
-        if not path_spec(mode).sender:
-            return {"budget": self.m} if path_spec(mode).budget else {}
-        tag = self.path_fingerprint(mode, name) + (f":{scheme}" if scheme is not None else "")
+        if not path_spec(path).sender:
+            return {"budget": self.m} if path_spec(path).budget else {}
+        tag = self.path_fingerprint(path, name) + (f":{scheme}" if scheme is not None else "")
         tag += f":off={','.join(sorted(off))}" if off else ""
-        return {"slot_fn": self.slot_fn(name, mode, context, scheme, off), "slot_fingerprint": tag}
+        return {"slot_fn": self.slot_fn(name, path, context, scheme, off), "slot_fingerprint": tag}
 
     @torch.no_grad()
     def encode(self, examples: Sequence[Example], context: str = "distractor") -> torch.Tensor:
@@ -113,7 +113,7 @@ class Wire:
     def slot_fn(
         self,
         name: str,
-        mode: str = "latent",
+        path: str = "latent",
         context: str = "distractor",
         scheme: str | None = None,
         off: frozenset[str] = frozenset(),
@@ -123,14 +123,14 @@ class Wire:
         `off` names trained parts left out of a latent path, an ablation: `channel` (the sender's hidden
         channel: the closed-form code is sent) and any of the adapter's `PARTS`."""
         llm, adapter = self.llms[name], self.adapters[name]
-        spec = path_spec(mode)
+        spec = path_spec(path)
         if not spec.sender:
-            raise ValueError(f"{mode} is not a sender path")
+            raise ValueError(f"{path} is not a sender path")
         unknown = sorted(set(off) - {"channel", *PARTS})
         if unknown or (off and not spec.latent):
-            raise ValueError(f"{mode}: cannot leave out {', '.join(unknown or sorted(off))}")
+            raise ValueError(f"{path}: cannot leave out {', '.join(unknown or sorted(off))}")
         # the closed-form code is the latent-closed path's payload: the channel left out, nothing else changed
-        sent = "latent-closed" if "channel" in off else mode
+        sent = "latent-closed" if "channel" in off else path
         adapter_off = frozenset(off) - {"channel"}
 
         @torch.no_grad()

@@ -49,8 +49,8 @@ def beat(
         b.roster.heartbeat(hb(f"r-{m}", "receiver", m, **(cals or {}).get(m, {})), t, role="receiver")
 
 
-def open_ask(b: Board, now: float = 0.0, rid: str = "c-1", report: dict | None = None, mode: str = "latent"):
-    p, sender = b.open((b"client",), Ask(rid, "client", "Who?", "Ada wrote it.", mode=mode), 100, now)
+def open_ask(b: Board, now: float = 0.0, rid: str = "c-1", report: dict | None = None, path: str = "latent"):
+    p, sender = b.open((b"client",), Ask(rid, "client", "Who?", "Ada wrote it.", mode=path), 100, now)
     assert sender is not None
     assert b.on_sender(sent(p.rid, sender.pid, **(report or {})), route=sender.route) is None
     return p

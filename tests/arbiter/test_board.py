@@ -57,11 +57,11 @@ def test_the_arbiter_picks_with_the_calibration_of_the_request_path() -> None:
     b = proven_board(
         llama={"latent": (1.0, 2.0), "relay": (1.0, -3.0)}, qwen={"latent": (1.0, -3.0), "relay": (1.0, 2.0)}
     )
-    for mode, winner in (("latent", "llama"), ("relay", "qwen"), ("text", "llama")):
-        p = open_ask(b, rid=f"c-{mode}", mode=mode)
+    for path, winner in (("latent", "llama"), ("relay", "qwen"), ("text", "llama")):
+        p = open_ask(b, rid=f"c-{path}", path=path)
         b.on_receiver(reply(p, "llama", "Ada", -0.5), 90, 0.1)
         b.on_receiver(reply(p, "qwen", "Bob", -0.6), 90, 0.1)
-        assert b.finish(p, 0.2).model == winner, mode
+        assert b.finish(p, 0.2).model == winner, path
 
 
 def test_joint_pick_is_a_soft_vote_over_calibrated_scores() -> None:
@@ -322,7 +322,7 @@ def test_a_receiver_of_another_checkpoint_is_named_as_such_not_as_down() -> None
     other = Heartbeat("", "r-llama", "receiver", "alive", {"model": "llama", "fingerprint": OTHER_FP})
     b.roster.heartbeat(other, 1.0, role="receiver")  # up and beating, but restarted on another checkpoint
     beat(b, 1.0, models=("qwen",))
-    p = open_ask(b, now=1.0, mode="text")
+    p = open_ask(b, now=1.0, path="text")
     assert p.expected == {"qwen"}
     j = b.finish(b.on_receiver(reply(p, "qwen"), 90, 1.1), 1.1)
     assert isinstance(j, JointReply) and j.degraded == 1
@@ -339,7 +339,7 @@ def test_unproven_receivers_put_no_text_of_theirs_in_the_status_or_an_answer() -
     st = b.status(0.0).info
     assert st["mismatch_unproven"] == 1 and "mismatch" not in st, st
     assert not any("example" in str(v) for v in st.values()), st
-    p = open_ask(b, mode="text")
+    p = open_ask(b, path="text")
     assert p.expected == {"llama", "qwen"} and not any("example" in why for why in p.absent.values()), p.absent
     probe = b.probe(2.5)  # PROBE_EVERY_S after the one that proved llama and qwen
     assert probe is not None and "buy cheap pills at example.com" in probe[0].expected

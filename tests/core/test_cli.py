@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -95,9 +96,26 @@ def test_garbled_checkpoint_is_one_line_naming_the_file(tmp_path: Path, command:
     assert line.startswith(f"error: {ckpt}") and names in line
 
 
-def test_missing_checkpoint(tmp_path: Path) -> None:
-    res = CliRunner().invoke(app, ["eval", "--mode", "latent", "--ckpt", str(tmp_path / "nope"), "--limit", "1"])
+@pytest.mark.parametrize("flag", ["--path", "--mode"])
+def test_missing_checkpoint(tmp_path: Path, flag: str) -> None:
+    res = CliRunner().invoke(app, ["eval", flag, "latent", "--ckpt", str(tmp_path / "nope"), "--limit", "1"])
     assert res.exit_code == 2 and "nope is not a LatentWire checkpoint" in _one_line(res.stderr)
+
+
+@pytest.mark.parametrize("command", ["eval", "ask", "ask-batch"])
+def test_the_path_option_is_path_and_its_old_name_mode_is_hidden(command: str) -> None:
+    group = typer.main.get_command(app)
+    params = {p.name: p for p in group.commands[command].params}
+    assert params["path"].opts == ["--path"] and not params["path"].hidden
+    assert params["mode"].opts == ["--mode"] and params["mode"].hidden
+    res = CliRunner().invoke(app, [command, "--help"])
+    assert res.exit_code == 0 and "--path" in res.stdout and not re.search(r"--mode\b", res.stdout)
+
+
+def test_path_and_mode_disagreeing_is_one_line() -> None:
+    res = CliRunner().invoke(app, ["eval", "--path", "text", "--mode", "latent"])
+    assert res.exit_code == 2
+    assert _one_line(res.stderr) == "error: --path text and --mode latent (its old name) disagree: give --path only"
 
 
 def test_safetensors_errors_name_the_file_wherever_they_come_from(tmp_path: Path) -> None:

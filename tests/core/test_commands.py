@@ -106,7 +106,7 @@ def test_ask_json_is_the_full_record(system: up.LocalSystem) -> None:
     res = CliRunner().invoke(app, [*_ask(system, RECORDS[1]["question"], "--context", CONTEXT), "--json"])
     assert res.exit_code == 0, res.output
     row = json.loads(res.stdout)
-    assert row["ok"] and not row["degraded"] and row["error"] is None and row["mode"] == "latent"
+    assert row["ok"] and not row["degraded"] and row["error"] is None and row["path"] == "latent"
     assert row["quant"] == "int8" and set(row["receivers"]) == MODELS and row["model"] in MODELS
     assert row["answer"] == row["receivers"][row["model"]]["answer"]
 
@@ -124,7 +124,7 @@ def test_ask_a_request_the_system_refuses_is_an_error_line_and_exit_1(system: up
 @pytest.mark.slow
 def test_ask_batch_writes_scored_rows_and_sums_them_up(system: up.LocalSystem, data_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "rows" / "results.jsonl"
-    args = ["ask-batch", "--split", "dev", "--data-dir", str(data_dir), "--mode", "latent", "--quant", "int8"]
+    args = ["ask-batch", "--split", "dev", "--data-dir", str(data_dir), "--path", "latent", "--quant", "int8"]
     args += ["--window", "2", "--out", str(out), "--arbiter", system.address, "--n-receivers", "2"]
     res = CliRunner().invoke(app, [*args, "--wait", "120", "--max-new-tokens", "4"])
     assert res.exit_code == 0, res.output

@@ -15,13 +15,13 @@ def test_splits_are_fixed_and_disjoint():
     assert len(dev) == 500 and not {e.id for e in dev} & {e.id for e in train}
 
 
-def test_context_modes(dev3):
+def test_contexts(dev3):
     ex = dev3[0]
     gold, full = ex.context("gold"), ex.context("distractor")
     assert len(gold) < len(full)
     for title in ex.gold_titles:
         assert f"{title}:" in gold
-    with pytest.raises(ValueError, match="unknown context mode"):
+    with pytest.raises(ValueError, match="unknown context .fullwiki."):
         ex.context("fullwiki")
 
 

@@ -12,7 +12,7 @@ import zmq
 
 from latentwire.arbiter import process as arbiter
 from latentwire.processes import net
-from latentwire.processes.client import Client, Refused
+from latentwire.processes.client import Client, Refused, ask_fields
 
 
 def _addr() -> str:
@@ -88,3 +88,18 @@ def test_bad_item_fails_alone() -> None:
         assert answers[1].error.code == "bad_request" and "exceeds the limit" in answers[1].error.message
         assert answers[2].error.code == "bad_request" and answers[2].ask.quant == "int4"
         assert answers[0].error.code == answers[3].error.code == "timeout"  # nobody there to answer
+
+
+def test_the_path_option_and_its_old_name_mode() -> None:
+    empty = [(0, "", "ctx")]  # an empty question: refused before anything is sent
+    with Client(_addr(), timeout=0.3) as c:
+        (a,) = c.ask_many(empty, path="text")
+        assert a.error.code == "bad_request" and a.ask.path == a.ask.mode == "text" and a.to_row()["path"] == "text"
+        with pytest.warns(DeprecationWarning, match="mode= is now path=") as warned:
+            (b,) = c.ask_many(empty, mode="relay")
+            d = c.ask("", "ctx", mode="evidence")
+        assert (b.ask.path, d.ask.path) == ("relay", "evidence")
+        assert [w.filename for w in warned] == [__file__, __file__]  # pointed at the caller
+        with pytest.raises(TypeError, match="give path= only"):
+            c.ask_many(empty, path="text", mode="latent")
+    assert ask_fields({"path": "relay", "quant": "int4"}) == {"mode": "relay", "quant": "int4"}

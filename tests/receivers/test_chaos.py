@@ -66,7 +66,7 @@ def _counts(info: dict, before: dict) -> dict[str, int]:
 
 def test_a_stopped_receiver_drops_its_backlog_and_is_back_at_once(system) -> None:
     with system.client() as c:
-        assert c.ask("Who wrote it?", CONTEXT, mode="text", max_new_tokens=4).ok  # warm
+        assert c.ask("Who wrote it?", CONTEXT, path="text", max_new_tokens=4).ok  # warm
         before = c.status().info
         marks: dict[str, float] = {}
         chaos = threading.Thread(target=_stop_and_resume, args=(system.pid("llama"), marks))
@@ -74,7 +74,7 @@ def test_a_stopped_receiver_drops_its_backlog_and_is_back_at_once(system) -> Non
         start = time.monotonic()
         chaos.start()
         try:
-            for a in c.ask_many(_items(BASE_S + STOP_S + AFTER_S), window=2, mode="text", max_new_tokens=4):
+            for a in c.ask_many(_items(BASE_S + STOP_S + AFTER_S), window=2, path="text", max_new_tokens=4):
                 done.append((time.monotonic(), a))
         finally:
             chaos.join()

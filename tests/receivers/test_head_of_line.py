@@ -32,7 +32,7 @@ def _small_latencies(system, n: int) -> list[float]:
     out = []
     with system.client() as c:
         for _ in range(n):
-            a = c.ask(*SMALL, mode="latent", max_new_tokens=8)
+            a = c.ask(*SMALL, path="latent", max_new_tokens=8)
             assert a.ok and not a.degraded, a.error
             out.append(a.latency_s)
     return out
@@ -52,7 +52,7 @@ def test_a_small_latent_ask_does_not_wait_behind_long_text_asks(system) -> None:
 
     def flood() -> None:
         with system.client() as c:
-            longs.extend(c.ask_many(_long_asks(stop), window=LONG_WINDOW, mode="text", max_new_tokens=32))
+            longs.extend(c.ask_many(_long_asks(stop), window=LONG_WINDOW, path="text", max_new_tokens=32))
 
     t = threading.Thread(target=flood)
     t.start()

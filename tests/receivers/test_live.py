@@ -125,8 +125,8 @@ QUESTIONS = [(i, f"Who wrote book {i}?", f"Book {i} was written by Ada Lovelace 
 def test_every_request_answered_with_bytes_counted(system) -> None:
     with system.client() as c:
         rows = []
-        for mode, quant, payload in (("latent", "fp16", 256), ("latent", "int8", 128), ("latent", "int4", 64)):
-            answers = list(c.ask_many(QUESTIONS[:3], window=2, mode=mode, quant=quant))
+        for path, quant, payload in (("latent", "fp16", 256), ("latent", "int8", 128), ("latent", "int4", 64)):
+            answers = list(c.ask_many(QUESTIONS[:3], window=2, path=path, quant=quant))
             assert sorted(a.tag for a in answers) == [0, 1, 2]
             for a in answers:
                 assert a.ok and not a.degraded, a.error
@@ -136,11 +136,11 @@ def test_every_request_answered_with_bytes_counted(system) -> None:
                 assert a.reply.nbytes["scales"] == (0 if quant == "fp16" else 16)
                 rows.append(a.to_row())
         _, q, ctx = QUESTIONS[3]
-        budget = c.ask(q, ctx, mode="token-budget")
+        budget = c.ask(q, ctx, path="token-budget")
         assert budget.ok and budget.reply.nbytes["payload"] == len(f"Question: {q}\nContext: {ctx}".encode())
-        text = c.ask(*QUESTIONS[4][1:], mode="text", max_new_tokens=4)
+        text = c.ask(*QUESTIONS[4][1:], path="text", max_new_tokens=4)
         assert text.ok and text.reply.model in {"tiny-llama", "tiny-qwen"}
-        bad = c.ask("Q?", "x" * 10, mode="latent", quant="int8", group_size=3)  # 3 does not divide d_z
+        bad = c.ask("Q?", "x" * 10, path="latent", quant="int8", group_size=3)  # 3 does not divide d_z
         assert not bad.ok and bad.error.code == "bad_request"
     assert all(r["bytes"]["request"] > r["bytes"]["payload"] for r in rows)
 
@@ -205,7 +205,7 @@ def test_oversized_prompts_and_items_fail_alone_and_clearly(system) -> None:
             (2, "Who wrote it?", "x" * 100_000),  # 100 KB: fits a frame, over the receivers' slot-token cap
             (3, "Who wrote it?", "Ada Lovelace wrote it."),
         ]
-        answers = {a.tag: a for a in c.ask_many(items, window=4, mode="text", max_new_tokens=4)}
+        answers = {a.tag: a for a in c.ask_many(items, window=4, path="text", max_new_tokens=4)}
         assert sorted(answers) == [0, 1, 2, 3]
         assert answers[0].ok and answers[3].ok
         assert answers[1].error.code == "bad_request"

@@ -78,16 +78,16 @@ def system(tiny_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     assert s.proc.returncode == 0, s.log.read_text()
 
 
-@pytest.mark.parametrize("mode", ["relay", "evidence"])
-def test_sender_text_paths_get_full_answers_from_every_receiver(system, mode: str) -> None:
+@pytest.mark.parametrize("path", ["relay", "evidence"])
+def test_sender_text_paths_get_full_answers_from_every_receiver(system, path: str) -> None:
     with system.client() as c:
-        a = c.ask(QUESTION, CONTEXT, mode=mode, max_new_tokens=4)
+        a = c.ask(QUESTION, CONTEXT, path=path, max_new_tokens=4)
     _assert_full(a, set(TINY.values()))
     b = a.reply.nbytes
     # one txt frame, fanned out to both: no quantisation scales; the sender read (relay) or selected (evidence)
     assert b["payload"] > 0 and b["scales"] == 0 and b["fanout"] == 2 * b["request"], b
     assert a.reply.durations["sender.encode"] > 0, a.reply.durations
-    if mode == "evidence":  # the slot is the question and the selected paragraphs: at least the question's bytes
+    if path == "evidence":  # the slot is the question and the selected paragraphs: at least the question's bytes
         assert b["payload"] > len(QUESTION.encode()), b
 
 
@@ -150,7 +150,7 @@ def test_a_sharer_reading_longer_than_the_silence_limit_is_not_sent_twice(
             with Client(front, timeout=120) as c:
                 c.wait_ready(300, receivers=2)
                 before = c.status().info
-                a = c.ask(QUESTION, CONTEXT, mode="latent", quant="int8", max_new_tokens=4)
+                a = c.ask(QUESTION, CONTEXT, path="latent", quant="int8", max_new_tokens=4)
                 after = c.status().info
         finally:
             stop.set()
@@ -262,7 +262,7 @@ def test_curve_link_answers_known_senders_and_refuses_an_unknown_key(
     monkeypatch.setenv(net.CURVE_ENV, str(keys))  # every process `up` starts, and the client, read it
     system = LocalSystem(tiny_ckpt, TINY, log=tmp_path / "up.log", timeout=30)
     with system, system.client() as c:
-        a = c.ask(QUESTION, CONTEXT, mode="latent", quant="int4", max_new_tokens=4)
+        a = c.ask(QUESTION, CONTEXT, path="latent", quant="int4", max_new_tokens=4)
         _assert_full(a, set(TINY.values()))
         server = zmq.auth.load_certificate(str(keys / "receiver.key"))[0]
         target = system.receiver_address("llama")
@@ -278,6 +278,6 @@ def test_curve_link_answers_known_senders_and_refuses_an_unknown_key(
         while c.status().info.get("error.wrong_checkpoint", 0) == before and time.monotonic() < end:
             time.sleep(0.2)
         assert c.status().info.get("error.wrong_checkpoint", 0) == before + 1
-        again = c.ask(QUESTION, CONTEXT, mode="latent", quant="int8", max_new_tokens=4)
+        again = c.ask(QUESTION, CONTEXT, path="latent", quant="int8", max_new_tokens=4)
         _assert_full(again, set(TINY.values()))
     assert system.proc.returncode == 0 and "refused a sender connection with unknown key" in system.log.read_text()
