@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from latentwire.cli import app
 from latentwire.metrics import exact_match, f1_score, postprocess
 from latentwire.processes import up
+from latentwire.prompts import slot_text
 
 TINY = {"llama": "tiny-llama", "qwen": "tiny-qwen"}  # process name -> model spec (the tiny checkpoint's names)
 MODELS = set(TINY.values())
@@ -162,22 +163,32 @@ def test_demo_answers_dev_questions_through_the_processes(
     res = CliRunner().invoke(app, ["demo", "--ckpt", str(ckpt), "--limit", "2", "--quant", "int4"])
     assert res.exit_code == 0, res.output
     out = res.stdout
-    assert out.startswith(f"starting sender, llama, qwen and arbiter with {ckpt}"), out
-    blocks = out.split("\nQ: ")[1:]
+    assert out.startswith(f"starting sender, {', '.join(sorted(MODELS))} and arbiter with {ckpt}"), out
+    *blocks, summary = out.split("\nQ: ")[1:] + [out.rstrip("\n").rsplit("\n", 1)[-1]]
     assert len(blocks) == 2, out
+    joint_f1, sent, text = [], [], []
     for rec, block in zip(RECORDS, blocks, strict=True):
-        question, gold, joint, *receivers = block.strip("\n").splitlines()
+        question, gold, joint, *receivers, wire = block.strip("\n").split("\n\n")[0].splitlines()
         assert question == rec["question"] and gold.strip() == f"gold: {rec['answer']}", block
-        m = re.fullmatch(
-            r"   joint: (?P<answer>'.*'|\".*\") \(from (?P<model>\S+), F1 (?P<f1>\d\.\d\d), \d+\.\d\d s end to end, "
-            r"(?P<fanout>\d+) bytes on the wire\)",
-            joint,
-        )
+        m = re.fullmatch(r"   joint: (?P<answer>'.*'|\".*\") \(from (?P<model>\S+), F1 (?P<f1>\d\.\d\d)\)", joint)
         assert m and m["model"] in MODELS, joint
         assert m["f1"] == f"{f1_score(ast.literal_eval(m['answer']), rec['answer']):.2f}"  # printed with repr()
-        assert int(m["fanout"]) > 0 and int(m["fanout"]) % 2 == 0  # one frame, to two receivers
+        joint_f1.append(float(m["f1"]))
         assert {line.split()[0] for line in receivers} == MODELS, receivers
-        assert all(re.search(r"score -?\d+\.\d\d calibrated \d\.\d\d$", line) for line in receivers), receivers
+        assert all(re.search(r" F1 \d\.\d\d, P\(right\) \d\.\d\d$", line) for line in receivers), receivers
+        w = re.fullmatch(r"   ([\d,]+) bytes on the wire \(int4\) against ([\d,]+) of text; [\d.]+ s end to end", wire)
+        assert w, wire
+        sent.append(int(w[1].replace(",", "")))
+        text.append(int(w[2].replace(",", "")))
+        assert sent[-1] > 0 and sent[-1] % 2 == 0  # one frame, to two receivers
+        assert text[-1] == 2 * len(slot_text(rec["question"], CONTEXT).encode())  # what text sends each receiver
+    s_m = re.fullmatch(
+        r"2 questions: joint F1 (?P<f1>\d\.\d\d) \(EM \d\.\d\d; best family \S+ \d\.\d\d\); (?P<sent>[\d,]+) bytes a "
+        r"question on the wire against (?P<text>[\d,]+) of text \(\d+x fewer\); median \d+\.\d\d s end to end",
+        summary,
+    )
+    assert s_m, summary
+    assert s_m["f1"] == f"{sum(joint_f1) / 2:.2f}" and int(s_m["sent"].replace(",", "")) == round(sum(sent) / 2)
 
 
 def test_demo_without_a_checkpoint_is_one_line(tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[2]
 def test_committed_procfile_is_the_generated_default() -> None:
     assert (REPO / "Procfile").read_text() == up.procfile_text()
     assert up.read_procfile() == up.processes() == up.processes(up.DEFAULT_RECEIVERS)
-    assert list(up.processes()) == ["sender", "llama", "qwen", "arbiter"]
+    assert list(up.processes()) == ["sender", "gemma", "llama", "qwen", "arbiter"]
 
 
 def test_processes_for_three_receivers_fan_out_to_the_same_addresses() -> None:
