@@ -10,6 +10,8 @@
    all receivers at once; the relay-tuned twin gets the same steps on relay's text. Every `eval_every` steps the
    latent is validated on `val` and the best step is kept: step 0 (the untrained parts) is measured too.
 4. **Calibration** of every path on `val` (the joint pick's prior), then the checkpoint with its figures.
+5. **Ablations** on the same `val` questions (`ablation.py`): the latent with each trained part left out in turn,
+   recorded in the summary as the table the bench publishes.
 
 `steps=0` writes the closed form alone. Every knob is chosen on `val` (docs/EXPERIMENTS.md); dev stays
 report-only. Every field is a `latentwire train` option.
