@@ -219,14 +219,6 @@ class Decoding:
         self.steps = 0  # decoding steps taken (tokens chosen for the rows still decoding)
         self.done = False
 
-    @property
-    def remaining(self) -> int:
-        """Positions left to run, at most: prompt columns not read yet plus tokens it may still generate."""
-        if self.done:
-            return 0
-        unread = sum(b - a for a, b in self._spans)
-        return unread + self.max_new_tokens - self.steps
-
     def run(self) -> list[Generation]:
         """Every step left, then the results."""
         while not self.done:

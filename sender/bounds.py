@@ -19,13 +19,15 @@ mask and activations are a span's (`sharer.py`). `python -m latentwire.bench.sen
 asks through the serving path (`Sender.build_many`) and reports the kernel's high-water mark of resident memory:
 - `pairs`: 64 paragraphs filling the 65,536 characters (2,016 pairs), a 4,096-character question;
 - `reading`: 16 paragraphs of 4,095 characters and a 4,096-character question, sized so the sharer's prompt is
-  just under the token cap (16,382 tokens); 64 paragraphs of 4,096 characters are four times the context bound.
-On the tiny random sharer (`--tiny`, tests/sender/test_sender_memory.py): +50-72 MiB for `pairs`, +128-157 MiB for
+  just under the token cap (16,379 Qwen tokens; 16,382 of the tiny one); 64 paragraphs of 4,096 characters are
+  four times the context bound.
+On the tiny random sharer (`--tiny`, tests/sender/test_sender_memory.py): +50-72 MiB for `pairs`, +112-157 MiB for
 `reading` over 451 MiB, against a design bound of 558 MiB (`design_bound`); reading that prompt in one pass, as
-before the cap and the spans, held +1,327 MiB (its attention mask is quadratic in the prompt). For the shipped
-Qwen2.5-0.5B sharer on `bf16-w8` the design bound is 1,556 MiB over the loaded sender (945 MiB of it allows for an
-attention kernel that materialises every head's scores of a span; torch's CPU kernel did not on the tiny sharer); the
-measured figure is pending (`python -m latentwire.bench.sender_memory --ckpt checkpoints/three`, a heavy run).
+before the cap and the spans, held +1,327 MiB (its attention mask is quadratic in the prompt). The shipped sender
+(`--ckpt checkpoints/three`: the Qwen2.5-0.5B sharer on `bf16-w8`, 2 threads) holds 2,405 MiB loaded; `pairs`
+(a 4,655-token reading) peaked at 2,620 MiB (+216), `reading` (16,379 tokens) at 3,482 MiB (+1,077, 181 s on two
+busy cores), under its design bound of +1,556 MiB (945 MiB of which allows for an attention kernel that
+materialises every head's scores of a span).
 """
 
 from __future__ import annotations

@@ -68,6 +68,7 @@ def test_a_small_latent_ask_does_not_wait_behind_long_text_asks(system) -> None:
     assert done and not lost, lost
     base, long_s = statistics.median(alone), statistics.median(a.latency_s for a in done)
     print(f"small ask alone {base:.2f} s, beside long asks at most {max(beside):.2f} s; a long ask {long_s:.2f} s")
-    # it waits for about one step of the long call running (a span of 256 prompt positions, or a token), never for
-    # the whole call (seconds: it waited up to 1.06 s when it had to, 0.06 s alone), nor behind every long ask read
-    assert max(beside) <= max(3 * base, base + 0.25), (alone, beside, long_s)
+    # it waits for about one step of the long call running (a span of 256 prompt positions, or a token: 0.10-0.22 s
+    # beside, 0.05 s alone, on two cores busy with other work), never for the whole call (it waited up to 1.06 s when
+    # it had to, 0.06 s alone), nor behind every long ask read
+    assert max(beside) <= max(3 * base, base + 0.4), (alone, beside, long_s)
