@@ -8,6 +8,10 @@ answer tokens are right-aligned, so logits are only computed for the last few po
 Training can skip the constant chat prefix (`cached_prefix=True`): its keys and values are computed once per
 model and every row's padding goes between prefix and slot instead, so the prefix keeps positions 0..P-1 and
 the result is the same sequence; it saves the ~half of each short training row that is the system turn.
+
+`generate` is the one decoding loop: `Decoding` holds its state and runs it one forward pass at a time (a span of
+the prompt, then a token), and `generate` drives it to the end. A receiver steps it itself, so it can answer a
+short ask between two steps of a long one and still give each the answer it would get uninterrupted.
 """
 
 from __future__ import annotations
@@ -148,6 +152,7 @@ def generate(
     topk: int = 0,
     hidden_layer: int | None = None,
     cached_prefix: bool = True,
+    prefill_chunk: int | None = None,
 ) -> list[Generation]:
     """Greedy decoding from the assembled prompts; stops at end-of-turn or once a row has a full first line.
 
@@ -155,71 +160,163 @@ def generate(
     forward pass, so evaluation reads each long prompt once. `topk` > 0 keeps the top-k distribution of every
     generated (non-stop) step, and `hidden_layer` that layer's states along the way: what a sharer reads out.
     The constant chat prefix comes from its KV cache (`cached_prefix`; the same sequence, ~half the work of a
-    short latent prompt).
+    short latent prompt). `prefill_chunk`: the prompt is read that many positions a pass (`Decoding`); None, in
+    one pass.
+
+    `Decoding` is this function run one step at a time: `generate` is `Decoding(...).run()`.
     """
-    batch = assemble(llm, slots, cached_prefix=cached_prefix)
-    model, tok, stop = llm.model, llm.tokenizer, llm.stop_ids
-    B = len(slots)
-    mask, pos = batch.attention_mask, batch.position_ids[:, -1:]
-    want_h = hidden_layer is not None
-    out = model(
-        inputs_embeds=batch.inputs_embeds,
-        attention_mask=mask,
-        position_ids=batch.position_ids,
-        use_cache=True,
-        logits_to_keep=1,
-        output_hidden_states=want_h,
-        **({"cache": prefix_cache(llm, B)} if cached_prefix else {}),
-    )
-    nlls = _score_answers(llm, out, mask, pos, answers) if answers is not None else [None] * B
-    gen: list[list[int]] = [[] for _ in range(B)]
-    logps: list[list[float]] = [[] for _ in range(B)]
-    tops: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in range(B)]
-    states: list[list[torch.Tensor]] = [[] for _ in range(B)]
-    done = [False] * B
-    for _ in range(max_new_tokens):
-        lp = out.logits[:, -1].float().log_softmax(-1)
-        nxt = lp.argmax(-1)
-        top = lp.topk(topk, dim=-1) if topk else None
-        for i in range(B):
-            if done[i]:
-                continue
-            if want_h:
-                states[i].append(out.hidden_states[hidden_layer][i, -1].float().cpu())
-            t = int(nxt[i])
-            logps[i].append(float(lp[i, t]))
-            if t in stop:
-                done[i] = True
-                continue
-            gen[i].append(t)
-            if top is not None:
-                tops[i].append((top.indices[i].cpu(), top.values[i].cpu()))
-            text = tok.decode(gen[i], skip_special_tokens=True)
-            if "\n" in text.lstrip():  # the post-processor keeps the first line only
-                done[i] = True
-        if all(done):
-            break
-        mask = torch.cat([mask, mask.new_ones(B, 1)], 1)
-        pos = pos + 1
-        out = model(
-            input_ids=nxt.unsqueeze(1),
-            attention_mask=mask,
-            position_ids=pos,
-            cache=out.cache,
+    return Decoding(llm, slots, max_new_tokens, answers, topk, hidden_layer, cached_prefix, prefill_chunk).run()
+
+
+def prefill_spans(length: int, chunk: int | None) -> list[tuple[int, int]]:
+    """[start, end) column spans reading a prompt of `length` positions at most `chunk` a pass, as even as they
+    come (no sliver of a last pass); one span when `chunk` is None or the prompt fits it."""
+    if not chunk or length <= chunk:
+        return [(0, length)]
+    n = -(-length // chunk)
+    edges = [i * length // n for i in range(n + 1)]
+    return list(zip(edges, edges[1:], strict=False))
+
+
+class Decoding:
+    """`generate`'s greedy decoding as a state object run one step at a time (`step`), so a caller can do other
+    work between steps and come back (a receiver serves a short ask between the steps of a long one).
+
+    A step is one forward pass: a span of the prompt (`prefill_chunk` positions of the padded batch, its keys and
+    values appended to the KV cache; None: the whole prompt at once), then one greedy token for every row still
+    decoding. Nothing but this object's own state carries from one step to the next, so the result is the same
+    tokens and scores, bit for bit, whatever ran between its steps. The chunking is part of the computation:
+    another `prefill_chunk` may round the prompt's floats differently (the same answers up to that rounding).
+    """
+
+    @torch.no_grad()
+    def __init__(
+        self,
+        llm: LLM,
+        slots: Sequence[torch.Tensor],
+        max_new_tokens: int = 16,
+        answers: Sequence[str] | None = None,
+        topk: int = 0,
+        hidden_layer: int | None = None,
+        cached_prefix: bool = True,
+        prefill_chunk: int | None = None,
+    ) -> None:
+        batch = assemble(llm, slots, cached_prefix=cached_prefix)
+        self.llm, self.max_new_tokens, self.answers = llm, max_new_tokens, answers
+        self.topk, self.hidden_layer = topk, hidden_layer
+        B = len(slots)
+        self._batch = batch
+        self._mask, self._pos = batch.attention_mask, batch.position_ids[:, -1:]
+        self._cache = prefix_cache(llm, B) if cached_prefix else None
+        self._spans = prefill_spans(int(batch.inputs_embeds.shape[1]), prefill_chunk)
+        self._out = None  # the last pass's output: its logits give the next token
+        self.nlls: list[float | None] = [None] * B
+        self.gen: list[list[int]] = [[] for _ in range(B)]
+        self.logps: list[list[float]] = [[] for _ in range(B)]
+        self.tops: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in range(B)]
+        self.states: list[list[torch.Tensor]] = [[] for _ in range(B)]
+        self.finished = [False] * B
+        self.steps = 0  # decoding steps taken (tokens chosen for the rows still decoding)
+        self.done = False
+
+    def run(self) -> list[Generation]:
+        """Every step left, then the results."""
+        while not self.done:
+            self.step()
+        return self.results()
+
+    @torch.no_grad()
+    def step(self) -> bool:
+        """One forward pass (a span of the prompt, or one token); True once the decoding is over."""
+        if self.done:
+            return True
+        if self._spans:
+            self._prefill(*self._spans.pop(0))
+            if not self._spans and self.max_new_tokens <= 0:
+                self._finish()
+        else:
+            self._decode()
+        return self.done
+
+    def _prefill(self, start: int, end: int) -> None:
+        batch, last = self._batch, not self._spans
+        cache = {"cache": self._cache} if self._cache is not None else {}
+        out = self.llm.model(
+            inputs_embeds=batch.inputs_embeds[:, start:end],
+            attention_mask=self._mask[:, : batch.prefix_len + end],
+            position_ids=batch.position_ids[:, start:end],
             use_cache=True,
             logits_to_keep=1,
-            output_hidden_states=want_h,
+            output_hidden_states=self.hidden_layer is not None and last,
+            **cache,
         )
-    results = []
-    for i, (g, lp, nll) in enumerate(zip(gen, logps, nlls, strict=True)):
-        r = Generation(tok.decode(g, skip_special_tokens=True), g, sum(lp) / max(len(lp), 1), nll)
-        if topk:
-            r.topk_ids = torch.stack([t[0] for t in tops[i]]) if tops[i] else torch.zeros(0, topk, dtype=torch.long)
-            r.topk_logp = torch.stack([t[1] for t in tops[i]]) if tops[i] else torch.zeros(0, topk)
-        if want_h:
-            r.hidden = torch.stack(states[i])
-        results.append(r)
-    return results
+        self._cache, self._out = out.cache, out
+        if last:
+            self._batch = None  # the prompt's embeddings are in the cache now
+            if self.answers is not None:
+                self.nlls = _score_answers(self.llm, out, self._mask, self._pos, self.answers)
+
+    def _decode(self) -> None:
+        """Read the last pass's next token for every live row; then, unless every row is done or out of tokens,
+        run the pass for the following one."""
+        out, tok, stop = self._out, self.llm.tokenizer, self.llm.stop_ids
+        B = len(self.gen)
+        lp = out.logits[:, -1].float().log_softmax(-1)
+        nxt = lp.argmax(-1)
+        top = lp.topk(self.topk, dim=-1) if self.topk else None
+        for i in range(B):
+            if self.finished[i]:
+                continue
+            if self.hidden_layer is not None:
+                self.states[i].append(out.hidden_states[self.hidden_layer][i, -1].float().cpu())
+            t = int(nxt[i])
+            self.logps[i].append(float(lp[i, t]))
+            if t in stop:
+                self.finished[i] = True
+                continue
+            self.gen[i].append(t)
+            if top is not None:
+                self.tops[i].append((top.indices[i].cpu(), top.values[i].cpu()))
+            text = tok.decode(self.gen[i], skip_special_tokens=True)
+            if "\n" in text.lstrip():  # the post-processor keeps the first line only
+                self.finished[i] = True
+        self.steps += 1
+        if all(self.finished) or self.steps >= self.max_new_tokens:
+            self._finish()
+            return
+        self._mask = torch.cat([self._mask, self._mask.new_ones(B, 1)], 1)
+        self._pos = self._pos + 1
+        self._out = self.llm.model(
+            input_ids=nxt.unsqueeze(1),
+            attention_mask=self._mask,
+            position_ids=self._pos,
+            cache=self._cache,
+            use_cache=True,
+            logits_to_keep=1,
+            output_hidden_states=self.hidden_layer is not None,
+        )
+        self._cache = self._out.cache
+
+    def _finish(self) -> None:
+        self.done = True
+        self._out = self._cache = self._batch = None  # the KV cache goes as soon as the decoding is over
+
+    def results(self) -> list[Generation]:
+        """One Generation per row (once `done`)."""
+        if not self.done:
+            raise RuntimeError("the decoding is not over: step it until done")
+        tok, topk = self.llm.tokenizer, self.topk
+        results = []
+        for i, (g, lp, nll) in enumerate(zip(self.gen, self.logps, self.nlls, strict=True)):
+            r = Generation(tok.decode(g, skip_special_tokens=True), g, sum(lp) / max(len(lp), 1), nll)
+            if topk:
+                tops = self.tops[i]
+                r.topk_ids = torch.stack([t[0] for t in tops]) if tops else torch.zeros(0, topk, dtype=torch.long)
+                r.topk_logp = torch.stack([t[1] for t in tops]) if tops else torch.zeros(0, topk)
+            if self.hidden_layer is not None:
+                r.hidden = torch.stack(self.states[i])
+            results.append(r)
+        return results
 
 
 def _score_answers(llm: LLM, out, mask: torch.Tensor, pos: torch.Tensor, answers: Sequence[str]) -> list[float]:

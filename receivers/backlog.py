@@ -1,13 +1,16 @@
 """What a receiver has read and not yet generated, and which of it goes into the next generate call.
 
-A generate call cannot be interrupted, so a receiver that read eight long text asks and decoded them all before
-looking at its socket again kept a small latent ask that arrived meanwhile waiting for all eight (seconds, for an
-ask that takes tens of milliseconds alone). The receiver instead keeps what it read here, reads its socket again
-after every generate call, and takes the next call's requests by size: the sub-batch whose longest request is the
-shortest, among everything queued. A short ask then waits for at most the one call already running.
+A receiver that read eight long text asks and decoded them all before looking at its socket again kept a small
+latent ask that arrived meanwhile waiting for all eight (seconds, for an ask that takes tens of milliseconds
+alone). The receiver instead keeps what it read here, reads its socket again between the steps of a generate call
+(`lm.Decoding`: a span of the prompt, or one token) and takes the next call's requests by size: the sub-batch whose
+longest request is the shortest, among everything queued. A call that is much shorter than the one running
+(`take(at_most=...)`) runs to completion between two of its steps (`Receiver.generate_next`), so a short ask waits
+for one step of longer work, not for the whole of it.
 
 Shortest first alone could starve a long request behind a steady stream of short ones, so a request that later
-requests overtook `max_passed` times goes into the very next call.
+requests overtook `max_passed` times goes into the very next call (and a running call is paused at most
+`max_passed` times).
 """
 
 from __future__ import annotations
@@ -47,22 +50,25 @@ class Backlog(Generic[T]):
         self._queued.append(_Queued(item, group, size, self._seq))
         self._seq += 1
 
-    def take(self) -> tuple[Hashable, list[T]]:
+    def take(self, at_most: int | None = None) -> tuple[Hashable, list[T]]:
         """(group, items) of the next generate call, removed from the backlog: the shortest sub-batch of any group,
-        unless a request was passed over `max_passed` times (then the oldest such one's sub-batch); ([] if empty)."""
-        if not self._queued:
+        unless a request was passed over `max_passed` times (then the oldest such one's sub-batch); (None, []) if
+        empty. With `at_most`, only requests of at most that many positions are taken (a call that runs while a
+        longer one is paused), and none while a longer request is starved (it goes next)."""
+        pool = [q for q in self._queued if at_most is None or q.size <= at_most]
+        starved = [q for q in self._queued if q.passed >= self.max_passed]
+        oldest = min(starved, key=lambda q: q.seq) if starved else None
+        if not pool or (oldest is not None and oldest not in pool):
             return None, []
         candidates: list[list[_Queued[T]]] = []
         groups: dict[Hashable, list[_Queued[T]]] = {}
-        for q in self._queued:
+        for q in pool:
             groups.setdefault(q.group, []).append(q)
         for members in groups.values():
             for batch in sub_batches([q.size for q in members], self.budget):
                 for k in range(0, len(batch), self.max_count):
                     candidates.append([members[j] for j in batch[k : k + self.max_count]])
-        starved = [q for q in self._queued if q.passed >= self.max_passed]
-        if starved:
-            oldest = min(starved, key=lambda q: q.seq)
+        if oldest is not None:
             chosen = next(c for c in candidates if oldest in c)
         else:
             chosen = min(candidates, key=lambda c: (max(q.size for q in c), min(q.seq for q in c)))

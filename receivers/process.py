@@ -8,9 +8,11 @@ while it generates, and tells `Liveness` when it comes back from a silence.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -151,18 +153,22 @@ def serve(
     beats.start()
     log.info("receiver %s ready on %s (load %.1f s)", rx.name, bind, load_s)
     backlog: Backlog[tuple[None, object]] = Backlog(rx.max_batch_positions, max_batch)
+
+    def read() -> Iterator[tuple[None, ErrorReply]]:
+        """What arrived, into the backlog (its refusals out); nothing once stopping: what runs is finished."""
+        if not stop:
+            yield from ((None, reply) for reply in _read(pull, rx, backlog, MAX_BACKLOG))
+
     dropped = 0  # expired frames of the current backlog
     try:
         while not stop:
             if not backlog and not pull.poll(200):
                 continue
-            # read again after every generate call, so what arrived meanwhile competes for the next one by size
-            # (`Backlog`): a short ask waits for the call already running, not for every long ask read before it
+            # read again between the steps of every generate call (a span of the prompt, a token), so what arrived
+            # meanwhile competes by size (`Backlog`): a short ask runs between two steps of a long call, not after
+            # it, nor after every long ask read before it (`Receiver.generate_next`)
             expired = 0
-            for reply in _read(pull, rx, backlog, MAX_BACKLOG):
-                out.send(encode_frame(reply))
-                expired += reply.code == "expired"
-            for _, reply in rx.generate_next(backlog):
+            for _, reply in itertools.chain(read(), rx.generate_next(backlog, read)):
                 out.send(encode_frame(reply))
                 expired += isinstance(reply, ErrorReply) and reply.code == "expired"
             dropped += expired

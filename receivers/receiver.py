@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -41,6 +41,8 @@ __all__ = [
     "MAX_BACKLOG",
     "MAX_BATCH",
     "MAX_BATCH_POSITIONS",
+    "MAX_PAUSED",
+    "PREFILL_CHUNK",
     "Backlog",
     "Liveness",
     "Receiver",
@@ -50,6 +52,7 @@ __all__ = [
 
 log = logging.getLogger("latentwire.receiver")
 T = TypeVar("T")  # what a caller tags its queued requests with (the frame's index, or nothing)
+R = TypeVar("R")
 
 
 # text and token-budget slots: a longer prompt would hold the receiver for minutes (every dev context fits,
@@ -63,6 +66,13 @@ MAX_BACKLOG = 64
 # padded positions (requests x the longest one's slot + answer) decoded through one generate call: memory grows with
 # it, and eight text asks near the slot cap together would need ~10 GB; one request over it is decoded alone
 MAX_BATCH_POSITIONS = 8192
+# prompt positions a generate call reads per step (`lm.Decoding`; then one token a step): between two steps a
+# receiver may answer shorter work first, so a short ask waits for about one such step of a long call, not for the
+# whole call; a latent prompt fits in one step
+PREFILL_CHUNK = 256
+# generate calls paused at once for shorter work (each keeps its KV cache meanwhile): a call runs between two steps
+# of one at most half its size, which may itself be paused for one at most half of that
+MAX_PAUSED = 2
 # after a silence the arbiter took for death, work opened up to this long after the return is dropped too: the
 # arbiter may have opened it before it heard the heartbeat that ends the silence (then nobody waits for it)
 RETURN_GRACE_S = 0.5
@@ -135,6 +145,7 @@ class Receiver:
     m: int | None = None  # soft tokens per latent of the checkpoint (`encoder.m`); None accepts any M
     max_slot_tokens: int = MAX_SLOT_TOKENS  # cap on the slot of the text and token-budget paths
     max_batch_positions: int = MAX_BATCH_POSITIONS  # cap on one generate call's padded positions
+    prefill_chunk: int | None = PREFILL_CHUNK  # prompt positions a generate step reads (None: the whole prompt)
     liveness: Liveness | None = None  # set by `serve`: work opened before a silence is dropped; None: never
     wall: Callable[[], float] = time.time  # the clock deadlines are read on (Unix time)
 
@@ -159,14 +170,37 @@ class Receiver:
         backlog.add((tag, prep), (isinstance(prep.msg, LatentRequest), cap), positions(prep.slot, cap))
         return None
 
-    def generate_next(self, backlog: Backlog[tuple[T, _Prepared]]) -> Iterator[tuple[T, Reply | ErrorReply]]:
+    def generate_next(
+        self,
+        backlog: Backlog[tuple[T, _Prepared]],
+        read: Callable[[], Iterable[tuple[T, ErrorReply]]] | None = None,
+    ) -> Iterator[tuple[T, Reply | ErrorReply]]:
         """(tag, reply) for the requests of the next generate call `backlog` picks: one call of at most
         `max_batch_positions` padded positions (left-padded, so each answer is the one it would get alone); a
         failing request costs only its own answer. Right before the call, and once more after it, a request nobody
-        waits for any more (`expired`) gets that error instead: earlier calls take time."""
-        group, items = backlog.take()
+        waits for any more (`expired`) gets that error instead: earlier calls take time.
+
+        The call runs as steps (`lm.Decoding`: `prefill_chunk` prompt positions, then one token a step). Between
+        two steps `read` queues in `backlog` what arrived meanwhile (its refusals are passed on); a call the backlog
+        then holds whose longest request is at most half this one's positions runs to completion first, and its
+        replies go out before this one's (token-level preemption). That shorter call may be paused the same way,
+        `MAX_PAUSED` calls deep at most (each keeps its KV cache), and a call is paused at most
+        `backlog.max_passed` times (a stream of short asks does not starve it). A paused call resumes exactly where
+        it stopped: its answers are the ones it gets uninterrupted, bit for bit."""
+        yield from self._next(backlog, read, None, 0)
+
+    def _next(
+        self,
+        backlog: Backlog[tuple[T, _Prepared]],
+        read: Callable[[], Iterable[tuple[T, ErrorReply]]] | None,
+        at_most: int | None,
+        depth: int,
+    ) -> Generator[tuple[T, Reply | ErrorReply], None, bool | None]:
+        """`generate_next` for the call `backlog.take(at_most)` picks, `depth` calls paused below it; returns None
+        when there was none, else whether it generated (all of it may have expired)."""
+        group, items = backlog.take(at_most)
         if not items:
-            return
+            return None
         _, cap = group
         live = []
         for tag, p in items:
@@ -175,10 +209,29 @@ class Receiver:
                 live.append((tag, p))
             else:
                 yield tag, gone
-        if live:
-            for (tag, p), reply in zip(live, self._generate([p for _, p in live], cap), strict=True):
-                # stopped mid-generate: the answer would arrive after the arbiter stopped waiting for it
-                yield tag, (self._expired(p.msg) if isinstance(reply, Reply) else None) or reply
+        if not live:
+            return False
+        preps = [p for _, p in live]
+        size = max(positions(p.slot, cap) for p in preps)
+        call, paused = self._generate(preps, cap), 0
+        while True:
+            try:
+                next(call)
+            except StopIteration as end:
+                replies = end.value
+                break
+            if read is None:
+                continue
+            yield from read()
+            while depth < MAX_PAUSED and paused < backlog.max_passed:
+                ran = yield from self._next(backlog, read, size // 2, depth + 1)
+                if ran is None:
+                    break
+                paused += ran
+        for (tag, p), reply in zip(live, replies, strict=True):
+            # stopped mid-generate: the answer would arrive after the arbiter stopped waiting for it
+            yield tag, (self._expired(p.msg) if isinstance(reply, Reply) else None) or reply
+        return True
 
     def refuse_all(self, backlog: Backlog[tuple[T, _Prepared]], why: str) -> Iterator[tuple[T, ErrorReply]]:
         """`shutting_down` for everything still queued in `backlog` (the process is stopping)."""
@@ -267,24 +320,35 @@ class Receiver:
         slot = torch.tensor(ids, device=self.llm.device)
         return _Prepared(msg, slot, {"tokenize": time.perf_counter() - t0}, "", ids=True)
 
-    def _generate(self, preps: list[_Prepared], cap: int) -> list[Reply | ErrorReply]:
-        """One generate call for `preps`; if it fails, each is retried alone so only the culprit fails."""
-        from latentwire.lm import generate
+    def _generate(self, preps: list[_Prepared], cap: int) -> Generator[None, None, list[Reply | ErrorReply]]:
+        """One generate call for `preps`, a step (`lm.Decoding`) each time it is resumed; returns the replies. If it
+        fails, each is retried alone so only the culprit fails. Its durations count its own steps only, not what
+        ran while it was paused."""
+        from latentwire.lm import Decoding
         from latentwire.metrics import postprocess
 
-        t_start, cpu_start = time.perf_counter(), time.process_time()
+        def start() -> Decoding:
+            slots = [self.llm.embed(p.slot) if p.ids else p.slot for p in preps]  # text: token ids until now
+            return Decoding(self.llm, slots, cap, prefill_chunk=self.prefill_chunk)
+
+        spent = _Spent()
         try:
-            gens = generate(self.llm, [self.llm.embed(p.slot) if p.ids else p.slot for p in preps], cap)
+            run = spent(start)
+            while not spent(run.step):
+                yield  # paused here while shorter work runs
+            gens = run.results()
         except Exception as e:  # noqa: BLE001 - one failed request must not take the receiver down
             if len(preps) > 1:
-                return [r for p in preps for r in self._generate([p], cap)]
+                out: list[Reply | ErrorReply] = []
+                for p in preps:
+                    out += yield from self._generate([p], cap)
+                return out
             log.exception("request %s failed", preps[0].msg.rid)
             return [error_reply(preps[0].msg.rid, self.pid, "internal", f"{type(e).__name__}: {e}")]
-        t_end = time.perf_counter()
-        cpu_share = (time.process_time() - cpu_start) / len(preps)  # every thread of this process, split evenly
-        out: list[Reply | ErrorReply] = []
+        cpu_share = spent.cpu / len(preps)  # every thread of this process, split evenly
+        out = []
         for p, gen in zip(preps, gens, strict=True):
-            durations = {**p.durations, "generate": t_end - t_start}
+            durations = {**p.durations, "generate": spent.wall}
             durations["total"] = sum(v for k, v in durations.items() if k != "cpu")
             durations["cpu"] = durations.get("cpu", 0.0) + cpu_share  # CPU-seconds, for the cost of a question
             try:
@@ -294,6 +358,22 @@ class Receiver:
             except ProtocolError as e:  # e.g. a non-finite score: say so, not "internal"
                 out.append(error_reply(p.msg.rid, self.pid, "bad_output", f"the model's answer is unusable: {e}"))
         return out
+
+
+class _Spent:
+    """Wall and CPU seconds of the work run through it: a generate call's own steps, not what ran while it was
+    paused (CPU time is the whole process's, every thread)."""
+
+    def __init__(self) -> None:
+        self.wall = self.cpu = 0.0
+
+    def __call__(self, work: Callable[[], R]) -> R:
+        t0, cpu0 = time.perf_counter(), time.process_time()
+        try:
+            return work()
+        finally:
+            self.wall += time.perf_counter() - t0
+            self.cpu += time.process_time() - cpu0
 
 
 def positions(slot: torch.Tensor, cap: int) -> int:

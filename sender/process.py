@@ -38,7 +38,7 @@ from latentwire.protocol import (
     peek_rid,
 )
 
-from .bounds import Refused, bounded_paragraphs
+from .bounds import Refused, bounded_paragraphs, bounded_question
 
 if TYPE_CHECKING:
     from latentwire.checkpoint_config import CheckpointConfig
@@ -70,14 +70,25 @@ class Sender:
         for i, a in enumerate(asks):
             if path_spec(a.path).sender:
                 try:
-                    docs[i] = (a.question, bounded_paragraphs(a.context))
+                    docs[i] = (bounded_question(a.question), bounded_paragraphs(a.context))
                 except Exception as e:  # noqa: BLE001 - this ask alone fails with it (Refused: over a bound)
                     docs[i] = e
-        shared = [i for i, d in docs.items() if needs_reading(asks[i].path) and not isinstance(d, Exception)]
+        evidence: dict[int, str] = {}  # the selection of each ask the sharer reads, made once
+        for i, d in docs.items():
+            if needs_reading(asks[i].path) and not isinstance(d, Exception):
+                try:
+                    evidence[i] = self.encoder.evidence(d)
+                    self.encoder.prompt_ids(d[0], evidence[i])  # Refused over the sharer's token cap, unread
+                except Exception as e:  # noqa: BLE001 - this ask alone fails with it
+                    docs[i] = e
+                    evidence.pop(i, None)
+        shared = list(evidence)
         readings: dict[int, object] = {}
         if shared:
             try:
-                got = self.encoder.read([docs[i] for i in shared], batch_size=len(shared))
+                got = self.encoder.read(
+                    [docs[i] for i in shared], batch_size=len(shared), evidence=[evidence[i] for i in shared]
+                )
                 readings = dict(zip(shared, got, strict=True))
             except Exception:  # noqa: BLE001 - one bad ask must not fail the batch: read each alone instead
                 log.exception("batched reading failed; reading one at a time")

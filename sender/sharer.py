@@ -27,15 +27,23 @@ from tqdm.auto import tqdm
 
 from latentwire.codebook import mix, pack, vocabulary_codes
 from latentwire.data import Paragraph
-from latentwire.lm import generate, text_slots
+from latentwire.lm import generate
 from latentwire.metrics import postprocess
 from latentwire.models import LLM, cache_root, load_llm
-from latentwire.prompts import PROMPT_VERSION, slot_text
+from latentwire.prompts import PROMPT_VERSION, slot_ids, slot_text
+from latentwire.protocol import ErrorCode
 
+from .bounds import MAX_READ_TOKENS, Refused
 from .selector import Selector, SelectorConfig
 
 Doc = tuple[str, Sequence[Paragraph]]  # (question, context paragraphs): what the sender reads
 READ_K = 8  # next-token candidates kept per step in a reading (the latent mixes the first `topk` of them)
+# prompt positions the sharer reads per forward pass (`lm.Decoding`): what a reading holds besides its KV cache (the
+# attention of a span against the prompt, the layers' states of a span) grows with this, not with the prompt. Every
+# dev and val selection fits one span (at most 739 Qwen tokens), so their readings are computed as in one pass
+READ_CHUNK = 1024
+# padded positions (questions x the longest prompt) the sharer reads in one batch; a prompt over it is read alone
+READ_BATCH_POSITIONS = 8192
 
 
 @dataclass
@@ -116,6 +124,19 @@ class Reading:
             hidden = torch.from_numpy(raw.reshape(d["hidden"]["shape"]).astype(np.float32))
         logp = torch.tensor(d["logp"], dtype=torch.float32).reshape(-1, k)
         return cls(d["evidence"], d["answer"], ids, logp, hidden)
+
+
+def _batches(sizes: Sequence[int], count: int, budget: int) -> list[list[int]]:
+    """Indices of `sizes`, in order, in runs of at most `count` whose padded size (count x the longest) is at most
+    `budget`; one over `budget` alone."""
+    out: list[list[int]] = []
+    for k, size in enumerate(sizes):
+        run = out[-1] if out else None
+        if run is not None and len(run) < count and (len(run) + 1) * max(size, *(sizes[j] for j in run)) <= budget:
+            run.append(k)
+        else:
+            out.append([k])
+    return out
 
 
 def reading_input_key(question: str, evidence: str) -> str:
@@ -206,15 +227,36 @@ class SharerEncoder(torch.nn.Module):
         q, paras = doc
         return self.selector.select(q, paras).text(paras)
 
-    @torch.no_grad()
-    def read(self, docs: Sequence[Doc], batch_size: int = 4, progress: bool = False) -> list[Reading]:
-        """The sharer's readings (from the cache when it has them).
+    def prompt_ids(self, question: str, evidence: str) -> list[int]:
+        """The sharer's prompt (the question and the selected evidence) in its tokens; Refused (`too_large`) over
+        MAX_READ_TOKENS, before any reading: the sender's bounds are in characters, and a character may be several
+        tokens."""
+        ids = slot_ids(self.llm.tokenizer, slot_text(question, evidence))
+        if len(ids) > MAX_READ_TOKENS:
+            raise Refused(
+                ErrorCode.TOO_LARGE,
+                f"the question and its selected evidence are {len(ids):,} tokens of the sharer, over the sender's "
+                f"cap of {MAX_READ_TOKENS:,}",
+            )
+        return ids
 
-        Uncached questions are read `batch_size` at a time, similar lengths together: the greedy steps of a
-        batch cost about what one question's do on a CPU, the prompts' padding stays small.
+    @torch.no_grad()
+    def read(
+        self,
+        docs: Sequence[Doc],
+        batch_size: int = 4,
+        progress: bool = False,
+        evidence: Sequence[str] | None = None,
+    ) -> list[Reading]:
+        """The sharer's readings (from the cache when it has them); `evidence`: each doc's selection, when the
+        caller made it already.
+
+        Uncached questions are read `batch_size` at a time, similar lengths together, at most
+        READ_BATCH_POSITIONS padded positions a batch: the greedy steps of a batch cost about what one question's
+        do on a CPU, the prompts' padding stays small. A prompt over MAX_READ_TOKENS is Refused before any is read.
         """
         out: dict[int, Reading] = {}
-        evidence = [self.evidence(d) for d in docs]
+        evidence = [self.evidence(d) for d in docs] if evidence is None else list(evidence)
         todo = []
         for i, d in enumerate(docs):
             hit = self.cache.get(d[0], evidence[i]) if self.cache is not None else None
@@ -223,13 +265,16 @@ class SharerEncoder(torch.nn.Module):
             else:
                 todo.append(i)
         todo.sort(key=lambda i: len(evidence[i]))
+        ids = {i: self.prompt_ids(docs[i][0], evidence[i]) for i in todo}
+        n = max(self.cfg.m, self.cfg.max_new_tokens)
         bar = tqdm(total=len(todo), disable=not progress or not todo, desc=f"sharer {self.llm.name}", unit="q")
-        for s in range(0, len(todo), batch_size):
-            idx = todo[s : s + batch_size]
+        for idx in _batches([len(ids[i]) + n for i in todo], batch_size, READ_BATCH_POSITIONS):
+            idx = [todo[k] for k in idx]
             ev = [evidence[i] for i in idx]
-            slots = text_slots(self.llm, [slot_text(docs[i][0], e) for i, e in zip(idx, ev, strict=True)])
-            n = max(self.cfg.m, self.cfg.max_new_tokens)
-            gens = generate(self.llm, slots, n, topk=READ_K, hidden_layer=self.cfg.hidden_layer)
+            slots = [self.llm.embed(torch.tensor(ids[i], device=self.llm.device)) for i in idx]
+            gens = generate(
+                self.llm, slots, n, topk=READ_K, hidden_layer=self.cfg.hidden_layer, prefill_chunk=READ_CHUNK
+            )
             for i, e, g in zip(idx, ev, gens, strict=True):
                 r = Reading(e, postprocess(g.text), g.topk_ids, g.topk_logp, g.hidden)
                 out[i] = r

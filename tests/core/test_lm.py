@@ -1,3 +1,4 @@
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -116,3 +117,79 @@ def test_generation_from_the_cached_prefix_is_the_same(tiny):
         assert x.token_ids == y.token_ids
         assert abs(x.score - y.score) < 1e-4 and abs(x.nll - y.nll) < 1e-4
         assert torch.equal(x.topk_ids, y.topk_ids)
+
+
+# ---- generation as resumable steps (`Decoding`: what a receiver pauses for shorter work) ----
+
+
+def _same(a, b) -> None:
+    """Two lists of Generations, equal bit for bit."""
+    for x, y in zip(a, b, strict=True):
+        assert (x.text, x.token_ids, x.score, x.nll) == (y.text, y.token_ids, y.score, y.nll)
+        for t in ("topk_ids", "topk_logp", "hidden"):
+            assert (getattr(x, t) is None) == (getattr(y, t) is None)
+            assert getattr(x, t) is None or torch.equal(getattr(x, t), getattr(y, t)), t
+
+
+def test_prefill_spans_cover_the_prompt_in_even_passes():
+    from latentwire.lm import prefill_spans
+
+    assert prefill_spans(100, None) == [(0, 100)] and prefill_spans(100, 100) == [(0, 100)]
+    assert prefill_spans(257, 256) == [(0, 128), (128, 257)]  # no one-column sliver of a last pass
+    spans = prefill_spans(1500, 256)
+    assert len(spans) == 6 and spans[0][0] == 0 and spans[-1][1] == 1500
+    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False))
+    assert max(b - a for a, b in spans) <= 256
+
+
+def test_a_decoding_paused_for_other_work_gives_generate_s_answers_bit_for_bit(tiny):
+    """Step a long batch, run a whole other decoding between two of its steps (and another at every step after),
+    resume: the same tokens, scores, NLLs, top-k and hidden states as `generate` with the same chunking."""
+    from latentwire.lm import Decoding
+
+    long = text_slots(tiny, ["Question: who wrote it?\nContext: " + "Ada wrote the notes. " * 12, "Question: x?"])
+    short = text_slots(tiny, ["Question: where?\nContext: Paris."])
+    kw = {"answers": ["Ada", "no"], "topk": 3, "hidden_layer": -1, "prefill_chunk": 16}
+    run, steps = Decoding(tiny, long, 6, **kw), 0
+    while not run.step():
+        steps += 1
+        other = Decoding(tiny, short, 4, prefill_chunk=16 if steps % 2 else None)
+        assert other.run()[0].token_ids == generate(tiny, short, 4)[0].token_ids
+    assert steps > len(run.results()[0].token_ids) >= 1  # paused in the prompt and in the decoding
+    _same(run.results(), generate(tiny, long, 6, **kw))
+
+
+@pytest.mark.parametrize("cached_prefix", [True, False])
+def test_chunked_prefill_gives_the_same_answers(tiny, cached_prefix):
+    """Reading the prompt in spans (left-padded rows: some spans are all padding for the short row) is the same
+    computation up to float rounding: the same tokens, scores within noise."""
+    slots = text_slots(tiny, ["Question: who?\nContext: " + "Ann met Bob. " * 9, "Question: where is it?\nContext: x"])
+    whole = generate(tiny, slots, 6, answers=["Ann", "x"], cached_prefix=cached_prefix)
+    for chunk in (5, 16, 64):
+        spans = generate(tiny, slots, 6, answers=["Ann", "x"], cached_prefix=cached_prefix, prefill_chunk=chunk)
+        for x, y in zip(whole, spans, strict=True):
+            assert x.token_ids == y.token_ids and abs(x.score - y.score) < 1e-5 and abs(x.nll - y.nll) < 1e-5
+
+
+def test_chunked_prefill_through_a_sliding_window():
+    """Gemma3's local layers keep a sliding window of keys: spans shorter and longer than the window read the same
+    prompt (the embedded gemma's window is 512, a whole-context prompt ~1,500 tokens)."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from latentwire.llm import from_objects
+    from latentwire.tiny import byte_tokenizer
+
+    tok = byte_tokenizer("qwen")
+    cfg = Gemma3TextConfig(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, sliding_window=16, layer_types=["sliding_attention", "full_attention"],
+        max_position_embeddings=4096, initializer_range=0.2, eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id, tie_word_embeddings=True,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    llm = from_objects("tiny-gemma3", Gemma3ForCausalLM(cfg).float().eval(), tok, fingerprint="tiny-gemma3")
+    slots = text_slots(llm, ["Question: which?\nContext: " + "abc " * 40, "Question: where?\nContext: x"])
+    whole = generate(llm, slots, 6, answers=["abc", "x"])
+    for chunk in (5, 16, 40):
+        for x, y in zip(whole, generate(llm, slots, 6, answers=["abc", "x"], prefill_chunk=chunk), strict=True):
+            assert x.token_ids == y.token_ids and abs(x.score - y.score) < 1e-5 and abs(x.nll - y.nll) < 1e-5

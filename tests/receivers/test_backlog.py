@@ -52,3 +52,21 @@ def test_long_requests_waiting_behind_older_long_ones_are_not_starved() -> None:
     assert [backlog.take()[1] for _ in range(4)] == [["long0"], ["long1"], ["long2"], ["long3"]]
     backlog.add("small", "latent", 24)
     assert backlog.take() == ("latent", ["small"])
+
+
+def test_a_call_run_while_a_longer_one_is_paused_takes_only_short_requests() -> None:
+    backlog: Backlog[str] = Backlog(budget=8192)
+    _fill(backlog, [("medium", "text", 300), ("long", "text", 600), ("small", "latent", 24)])
+    assert backlog.take(at_most=20) == (None, [])
+    assert backlog.take(at_most=400) == ("latent", ["small"])
+    assert backlog.take(at_most=400) == ("text", ["medium"])  # alone: batched with "long" it would be too long
+    assert backlog.take(at_most=400) == (None, []) and backlog.take() == ("text", ["long"])
+
+
+def test_nothing_short_jumps_a_starved_request() -> None:
+    backlog: Backlog[str] = Backlog(budget=8192, max_passed=1)
+    _fill(backlog, [("long", "text", 6000), ("s0", "latent", 24)])
+    assert backlog.take() == ("latent", ["s0"])  # "long" overtaken once: starved
+    backlog.add("s1", "latent", 24)
+    assert backlog.take(at_most=100) == (None, [])  # it goes next, not another short one
+    assert backlog.take() == ("text", ["long"])

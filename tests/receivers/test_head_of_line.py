@@ -1,6 +1,7 @@
 """Head-of-line blocking, live on tiny models: a small latent ask beside a steady stream of long text asks from
-another client must not wait for the long work the receivers had already read (they pick their next batch
-shortest first among everything queued, each time a generate call ends)."""
+another client must not wait for the long work the receivers had already read, nor for the long call running
+(they read their socket between the steps of a generate call, a span of the prompt or a token, and run much shorter
+work between two steps: `Receiver.generate_next`)."""
 
 from __future__ import annotations
 
@@ -67,6 +68,7 @@ def test_a_small_latent_ask_does_not_wait_behind_long_text_asks(system) -> None:
     assert done and not lost, lost
     base, long_s = statistics.median(alone), statistics.median(a.latency_s for a in done)
     print(f"small ask alone {base:.2f} s, beside long asks at most {max(beside):.2f} s; a long ask {long_s:.2f} s")
-    # it waits for the one generate call of long work already running (a long ask waits for ~8 of them: its
-    # window), never behind every long ask the receivers had read
-    assert max(beside) <= max(3 * base, base + 0.3 * long_s), (alone, beside, long_s)
+    # it waits for about one step of the long call running (a span of 256 prompt positions, or a token: 0.10-0.22 s
+    # beside, 0.05 s alone, on two cores busy with other work), never for the whole call (it waited up to 1.06 s when
+    # it had to, 0.06 s alone), nor behind every long ask read
+    assert max(beside) <= max(3 * base, base + 0.4), (alone, beside, long_s)

@@ -5,7 +5,7 @@ death (a stopped process). Receivers here are a tiny random Llama on text frames
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pytest
@@ -41,16 +41,22 @@ def rx(tiny_llama, wall: Clock) -> Receiver:
 
 @pytest.fixture
 def calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """How many requests each generate call decoded (the real generate still runs)."""
+    """How many requests each generate call decoded (the real decoding still runs)."""
+    return _on_each_call(monkeypatch, lambda slots, seen: seen.append(len(slots)))
+
+
+def _on_each_call(monkeypatch: pytest.MonkeyPatch, hook: Callable[[Sequence, list[int]], None]) -> list[int]:
+    """Run `hook(slots, seen)` as each generate call starts (`lm.Decoding`, which then runs for real); `seen`."""
     import latentwire.lm
 
-    real, seen = latentwire.lm.generate, []
+    seen: list[int] = []
 
-    def recording(llm, slots: Sequence, max_new_tokens: int = 16, **kw):
-        seen.append(len(slots))
-        return real(llm, slots, max_new_tokens, **kw)
+    class Hooked(latentwire.lm.Decoding):
+        def __init__(self, llm, slots: Sequence, *args, **kw) -> None:
+            hook(slots, seen)
+            super().__init__(llm, slots, *args, **kw)
 
-    monkeypatch.setattr(latentwire.lm, "generate", recording)
+    monkeypatch.setattr(latentwire.lm, "Decoding", Hooked)
     return seen
 
 
@@ -77,16 +83,12 @@ def test_the_deadline_is_checked_again_before_each_sub_batch(
 ) -> None:
     """Two sub-batches (each request alone): the first one's generate takes the clock past the second's deadline,
     which is then never generated."""
-    import latentwire.lm
 
-    real, calls = latentwire.lm.generate, []
-
-    def slow(llm, slots: Sequence, max_new_tokens: int = 16, **kw):
+    def slow(slots: Sequence, seen: list[int]) -> None:
         wall.t += 10.0
-        calls.append(len(slots))
-        return real(llm, slots, max_new_tokens, **kw)
+        seen.append(len(slots))
 
-    monkeypatch.setattr(latentwire.lm, "generate", slow)
+    calls = _on_each_call(monkeypatch, slow)
     rx.max_batch_positions = 1  # every request alone, shortest first
     short, long = _text("short", deadline=WALL + 20.0), _text("long", deadline=WALL + 5.0, chars=40)
     replies = {r.rid: r for r in answers(rx, [long, short])}
@@ -117,17 +119,14 @@ def test_a_reply_generated_across_a_silence_goes_out_as_expired(
     rx: Receiver, wall: Clock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Stopped mid-generate: the answer would reach an arbiter that stopped waiting for it."""
-    import latentwire.lm
-
-    mono, real = Clock(100.0), latentwire.lm.generate
+    mono = Clock(100.0)
     rx.liveness = Liveness(dead_after=4.0, clock=mono, wall=wall)
 
-    def stopped(llm, slots: Sequence, max_new_tokens: int = 16, **kw):
+    def stopped(slots: Sequence, seen: list[int]) -> None:
         mono.t += 10.0
         wall.t += 10.0
-        return real(llm, slots, max_new_tokens, **kw)
 
-    monkeypatch.setattr(latentwire.lm, "generate", stopped)
+    _on_each_call(monkeypatch, stopped)
     out = answer(rx, _text("mid", opened=WALL))
     assert isinstance(out, ErrorReply) and out.code == "expired", out
 

@@ -23,16 +23,17 @@ def rx(tiny_llama) -> Receiver:
 
 @pytest.fixture
 def calls(monkeypatch: pytest.MonkeyPatch) -> list[list[int]]:
-    """Each generate call's slot lengths (the real generate still runs)."""
+    """Each generate call's slot lengths (the real decoding still runs)."""
     import latentwire.lm
 
-    real, seen = latentwire.lm.generate, []
+    seen = []
 
-    def recording(llm, slots: Sequence, max_new_tokens: int = 16, **kw):
-        seen.append([int(s.shape[0]) for s in slots])
-        return real(llm, slots, max_new_tokens, **kw)
+    class Recording(latentwire.lm.Decoding):
+        def __init__(self, llm, slots: Sequence, *args, **kw) -> None:
+            seen.append([int(s.shape[0]) for s in slots])
+            super().__init__(llm, slots, *args, **kw)
 
-    monkeypatch.setattr(latentwire.lm, "generate", recording)
+    monkeypatch.setattr(latentwire.lm, "Decoding", Recording)
     return seen
 
 

@@ -10,7 +10,13 @@ import pytest
 
 from latentwire.data import load_split, parse_context
 from latentwire.protocol import Ask, ErrorReply, Sent, encode_frame
-from latentwire.sender.bounds import MAX_CONTEXT_CHARS, MAX_PARAGRAPH_CHARS, MAX_PARAGRAPHS
+from latentwire.sender.bounds import (
+    MAX_CONTEXT_CHARS,
+    MAX_PARAGRAPH_CHARS,
+    MAX_PARAGRAPHS,
+    MAX_QUESTION_CHARS,
+    MAX_READ_TOKENS,
+)
 from latentwire.sender.process import Sender, _handle_many
 from latentwire.sender.selector import Selector
 from latentwire.sender.sharer import SharerConfig, SharerEncoder
@@ -26,8 +32,8 @@ def sender(tiny_qwen) -> Sender:
     return Sender(SharerEncoder(cfg, llm=tiny_qwen), "f" * 64, 4, "s-test")
 
 
-def _serve(sender: Sender, context: str, mode: str = "latent") -> Sent | ErrorReply:
-    (reply,) = _handle_many(sender, [encode_frame(Ask("r-1", "arb", "Who wrote it?", context, mode=mode))], [])
+def _serve(sender: Sender, context: str, mode: str = "latent", question: str = "Who wrote it?") -> Sent | ErrorReply:
+    (reply,) = _handle_many(sender, [encode_frame(Ask("r-1", "arb", question, context, mode=mode))], [])
     return reply
 
 
@@ -82,3 +88,36 @@ def test_an_ask_past_its_deadline_is_dropped_unread(sender, monkeypatch):
     (reply,) = _handle_many(sender, [encode_frame(late)], [])
     assert isinstance(reply, ErrorReply) and reply.code == "expired" and reply.rid == "r-late"
     assert sender.expired == before + 1 and read == []
+
+
+@pytest.mark.parametrize("mode", ["latent", "relay", "evidence"])
+def test_a_question_over_its_bound_is_refused_before_any_work(sender, mode, monkeypatch):
+    read = []
+    monkeypatch.setattr(sender.encoder, "read", lambda docs, **kw: read.append(docs))
+    reply = _serve(sender, "Ada: She wrote it.", mode, question="Who? " * (MAX_QUESTION_CHARS // 5 + 1))
+    assert isinstance(reply, ErrorReply) and reply.code == "too_large" and reply.rid == "r-1", reply
+    assert "question of" in reply.message and "sender's bound" in reply.message and not read
+
+
+def test_a_selection_over_the_sharer_s_token_cap_is_refused_unread_and_the_batch_read(sender, monkeypatch):
+    """Characters within every bound can still be more tokens than the cap (here three bytes, three tokens of the
+    tiny byte-level sharer, a character): that ask is refused `too_large` before any forward pass; the ask beside
+    it is read, in one batch of its own."""
+    import latentwire.sender.sharer as sharer
+
+    paragraph = "Note: " + "日" * (MAX_PARAGRAPH_CHARS - 6)  # three bytes, three tokens a character
+    dense = "\n".join([paragraph] * 3)
+    assert len(dense) <= MAX_CONTEXT_CHARS and len(paragraph.encode()) > MAX_READ_TOKENS // 2  # any two: over
+    real, calls = sharer.generate, []
+
+    def counted(llm, slots, *a, **k):
+        calls.append(len(slots))
+        return real(llm, slots, *a, **k)
+
+    monkeypatch.setattr(sharer, "generate", counted)
+    asks = [Ask("r-big", "arb", "Who wrote it?", dense), Ask("r-ok", "arb", "Who wrote it?", "Ada: She wrote it.")]
+    replies = {r.rid: r for r in _handle_many(sender, [encode_frame(a) for a in asks], [])}
+    big = replies["r-big"]
+    assert isinstance(big, ErrorReply) and big.code == "too_large", big
+    assert f"over the sender's cap of {MAX_READ_TOKENS:,}" in big.message and "\n" not in big.message
+    assert isinstance(replies["r-ok"], Sent) and calls == [1]

@@ -155,3 +155,29 @@ def test_sender_reads_asks_that_arrive_together_in_one_batch(tiny_trained, dev3)
     finally:
         pull.close(0)
         push.close(0)
+
+
+def test_a_reading_within_one_span_is_one_pass_bit_for_bit(encoder):
+    """The sharer reads its prompt READ_CHUNK positions a pass; prompts that fit one span (every dev and val
+    selection does in Qwen's tokens: at most 739) are read exactly as in one pass: the same tokens, distribution."""
+    from latentwire.data import parse_context
+    from latentwire.lm import generate
+    from latentwire.sender.sharer import READ_CHUNK
+
+    context = "\n".join(f"P{i}: Ada met P{i + 1} in {1800 + i}. " * (i + 2) for i in range(4))
+    docs = [("Who met P2?", parse_context(context)), ("When did Ada meet P3 and P1?", parse_context(context))]
+    readings = encoder.read(docs)
+    ids = [encoder.prompt_ids(d[0], r.evidence) for d, r in zip(docs, readings, strict=True)]
+    slots = [encoder.llm.embed(torch.tensor(i)) for i in ids]
+    assert 0 < max(s.shape[0] for s in slots) < READ_CHUNK
+    gens = generate(encoder.llm, slots, max(encoder.cfg.m, encoder.cfg.max_new_tokens), topk=READ_K)
+    for r, g in zip(readings, gens, strict=True):
+        assert torch.equal(r.topk_ids, g.topk_ids) and torch.equal(r.topk_logp, g.topk_logp)
+
+
+def test_the_sharer_s_batches_are_bounded_by_padded_positions():
+    from latentwire.sender.sharer import _batches
+
+    assert _batches([100, 200, 300], 4, 8192) == [[0, 1, 2]]
+    assert _batches([100, 200, 300, 400, 500], 4, 8192) == [[0, 1, 2, 3], [4]]  # at most `count`
+    assert _batches([3000, 2000, 3500, 16000, 10], 8, 8192) == [[0, 1], [2], [3], [4]]  # 3 x 3500 > 8192
