@@ -26,6 +26,7 @@ from collections.abc import Callable
 
 from transformers import PretrainedConfig
 
+from latentwire.checkpoint import DEFAULT_CKPT
 from latentwire.data import parse_context
 from latentwire.models import LLM
 from latentwire.prompts import slot_ids, slot_text
@@ -210,7 +211,7 @@ def tiny_sender() -> Sender:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--ckpt", default="checkpoints/three")
+    ap.add_argument("--ckpt", default=str(DEFAULT_CKPT))
     ap.add_argument("--engine", default="auto")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: every core, as `up` runs it)")
     ap.add_argument("--tiny", action="store_true", help="the tiny random sharer instead of the checkpoint's")

@@ -24,7 +24,7 @@ asks through the serving path (`Sender.build_many`) and reports the kernel's hig
 On the tiny random sharer (`--tiny`, tests/sender/test_sender_memory.py): +50-72 MiB for `pairs`, +112-157 MiB for
 `reading` over 451 MiB, against a design bound of 558 MiB (`design_bound`); reading that prompt in one pass, as
 before the cap and the spans, held +1,327 MiB (its attention mask is quadratic in the prompt). The shipped sender
-(`--ckpt checkpoints/three`: the Qwen2.5-0.5B sharer on `bf16-w8`, 2 threads) holds 2,405 MiB loaded; `pairs`
+(`--ckpt checkpoints/default`: the Qwen2.5-0.5B sharer on `bf16-w8`, 2 threads) holds 2,405 MiB loaded; `pairs`
 (a 4,655-token reading) peaked at 2,620 MiB (+216), `reading` (16,379 tokens) at 3,482 MiB (+1,077, 181 s on two
 busy cores), under its design bound of +1,556 MiB (945 MiB of which allows for an attention kernel that
 materialises every head's scores of a span).
