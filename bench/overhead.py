@@ -86,7 +86,10 @@ def run(n: int = 200, warmup: int = 10, quant: str = "int8") -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = tiny_checkpoint(Path(tmp))
-        with LocalSystem(ckpt, llama="tiny-llama", qwen="tiny-qwen", timeout=30) as system, system.client() as c:
+        with (
+            LocalSystem(ckpt, {"llama": "tiny-llama", "qwen": "tiny-qwen"}, timeout=30) as system,
+            system.client() as c,
+        ):
             items = [(i, f"Who wrote book {i}?", f"Book {i} was written by Ada Lovelace.") for i in range(n + warmup)]
             list(c.ask_many(items[:warmup], window=1, quant=quant, max_new_tokens=4))
             before = _cpu_seconds()

@@ -28,7 +28,7 @@ def address(tiny_trained, tmp_path_factory) -> str:
     from latentwire.processes.up import LocalSystem
 
     system = LocalSystem(
-        tiny_trained[0], llama="tiny-llama", qwen="tiny-qwen", log=tmp_path_factory.mktemp("spec") / "up.log"
+        tiny_trained[0], {"llama": "tiny-llama", "qwen": "tiny-qwen"}, log=tmp_path_factory.mktemp("spec") / "up.log"
     )
     with system:
         yield system.address

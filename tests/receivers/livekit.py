@@ -9,4 +9,4 @@ from latentwire.processes.up import LocalSystem
 
 def tiny_system(ckpt: Path, folder: Path) -> LocalSystem:
     """`up.LocalSystem` on the tiny models (not started), its log in `folder`."""
-    return LocalSystem(ckpt, llama="tiny-llama", qwen="tiny-qwen", log=folder / "up.log", timeout=20)
+    return LocalSystem(ckpt, {"llama": "tiny-llama", "qwen": "tiny-qwen"}, log=folder / "up.log", timeout=20)
