@@ -325,7 +325,8 @@ def ablation_lines(table: dict | None, on: dict | None) -> list[str]:
         "| variant | " + " | ".join(names) + " |",
         "|---|" + "---|" * len(names),
     ]
-    for label, per in table.items():
+    for label in _ablation_order(table):
+        per = table[label]
         cells = []
         for n in names:
             r = per[n]
@@ -337,9 +338,15 @@ def ablation_lines(table: dict | None, on: dict | None) -> list[str]:
     return [*lines, "", "F1; in brackets the paired difference from the full model and its 95% CI."]
 
 
+def _ablation_order(table: dict) -> list[str]:
+    """The full model first, then the variants, then the references (a config's keys come back sorted)."""
+    refs = [k for k in ("relay-tuned", "latent-closed") if k in table]
+    return ["full", *sorted(k for k in table if k != "full" and k not in refs), *refs]
+
+
 def plot_ablation(table: dict, out: Path) -> None:
     """ablation.png: F1 per variant, one bar per receiver, the full model's F1 dashed."""
-    names, labels = list(table["full"]), list(table)
+    names, labels = list(table["full"]), _ablation_order(table)
     fig, ax = plt.subplots(figsize=(8, 4))
     width = 0.8 / len(names)
     for k, n in enumerate(names):
