@@ -3,7 +3,7 @@
 Per-question results are appended to `$LATENTWIRE_CACHE/eval/<key>.jsonl` as they are produced, keyed by
 (model fingerprint, checkpoint fingerprint, split, context, path, budget, prompt version), so an
 interrupted 30-80 minute text-path run resumes where it stopped and a rerun costs nothing. The repository
-commits the rows of its published runs under `bench/rows/<key>.jsonl` (`ROWS_DIR`): a fresh clone starts from
+commits the rows of its published runs under `latentwire/rows/<key>.jsonl` (`ROWS_DIR`): a fresh clone starts from
 them and recomputes only what changed (another model, checkpoint or prompt has another key).
 """
 
@@ -14,7 +14,6 @@ import json
 import os
 import time
 from collections.abc import Callable, Sequence
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -31,14 +30,8 @@ from .protocol import PATH_NAMES, path_spec
 SlotFn = Callable[[Sequence[Example]], list[torch.Tensor]]  # examples -> this model's slot embeddings
 
 
-def committed_rows() -> Path:
-    """The bench's committed rows: package data of `latentwire.bench` (`rows/*.jsonl`), so a wheel install seeds its
-    cache as a clone does. Looked up by the package's name: the core imports no role (pyproject's layers); this
-    runs nothing of the bench but its empty `__init__`."""
-    return Path(str(resources.files("latentwire.bench"))) / "rows"
-
-
-ROWS_DIR = committed_rows()
+# the published runs' rows, seeding the cache: package data beside this module, so a wheel install has them too
+ROWS_DIR = Path(__file__).resolve().parent / "rows"
 
 
 def cache_key(**parts: object) -> str:

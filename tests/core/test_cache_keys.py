@@ -1,5 +1,5 @@
-"""The cache keys of every path, engine and receiver, pinned: the committed rows (`bench/rows/<key>.jsonl`) are found
-by these strings, so a refactor that changes one byte of a key silently recomputes (or misses) published rows.
+"""The cache keys of every path, engine and receiver, pinned: the committed rows (`latentwire/rows/<key>.jsonl`) are
+found by these strings, so a refactor that changes one byte of a key silently recomputes (or misses) published rows.
 
 The checkpoint's weights enter the keys only through their fingerprints; those are pinned to fixed strings here so
 the keys do not depend on the toy training's floats, while everything else (the selector's and sharer's

@@ -60,11 +60,11 @@ def wheel(src: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_the_wheel_carries_the_checkpoints_and_the_rows(wheel: Path, src: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
-    for ckpt in ("default", "three"):
+    for ckpt in ("default",):
         for f in CHECKPOINT_FILES:
             assert f"latentwire/checkpoints/{ckpt}/{f}" in names, sorted(n for n in names if "checkpoints" in n)
-    rows = {n for n in names if n.startswith("latentwire/bench/rows/")}
-    assert rows == {f"latentwire/bench/rows/{p.name}" for p in (src / "bench" / "rows").glob("*.jsonl")}
+    rows = {n for n in names if n.startswith("latentwire/rows/")}
+    assert rows == {f"latentwire/rows/{p.name}" for p in (src / "latentwire" / "rows").glob("*.jsonl")}
     assert rows, "no committed rows shipped"
     # byte for byte: a fingerprint (stamped in every latent frame) covers both checkpoint files
     with zipfile.ZipFile(wheel) as z:
@@ -96,8 +96,8 @@ def test_the_installed_core_finds_its_data_inside_the_package(wheel: Path, src: 
     pkg = site / "latentwire"
     assert Path(got["pkg"]).parent == pkg
     assert Path(got["ckpt"]) == pkg / "checkpoints" / "default"
-    assert Path(got["rows"]) == pkg / "bench" / "rows"
+    assert Path(got["rows"]) == pkg / "rows"
     from latentwire import checkpoint
 
     assert got["fp"] == checkpoint.fingerprint(src / "checkpoints" / "default")
-    assert got["procs"] == ["arbiter", "llama", "qwen", "sender"]
+    assert got["procs"] == ["arbiter", "gemma", "llama", "qwen", "sender"]
