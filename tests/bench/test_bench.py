@@ -81,6 +81,7 @@ def test_wire_bytes_exact():
     assert all(s["total"] == s["header"] + s["body"] for s in sizes.values())
 
 
+@pytest.mark.slow  # the whole system started as processes, twice
 def test_bench_quick_cli_end_to_end(tmp_path, monkeypatch):
     """`latentwire bench --quick`: tiny checkpoint, offline figures and the live processes, one report."""
     from typer.testing import CliRunner

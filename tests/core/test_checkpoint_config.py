@@ -85,7 +85,7 @@ def _break(d: dict, path: tuple[str, ...], value: object) -> None:
         (("calibration", "relay", "b"), -math.inf, "models.llama.calibration.relay.b: -inf must be finite"),
         (("calibration", "relay", "b"), KeyError, "models.llama.calibration.relay.b: missing"),
         (("calibration", "relay", "n"), 1.5, "models.llama.calibration.relay.n: must be int, not float"),
-        (("calibration", "relay", "positives"), 101, "calibration.relay: positives 101 must be within 0..n (100)"),
+        (("calibration", "relay", "positives"), 201, "calibration.relay: positives 201 must be within 0..n (200)"),
         (("calibration", "relay", "c"), 1.0, "calibration.relay.c: not a field of a calibration (fields: a, b, n,"),
         (("calibration", "video"), {"a": 1.0}, "models.llama.calibration.video: unknown path (paths: text, token-"),
     ],

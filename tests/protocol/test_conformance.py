@@ -15,6 +15,8 @@ import pytest
 import zmq
 from test_protocol import GOLDEN_ASK
 
+pytestmark = pytest.mark.slow  # the whole system started as processes
+
 SPEC = (Path(__file__).resolve().parents[2] / "protocol" / "SPEC.md").read_text()
 HEADER = ("p", "v", "k", "i", "s")
 JREP_KEYS = {*HEADER, "a", "o", "r", "g", "z", "w", "c", "j", "e", "u", "b"}

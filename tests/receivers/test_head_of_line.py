@@ -16,6 +16,8 @@ from livekit import tiny_system
 
 from latentwire.processes.client import Answer
 
+pytestmark = pytest.mark.slow  # the whole system started as processes
+
 # ~6,000 byte-level tokens each: three of them per generate call (MAX_BATCH_POSITIONS), a read of eight takes three
 LONG_CONTEXT = "Ada Lovelace wrote the notes on the Analytical Engine in 1843. " * 95
 SMALL = ("Who wrote the notes?", "Ada Lovelace wrote the notes.")

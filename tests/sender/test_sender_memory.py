@@ -13,6 +13,8 @@ import pytest
 
 from latentwire.sender.bounds import MAX_PARAGRAPHS, MAX_READ_TOKENS
 
+pytestmark = pytest.mark.slow  # a sender in a fresh process, its worst legal asks
+
 
 @pytest.fixture(scope="module")
 def measured() -> dict:
