@@ -338,6 +338,13 @@ def ablation_lines(table: dict | None, on: dict | None) -> list[str]:
     return [*lines, "", "F1; in brackets the paired difference from the full model and its 95% CI."]
 
 
+def _save(fig, path: Path) -> None:
+    """Every plot of the report: laid out, written at one resolution, closed."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def _ablation_order(table: dict) -> list[str]:
     """The full model first, then the variants, then the references (a config's keys come back sorted)."""
     refs = [k for k in ("relay-tuned", "latent-closed") if k in table]
@@ -356,9 +363,7 @@ def plot_ablation(table: dict, out: Path) -> None:
     ax.set_ylabel("latent F1 (val)")
     ax.set_title("The latent with each trained part left out")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "ablation.png", dpi=120)
-    plt.close(fig)
+    _save(fig, out / "ablation.png")
 
 
 def training_line(tr: dict) -> str:
@@ -397,9 +402,7 @@ def plot_all(results: dict, out: Path) -> None:
     ax.set_ylabel("F1 (95% CI)")
     ax.set_title(f"F1 by method ({ctx} context)")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "f1_by_method.png", dpi=120)
-    plt.close(fig)
+    _save(fig, out / "f1_by_method.png")
 
     eff = results["efficiency"]
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -417,9 +420,7 @@ def plot_all(results: dict, out: Path) -> None:
     ax.set_ylabel("F1")
     ax.set_title("F1 against bytes on the wire (fp16 / int8 / int4)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "f1_vs_bytes.png", dpi=120)
-    plt.close(fig)
+    _save(fig, out / "f1_vs_bytes.png")
 
     sel = results.get("selection")
     if sel:
@@ -440,9 +441,7 @@ def plot_all(results: dict, out: Path) -> None:
             tx.set_ylabel("sharer tokens read (dashed)")
         ax.set_title(f"Evidence selection ({sel['split']}, {sel['n']} questions)")
         ax.legend(loc="lower right", fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "selection.png", dpi=120)
-        plt.close(fig)
+        _save(fig, out / "selection.png")
 
     live = results.get("live")
     if live:
@@ -453,6 +452,4 @@ def plot_all(results: dict, out: Path) -> None:
         ax.set_ylabel("end-to-end latency (s)")
         ax.set_title("Latency by path (live processes)")
         ax.legend()
-        fig.tight_layout()
-        fig.savefig(out / "latency.png", dpi=120)
-        plt.close(fig)
+        _save(fig, out / "latency.png")

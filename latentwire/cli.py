@@ -216,7 +216,7 @@ def demo(
             typer.echo(f"   joint: {row['answer']!r} (from {row['model']}, F1 {f1:.2f})")
             for name, r in row["receivers"].items():
                 rf1 = f1_score(r["answer"] or "", ex.answer)
-                best_f1.setdefault(name, []).append(rf1)
+                best_f1[name].append(rf1)
                 typer.echo(f"   {name:6s} {r['answer']!r} F1 {rf1:.2f}, P(right) {r['calibrated'] or 0:.2f}")
             typer.echo(
                 f"   {sent:,} bytes on the wire ({quant}) against {text:,} of text; {row['e2e_s']:.2f} s end to end"

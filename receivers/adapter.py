@@ -113,9 +113,6 @@ class CodebookAdapter(nn.Module):
     def forward(self, z: torch.Tensor, tuned: bool = True, off: frozenset[str] = frozenset()) -> torch.Tensor:
         """(M, d_z) -> (L, hidden) in answer order: the prompt (tuned), then each kept step's embedding (one, or
         a spelled string's pieces) plus the residual (tuned); parts named in `off` are left out."""
-        unknown = sorted(set(off) - set(PARTS))
-        if unknown:
-            raise ValueError(f"adapter: unknown part {unknown[0]!r}; choose from {', '.join(PARTS)}")
         on = {p for p in PARTS if p not in off and (tuned or p == "lexicon")}
         codes, embed = self._tables
         z = z.float().to(codes.device)
@@ -144,6 +141,9 @@ class CodebookAdapter(nn.Module):
     def to_slots(self, z: torch.Tensor, tuned: bool = True, off: frozenset[str] = frozenset()) -> list[torch.Tensor]:
         """(B, M, d_z) -> each row's slot; `tuned=False` is the closed form alone (`latent-closed`), `off` leaves
         the parts it names out (an ablation)."""
+        unknown = sorted(set(off) - set(PARTS))
+        if unknown:
+            raise ValueError(f"adapter: unknown part {unknown[0]!r}; choose from {', '.join(PARTS)}")
         return [self(row, tuned, off) for row in z]
 
     def text_slot(self, emb: torch.Tensor, tuned: bool = True) -> torch.Tensor:

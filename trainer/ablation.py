@@ -19,9 +19,10 @@ from pathlib import Path
 
 from latentwire import checkpoint
 from latentwire.data import Example, load_split
-from latentwire.evaluate import evaluate
 from latentwire.metrics import paired
 from latentwire.system.pipeline import Wire, load_checkpoint
+
+from .calibrate import validate
 
 # variant -> the parts it leaves out; "full" is the checkpoint as it serves
 ABLATIONS: dict[str, frozenset[str]] = {
@@ -45,8 +46,8 @@ def ablate(
     done: dict[str, dict[str, dict]] | None = None,
 ) -> dict[str, dict[str, dict]]:
     """`{variant or reference path: {receiver: {n, em, f1, f1_ci, vs_full}}}` on `rows`: `vs_full` is the paired
-        difference against the full model with its bootstrap 95% CI. Cached and resumable for a checkpoint as it lies
-        on disk (rows key on its part fingerprints); `use_cache=False` for parts still in memory (the recipe). `done`
+    difference against the full model with its bootstrap 95% CI. Cached and resumable for a checkpoint as it lies
+    on disk (rows key on its part fingerprints); `use_cache=False` for parts still in memory (the recipe). `done`
     gives results already measured on these rows (`{"full" or a reference path: {receiver: result with rows}}`)."""
     unknown = [v for v in variants if v not in ABLATIONS]
     if unknown:
@@ -55,20 +56,13 @@ def ablate(
     runs += [(p, p, frozenset()) for p in REFERENCES]
     out: dict[str, dict[str, dict]] = {}
     full: dict[str, list[dict]] = {}
+    names = wire.model_names
     for label, path, off in runs:
-        for name in wire.model_names:
-            res = (done or {}).get(label, {}).get(name) or evaluate(
-                wire.llms[name],
-                rows,
-                path,
-                context=context,
-                split="val",
-                max_new_tokens=max_new_tokens,
-                progress=progress,
-                use_cache=use_cache,
-                return_rows=True,
-                **wire.eval_args(name, path, context, off=off),
-            )
+        got = (done or {}).get(label) or validate(
+            wire, names, rows, context, max_new_tokens, (path,), progress, use_cache=use_cache, off=off
+        )[path]
+        for name in names:
+            res = got[name]
             full.setdefault(name, res["rows"])
             entry = {k: res[k] for k in ("n", "em", "f1", "f1_ci")}
             if label != "full":

@@ -33,8 +33,10 @@ def validate(
     progress: bool = True,
     limits: dict[str, int] | None = None,
     use_cache: bool = False,
+    off: frozenset[str] = frozenset(),
 ) -> dict[str, dict[str, dict]]:
-    """`{path: {receiver: result with per-question rows}}` on the validation rows.
+    """`{path: {receiver: result with per-question rows}}` on the validation rows; `off` leaves trained parts out
+    of the latent (`Wire.slot_fn`: an ablation).
 
     Uncached by default: the recipe and `extend` validate adapters that are still being tuned in memory.
     `calibrate` caches, since it validates a checkpoint as it lies on disk (rows key on its part fingerprints).
@@ -52,7 +54,7 @@ def validate(
                 progress=progress,
                 return_rows=True,
                 max_new_tokens=max_new_tokens,
-                **wire.eval_args(name, path, context),
+                **wire.eval_args(name, path, context, off=off),
             )
             for name in names
         }
